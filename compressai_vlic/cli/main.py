@@ -1,0 +1,56 @@
+"""`compressai-vlic` command: one entry point, one module per sub-command.
+
+Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is imported
+only when that sub-command runs, so ``compressai-vlic --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "encode": ("compressai_vlic.cli.encode", "compress images (files or folders) to .vlic bitstreams"),
+    "decode": ("compressai_vlic.cli.decode", "decode .vlic bitstreams (files or folders) to PNG"),
+    "eval": ("compressai_vlic.cli.eval", "run CompressAI's eval_model with the plugins registered"),
+    "update": ("compressai_vlic.cli.update", "run CompressAI's update_model with the plugins registered"),
+    "bench": ("compressai_vlic.cli.bench", "codec benchmark: timings, real/estimated bits, memory"),
+    "judge": ("compressai_vlic.cli.judge", "build a preference dataset with a judge; `judge audit` measures a judge"),
+    "compare": ("compressai_vlic.cli.compare", "compare codecs on many metrics; BD-rates and plots"),
+    "demo": ("compressai_vlic.cli.demo", "the main job: pre-train, post-train, evaluate, report (CPU, ~15 min)"),
+}
+
+# Sub-commands that forward their whole argv to another program's parser.
+PASSTHROUGH = {"eval", "update"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compressai-vlic", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and argv[0] not in {"-h", "--help"}:
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    if name in PASSTHROUGH:
+        return int(module.run_argv(rest) or 0)
+    parser = argparse.ArgumentParser(prog=f"compressai-vlic {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Reading and writing images for the codec, judges and metrics.
+
+Every input becomes an RGB float tensor in [0, 1] of shape (3, H, W). Grayscale, palette, RGBA
+and 16-bit inputs are converted, and the conversion is reported (never silent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from compressai_vlic.errors import ImageReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
+
+
+@dataclass
+class LoadedImage:
+    """An image as a (3, H, W) float tensor in [0, 1] plus notes on any conversion applied."""
+
+    tensor: torch.Tensor
+    path: Path | None = None
+    conversions: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
+
+def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "I;16N"):
+        arr = np.asarray(img).astype(np.float64)
+        maxval = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        notes.append(f"16-bit grayscale ({mode}) scaled to [0, 1] and replicated to RGB")
+        arr = np.clip(arr / maxval, 0.0, 1.0)
+        return np.repeat(arr[..., None], 3, axis=-1)
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        notes.append("32-bit float grayscale clipped to [0, 1] and replicated to RGB")
+        return np.repeat(np.clip(arr, 0.0, 1.0)[..., None], 3, axis=-1)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append(f"{mode} with alpha composited on white")
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    elif mode in ("L", "1"):
+        notes.append(f"grayscale ({mode}) replicated to RGB")
+        img = img.convert("RGB")
+    elif mode != "RGB":
+        notes.append(f"{mode} converted to RGB")
+        img = img.convert("RGB")
+    return np.asarray(img).astype(np.float64) / 255.0
+
+
+def _read_16bit_png(path: Path, notes: list[str]) -> np.ndarray | None:
+    """Pillow reads 16-bit-per-channel RGB(A) PNGs as 8-bit; imageio keeps all 16 bits."""
+    import imageio.v3 as iio  # ships with scikit-image
+
+    try:
+        arr = iio.imread(path)
+    except Exception:
+        return None
+    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        return None
+    arr = arr.astype(np.float64) / 65535.0
+    if arr.shape[-1] == 4:
+        alpha = arr[..., 3:4]
+        arr = arr[..., :3] * alpha + (1.0 - alpha)
+        notes.append("RGBA with alpha composited on white")
+    notes.append("16-bit RGB scaled to [0, 1]")
+    return arr
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read one image file; raise :class:`ImageReadError` with the reason when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    notes: list[str] = []
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if getattr(img, "n_frames", 1) > 1:
+                notes.append("multi-frame image: first frame used")
+            arr: np.ndarray | None = None
+            if img.format == "PNG" and img.mode in ("RGB", "RGBA"):
+                arr = _read_16bit_png(path, notes)
+            if arr is None:
+                arr = _to_float_rgb(img, notes)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+    if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageReadError(f"{path}: unsupported image layout {arr.shape}")
+    tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
+    return LoadedImage(tensor=tensor, path=path, conversions=notes)
+
+
+def save_png(tensor: torch.Tensor, path: str | Path) -> Path:
+    """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an 8-bit RGB PNG."""
+    path = Path(path)
+    if tensor.dim() == 4:
+        if tensor.shape[0] != 1:
+            raise ValueError("save_png takes a single image")
+        tensor = tensor[0]
+    arr = (tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr.astype(np.uint8), "RGB").save(path)
+    return path
+
+
+def to_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    """Round to 8 bits the way CompressAI's eval does, returned as float in [0, 1]."""
+    return tensor.clamp(0, 1).mul(255).round().div(255)
+
+
+def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """All image files under a folder (sorted), or the file itself."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ImageReadError(f"{root}: no such file or folder")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,50 @@
+"""Shared fixtures: real photos that ship inside installed packages (no downloads)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    return img[..., :3]
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real uint8 RGB photos (H, W, 3) from scikit-image."""
+    return {name: _skimage_photo(name) for name in ("astronaut", "chelsea", "coffee", "rocket")}
+
+
+def photo_tensor(img: np.ndarray, crop: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1, 3, H, W) float tensor in [0, 1], optionally a centre crop of (h, w)."""
+    if crop is not None:
+        h, w = crop
+        top = (img.shape[0] - h) // 2
+        left = (img.shape[1] - w) // 2
+        img = img[top : top + h, left : left + w]
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory, photos) -> "os.PathLike[str]":
+    """A folder of real photos as PNG files."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name, img in photos.items():
+        Image.fromarray(img).save(folder / f"{name}.png")
+    return folder
