@@ -43,7 +43,11 @@ class _CompressAIPluginFinder:
                 except Exception as exc:  # never break CompressAI itself
                     import warnings
 
-                    warnings.warn(f"compressai plugin registration failed: {exc}", stacklevel=2)
+                    warnings.warn(
+                        f"CompressAI plugin registration failed ({exc.__class__.__name__}: {exc}); "
+                        "CompressAI works without plugins. Set COMPRESSAI_PLUGINS=0 to skip it.",
+                        stacklevel=2,
+                    )
 
             spec.loader.exec_module = exec_module
             return spec

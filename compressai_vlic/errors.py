@@ -11,6 +11,34 @@ class BitstreamError(VLICError):
     """A stream is corrupted, truncated, foreign, or was written by an incompatible model."""
 
 
+class TruncatedStreamError(BitstreamError):
+    """The stream is shorter than its structure requires (cut off in transfer or on disk)."""
+
+
+class ForeignStreamError(BitstreamError):
+    """The data is not a VLIC stream at all (wrong magic bytes, e.g. a PNG or JPEG file)."""
+
+
+class UnsupportedVersionError(BitstreamError):
+    """The stream uses a container format version this package cannot read."""
+
+
+class ChecksumMismatchError(BitstreamError):
+    """The CRC32 over header and payload does not match: the stream was corrupted or cut."""
+
+
+class CorruptStreamError(BitstreamError):
+    """The checksum holds but the entropy-coded payload is inconsistent with the model."""
+
+
+class ModelMismatchError(BitstreamError):
+    """The stream was written by a model with a different configuration (config hash)."""
+
+
+class InvalidTokensError(VLICError, ValueError):
+    """Token indices handed to the entropy coder have the wrong shape, dtype or range."""
+
+
 class ImageReadError(VLICError):
     """An input image could not be read or decoded."""
 
@@ -29,3 +57,7 @@ class JudgeError(VLICError):
 
 class MetricUnavailableError(VLICError):
     """A metric needs weights or packages that are not present on this machine."""
+
+
+class DatasetError(VLICError):
+    """A preference dataset or a human-label set (BAPPS folder, CSV) is malformed or inconsistent."""

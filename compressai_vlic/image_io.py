@@ -6,12 +6,13 @@ and 16-bit inputs are converted, and the conversion is reported (never silent).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compressai_vlic.errors import ImageReadError
 
@@ -58,23 +59,41 @@ def _to_float_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(img).astype(np.float64) / 255.0
 
 
-def _read_16bit_png(path: Path, notes: list[str]) -> np.ndarray | None:
-    """Pillow reads 16-bit-per-channel RGB(A) PNGs as 8-bit; imageio keeps all 16 bits."""
-    import imageio.v3 as iio  # ships with scikit-image
+def _png_bit_depth(path: Path) -> int:
+    """Bit depth from the PNG IHDR chunk (byte 24), without decoding the image."""
+    with path.open("rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return 0
+    return head[24]
+
+
+def _read_16bit_png(path: Path, notes: list[str]) -> np.ndarray:
+    """Pillow reads 16-bit-per-channel RGB(A)/LA PNGs as 8-bit; pypng keeps all 16 bits."""
+    import png  # pypng: small, pure Python
 
     try:
-        arr = iio.imread(path)
-    except Exception:
-        return None
-    if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-        return None
-    arr = arr.astype(np.float64) / 65535.0
-    if arr.shape[-1] == 4:
-        alpha = arr[..., 3:4]
-        arr = arr[..., :3] * alpha + (1.0 - alpha)
-        notes.append("RGBA with alpha composited on white")
-    notes.append("16-bit RGB scaled to [0, 1]")
-    return arr
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        arr = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    except (png.Error, ValueError, zlib.error) as exc:
+        raise ImageReadError(
+            f"{path}: not a readable PNG ({exc.__class__.__name__}: {exc})"
+        ) from exc
+    planes = int(info["planes"])
+    arr = arr.reshape(height, width, planes).astype(np.float64) / float(2 ** info["bitdepth"] - 1)
+    color = arr[..., : planes - 1] if info["alpha"] else arr
+    kind = "grayscale" if info["greyscale"] else "RGB"
+    if info["greyscale"]:
+        color = np.repeat(color, 3, axis=-1)
+    if info["alpha"]:
+        alpha = arr[..., planes - 1 :]
+        color = color * alpha + (1.0 - alpha)
+        notes.append(f"16-bit {kind} with alpha composited on white")
+    notes.append(
+        f"16-bit {kind} PNG scaled to [0, 1]"
+        + (" and replicated to RGB" if kind == "grayscale" else "")
+    )
+    return color
 
 
 def load_image(path: str | Path) -> LoadedImage:
@@ -84,17 +103,29 @@ def load_image(path: str | Path) -> LoadedImage:
         raise ImageReadError(f"{path}: no such file")
     notes: list[str] = []
     try:
-        with Image.open(path) as img:
-            img.load()
-            if getattr(img, "n_frames", 1) > 1:
-                notes.append("multi-frame image: first frame used")
-            arr: np.ndarray | None = None
-            if img.format == "PNG" and img.mode in ("RGB", "RGBA"):
-                arr = _read_16bit_png(path, notes)
-            if arr is None:
+        if _png_bit_depth(path) == 16:
+            arr = _read_16bit_png(path, notes)
+        else:
+            with Image.open(path) as img:
+                img.load()
+                if getattr(img, "n_frames", 1) > 1:
+                    notes.append("multi-frame image: first frame used")
+                # Cameras store rotation in EXIF; apply it so the output looks like the input.
+                orientation = img.getexif().get(0x0112, 1)
+                if orientation not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
+                    notes.append(f"EXIF orientation {orientation} applied")
                 arr = _to_float_rgb(img, notes)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise ImageReadError(
+            f"{path}: not a readable image ({exc.__class__.__name__}: {exc})"
+        ) from exc
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageReadError(f"{path}: unsupported image layout {arr.shape}")
     tensor = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float()
@@ -127,4 +158,6 @@ def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
     if not root.is_dir():
         raise ImageReadError(f"{root}: no such file or folder")
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )

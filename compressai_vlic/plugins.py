@@ -21,8 +21,6 @@ ZOO_GROUP = "compressai.zoo"
 ARCHITECTURE_GROUP = "compressai.architectures"
 CRITERION_GROUP = "compressai.criteria"
 
-_registered: dict[str, set[str]] = {}
-
 
 class LazyEntryPoint:
     """Stands in for an entry point's object and loads it on first use."""
@@ -34,7 +32,14 @@ class LazyEntryPoint:
     @property
     def target(self) -> Any:
         if self._target is None:
-            self._target = self._entry_point.load()
+            ep = self._entry_point
+            try:
+                self._target = ep.load()
+            except Exception as exc:
+                raise ImportError(
+                    f"CompressAI plugin {ep.name!r} ({ep.value}, group {ep.group}) failed to load: "
+                    f"{exc.__class__.__name__}: {exc}"
+                ) from exc
         return self._target
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -66,10 +71,15 @@ def _entries(group: str) -> list[EntryPoint]:
     return list(entry_points(group=group))
 
 
-def register_entry_points() -> dict[str, list[str]]:
-    """Register every plugin model and criterion with CompressAI; returns the names per group.
+def _is_ours(obj: Any) -> bool:
+    return isinstance(obj, LazyEntryPoint)
 
-    Safe to call many times. Names CompressAI already defines are never overwritten.
+
+def register_entry_points() -> dict[str, list[str]]:
+    """Register every plugin model and criterion with CompressAI; returns the names added now.
+
+    Safe to call many times (later calls add nothing). Names CompressAI already defines are
+    never overwritten: a clashing plugin is skipped with a warning.
     """
     import compressai.zoo as zoo
     import compressai.zoo.image as zoo_image
@@ -77,25 +87,37 @@ def register_entry_points() -> dict[str, list[str]]:
 
     added: dict[str, list[str]] = {ZOO_GROUP: [], ARCHITECTURE_GROUP: [], CRITERION_GROUP: []}
     for ep in _entries(ZOO_GROUP):
-        if ep.name in zoo.image_models and ep.name not in _registered.get(ZOO_GROUP, set()):
-            warnings.warn(f"plugin model {ep.name!r} clashes with a CompressAI model; skipped", stacklevel=2)
+        if ep.name in zoo.image_models:
+            if not _is_ours(zoo.image_models[ep.name]):
+                _warn_clash(ep)
             continue
         proxy = LazyEntryPoint(ep)
         zoo.image_models[ep.name] = proxy
-        zoo.models[ep.name] = proxy
+        zoo.models.setdefault(ep.name, proxy)
         added[ZOO_GROUP].append(ep.name)
     for ep in _entries(ARCHITECTURE_GROUP):
-        if ep.name in zoo_image.model_architectures and ep.name not in _registered.get(
-            ARCHITECTURE_GROUP, set()
-        ):
+        if ep.name in zoo_image.model_architectures:
+            if not _is_ours(zoo_image.model_architectures[ep.name]):
+                _warn_clash(ep)
             continue
-        proxy = LazyArchitecture(ep)
-        zoo_image.model_architectures[ep.name] = proxy
-        registry.MODELS.setdefault(ep.name, proxy)
+        # eval_model/update_model want the class (update_model calls non-classes with no
+        # arguments to get it); the registry wants a constructor, so it gets a plain proxy.
+        zoo_image.model_architectures[ep.name] = LazyArchitecture(ep)
+        registry.MODELS.setdefault(ep.name, LazyEntryPoint(ep))
         added[ARCHITECTURE_GROUP].append(ep.name)
     for ep in _entries(CRITERION_GROUP):
-        registry.CRITERIONS.setdefault(ep.name, LazyArchitecture(ep))
+        if ep.name in registry.CRITERIONS:
+            if not _is_ours(registry.CRITERIONS[ep.name]):
+                _warn_clash(ep)
+            continue
+        registry.CRITERIONS[ep.name] = LazyEntryPoint(ep)
         added[CRITERION_GROUP].append(ep.name)
-    for group, names in added.items():
-        _registered.setdefault(group, set()).update(names)
     return added
+
+
+def _warn_clash(ep: EntryPoint) -> None:
+    warnings.warn(
+        f"CompressAI plugin {ep.name!r} ({ep.value}, group {ep.group}) clashes with a name "
+        "CompressAI already defines; skipped",
+        stacklevel=3,
+    )

@@ -12,14 +12,29 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "encode": ("compressai_vlic.cli.encode", "compress images (files or folders) to .vlic bitstreams"),
+    "encode": (
+        "compressai_vlic.cli.encode",
+        "compress images (files or folders) to .vlic bitstreams",
+    ),
     "decode": ("compressai_vlic.cli.decode", "decode .vlic bitstreams (files or folders) to PNG"),
     "eval": ("compressai_vlic.cli.eval", "run CompressAI's eval_model with the plugins registered"),
-    "update": ("compressai_vlic.cli.update", "run CompressAI's update_model with the plugins registered"),
+    "update": (
+        "compressai_vlic.cli.update",
+        "run CompressAI's update_model with the plugins registered",
+    ),
     "bench": ("compressai_vlic.cli.bench", "codec benchmark: timings, real/estimated bits, memory"),
-    "judge": ("compressai_vlic.cli.judge", "build a preference dataset with a judge; `judge audit` measures a judge"),
-    "compare": ("compressai_vlic.cli.compare", "compare codecs on many metrics; BD-rates and plots"),
-    "demo": ("compressai_vlic.cli.demo", "the main job: pre-train, post-train, evaluate, report (CPU, ~15 min)"),
+    "judge": (
+        "compressai_vlic.cli.judge",
+        "build a preference dataset with a judge; `judge audit` measures a judge",
+    ),
+    "compare": (
+        "compressai_vlic.cli.compare",
+        "compare codecs on many metrics; BD-rates and plots",
+    ),
+    "demo": (
+        "compressai_vlic.cli.demo",
+        "the main job: pre-train, post-train, evaluate, report (CPU, ~15 min)",
+    ),
 }
 
 # Sub-commands that forward their whole argv to another program's parser.

@@ -51,6 +51,7 @@ class Vote:
     order: str = "AB"  # "AB" = images shown as given, "BA" = shown swapped (score already mapped back)
     raw: str = ""  # raw answer text (VLM) or metric values; never contains secrets
     error: str | None = None  # why this vote abstained, when it did
+    source: str = ""  # which member of a composite judge cast it, e.g. "vote2/BA/ssimulacra2"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

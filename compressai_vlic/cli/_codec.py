@@ -1,0 +1,134 @@
+"""What encode, decode and bench share: choosing the model and mapping inputs to outputs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compressai_vlic.errors import CheckpointError, ConfigError, VLICError
+
+if TYPE_CHECKING:
+    from compressai_vlic.models.vlic import VLIC
+
+# Seed of the untrained `--quality test` weights: encoder and decoder processes must build the
+# very same random model, or the decoder's prior would not match the encoder's.
+TEST_WEIGHTS_SEED = 0
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint / --quality: the decoder needs the exact model that encoded a stream."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="bare VLIC state dict (.pth/.pth.tar, as written by `compressai-vlic update`), "
+        "loaded with weights_only=True",
+    )
+    group.add_argument(
+        "--quality",
+        help="zoo quality: 'test' (tiny untrained model, fixed seed) or a paper point (1, 2) "
+        "whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
+    )
+
+
+def load_state(path: Path) -> dict:
+    """A bare state dict (or one under the keys CompressAI's tools accept), weights only."""
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means an unusable checkpoint
+        raise CheckpointError(f"{path}: cannot load with weights_only=True ({exc})") from exc
+    for key in ("network", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and key in state:
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VLIC:
+    """The VLIC model of a checkpoint file or zoo quality, in eval mode on the CPU."""
+    import torch
+
+    from compressai_vlic import zoo
+    from compressai_vlic.models.vlic import VLIC
+
+    if checkpoint is not None:
+        model = VLIC.from_state_dict(load_state(checkpoint))
+    elif quality is None:
+        raise ConfigError("give --checkpoint CKPT or --quality Q")
+    elif str(quality) == "test":
+        with torch.random.fork_rng():
+            torch.manual_seed(TEST_WEIGHTS_SEED)
+            model = zoo.vlic("test")
+    else:
+        q: int | str = int(quality) if str(quality).isdigit() else quality
+        model = zoo.vlic(q, pretrained=True)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the file its result goes to."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class Plan:
+    """Jobs to run, plus inputs refused before any work (missing paths)."""
+
+    jobs: list[Job]
+    refused: list[str]
+
+
+def plan_jobs(
+    inputs: Sequence[Path],
+    output: Path,
+    find: Callable[[Path], list[Path]],
+    suffix: str,
+) -> Plan:
+    """Map inputs to outputs: a single file may name its output file, folders are mirrored.
+
+    With one folder the tree under it is mirrored into ``output``; with several inputs each
+    folder keeps its own name as a sub-folder. Two inputs that would write the same file are
+    refused up front (e.g. ``a.png`` and ``a.jpg``) rather than one silently overwriting the other.
+    """
+    jobs: list[Job] = []
+    refused: list[str] = []
+    single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
+    if single_file and output.suffix.lower() == suffix:
+        return Plan([Job(Path(inputs[0]), output)], refused)
+    for item in map(Path, inputs):
+        if item.is_dir():
+            base = output if len(inputs) == 1 else output / item.name
+            jobs += [Job(p, base / p.relative_to(item).with_suffix(suffix)) for p in find(item)]
+        elif item.is_file():
+            jobs.append(Job(item, output / item.with_suffix(suffix).name))
+        else:
+            refused.append(f"{item}: no such file or folder")
+    seen: dict[Path, Path] = {}
+    kept: list[Job] = []
+    for job in jobs:
+        if job.target in seen:
+            refused.append(
+                f"{job.source}: would overwrite {job.target}, also written from {seen[job.target]}"
+                "; rename one of them or give them separate runs"
+            )
+            continue
+        seen[job.target] = job.source
+        kept.append(job)
+    return Plan(kept, refused)
+
+
+def error_text(source: Path, exc: BaseException) -> str:
+    """One line for a per-file failure: the typed message, or the type for anything else."""
+    text = str(exc) if isinstance(exc, VLICError) else f"{exc.__class__.__name__}: {exc}"
+    return text if text.startswith(str(source)) else f"{source}: {text}"

@@ -1,0 +1,333 @@
+"""`compressai-vlic judge`: build a preference dataset; `compressai-vlic judge audit`: measure a judge.
+
+Build: for a folder of originals and two folders of reconstructions (matched by relative path
+without suffix), or a VLIC codec that decodes each original twice with different noise seeds,
+judge every pair and append one JSONL row per pair. Resumable: rerun the same command after an
+interruption and it continues where it stopped.
+
+    compressai-vlic judge --originals orig/ --recon-a a/ --recon-b b/ --output prefs.jsonl \\
+        --judge-type ssimulacra2 --symmetrize
+    compressai-vlic judge --originals orig/ --codec-quality test --output prefs.jsonl
+    compressai-vlic judge audit --bapps 2afc/val/traditional --judge-type ssimulacra2 --output-dir audit/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from compressai_vlic.errors import ConfigError, VLICError
+
+DEFAULT_JUDGE = "ssimulacra2"
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, booleans, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _weight(text: str) -> tuple[str, float]:
+    key, _sep, value = text.rpartition("=")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected JUDGE_TYPE=WEIGHT, got {text!r}") from None
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
+    """Judge selection and composition flags (shared by build and audit)."""
+    g = parser.add_argument_group("judge")
+    if multi:
+        g.add_argument(
+            "--judge-type",
+            action="append",
+            default=None,
+            help=f"judge to audit (repeat to compare several); default {DEFAULT_JUDGE}. A registered "
+            "name (ssimulacra2, psnr, ms_ssim, lpips, dists, VLM backends) or module:attr",
+        )
+    else:
+        g.add_argument(
+            "--judge-type",
+            default=DEFAULT_JUDGE,
+            help="registered judge name (ssimulacra2 = offline default, psnr, ms_ssim, lpips, dists, "
+            "VLM backends) or module:attr of a factory",
+        )
+    g.add_argument(
+        "--judge-arg",
+        type=_kv,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword for the judge factory (repeatable), e.g. margin=0.5, model=..., attribute=contrast",
+    )
+    g.add_argument(
+        "--cache",
+        default=None,
+        metavar="PATH",
+        help="persistent judgment cache (SQLite); answers are reused across runs",
+    )
+    g.add_argument(
+        "--order-type",
+        choices=("as-given", "symmetrize"),
+        default="as-given",
+        help="symmetrize: judge (A,B) and (B,A) and combine (cancels position bias)",
+    )
+    g.add_argument(
+        "--symmetrize",
+        dest="order_type",
+        action="store_const",
+        const="symmetrize",
+        help="same as --order-type symmetrize",
+    )
+    g.add_argument(
+        "--combine-type",
+        choices=("sum", "agree"),
+        default="sum",
+        help="how the two orders combine: sum of scores (VLIC) or both must agree",
+    )
+    g.add_argument(
+        "--votes", type=int, default=1, help="self-ensemble: majority over N votes (ties abstain)"
+    )
+    g.add_argument("--majority-type", choices=("plurality", "strict"), default="plurality")
+    g.add_argument(
+        "--unanimous-with",
+        action="append",
+        default=[],
+        metavar="JUDGE_TYPE",
+        help="also ask this judge; keep the label only if all agree (e.g. lpips)",
+    )
+    g.add_argument(
+        "--weighted",
+        type=_weight,
+        action="append",
+        default=[],
+        metavar="JUDGE_TYPE=WEIGHT",
+        help="weighted ensemble of the base judge (weight --base-weight) and these judges",
+    )
+    g.add_argument("--base-weight", type=float, default=1.0)
+    g.add_argument("--weighted-type", choices=("choice", "score"), default="choice")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = __doc__
+    src = parser.add_argument_group("inputs")
+    src.add_argument("--originals", type=Path, help="folder (or file) of original images")
+    src.add_argument(
+        "--recon-a",
+        type=Path,
+        help="folder of reconstructions A (matched by relative path without suffix)",
+    )
+    src.add_argument("--recon-b", type=Path, help="folder of reconstructions B")
+    src.add_argument(
+        "--missing-type",
+        choices=("error", "skip"),
+        default="error",
+        help="what to do with originals lacking a reconstruction",
+    )
+    src.add_argument(
+        "--codec-checkpoint",
+        type=Path,
+        help="VLIC state dict (.pth.tar / .pth): decode each original twice",
+    )
+    src.add_argument(
+        "--codec-quality",
+        default=None,
+        help="VLIC zoo quality (e.g. test) with random weights, or the architecture of --codec-checkpoint",
+    )
+    src.add_argument(
+        "--pairs-per-image",
+        type=int,
+        default=1,
+        help="codec pairs per original (seeds base+2i, base+2i+1)",
+    )
+    src.add_argument("--base-seed", type=int, default=0)
+    src.add_argument(
+        "--init-seed",
+        type=int,
+        default=0,
+        help="weight init seed of an untrained --codec-quality model",
+    )
+    src.add_argument(
+        "--decode-dir",
+        type=Path,
+        default=None,
+        help="where codec decodes go (default OUTPUT.decodes/)",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", type=Path, help="preference dataset (JSONL); rerun to resume")
+    out.add_argument("--concurrency", type=int, default=4, help="pairs in flight at once")
+    out.add_argument("--limit", type=int, default=None, help="judge at most the first N pairs")
+    out.add_argument("--progress-type", choices=("bar", "none"), default="bar")
+    add_judge_arguments(parser)
+
+    sub = parser.add_subparsers(dest="judge_command", metavar="{audit}")
+    sub.required = False
+    audit = sub.add_parser(
+        "audit", help="measure judges against human 2AFC labels (BAPPS layout or CSV)"
+    )
+    from compressai_vlic.judges.audit import add_audit_arguments
+
+    add_audit_arguments(audit)
+    add_judge_arguments(audit, multi=True)
+
+
+def compose_spec(args: argparse.Namespace) -> Any:
+    from compressai_vlic.judges.compose import ComposeSpec
+
+    return ComposeSpec(
+        order_type=args.order_type,
+        combine_type=args.combine_type,
+        votes=args.votes,
+        majority_type=args.majority_type,
+        unanimous_with=list(args.unanimous_with),
+        weighted=dict(args.weighted),
+        base_weight=args.base_weight,
+        weighted_type=args.weighted_type,
+    )
+
+
+def make_judge_from_args(judge_type: str, args: argparse.Namespace) -> Any:
+    """Base judge (with --judge-arg keywords, wrapped in the cache when --cache is given)."""
+    from compressai_vlic.judges.compose import make_base_judge
+
+    judge = make_base_judge(judge_type, **dict(args.judge_arg))
+    return maybe_cached(judge, args.cache)
+
+
+def maybe_cached(judge: Any, cache: str | None) -> Any:
+    if cache is None or not callable(getattr(judge, "cache_identity", None)):
+        return judge
+    from compressai_vlic.judges.cache import CachedJudge
+
+    return CachedJudge(judge, cache)
+
+
+def _make_extra(args: argparse.Namespace):  # extra judges named in --unanimous-with / --weighted
+    from compressai_vlic.judges.compose import make_base_judge
+
+    return lambda t: maybe_cached(make_base_judge(t), args.cache)
+
+
+def _load_codec(args: argparse.Namespace) -> Any:
+    import torch
+
+    from compressai_vlic.zoo import vlic
+
+    if args.codec_checkpoint is not None:
+        from compressai_vlic.errors import CheckpointError
+        from compressai_vlic.models.vlic import VLIC
+
+        try:
+            state = torch.load(args.codec_checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot load {args.codec_checkpoint} with weights_only=True: {exc}"
+            ) from exc
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        return VLIC.from_state_dict(state)
+    torch.manual_seed(args.init_seed)  # random weights, but the same ones on every (resumed) run
+    return vlic(args.codec_quality, pretrained=False)
+
+
+def _codec_identity(args: argparse.Namespace) -> dict[str, Any]:
+    """Which codec made the pairs: a resumed run must use the same one."""
+    if args.codec_checkpoint is not None:
+        from compressai_vlic.judges.dataset import file_sha256
+
+        return {"checkpoint_sha256": file_sha256(args.codec_checkpoint)}
+    return {"quality": str(args.codec_quality), "init_seed": args.init_seed, "weights": "random"}
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from compressai_vlic.judges.compose import compose, describe_judge
+    from compressai_vlic.judges.dataset import (
+        CodecPairMaker,
+        build_preference_dataset,
+        pairs_from_folders,
+    )
+
+    if args.output is None or args.originals is None:
+        raise ConfigError(
+            "judge needs --originals and --output (or use `compressai-vlic judge audit ...`)"
+        )
+    use_codec = args.codec_checkpoint is not None or args.codec_quality is not None
+    use_folders = args.recon_a is not None or args.recon_b is not None
+    if use_codec == use_folders or (use_folders and (args.recon_a is None or args.recon_b is None)):
+        raise ConfigError(
+            "give either --recon-a and --recon-b, or a codec (--codec-checkpoint / --codec-quality)"
+        )
+    prepare, codec = None, None
+    if use_folders:
+        pairs, missing = pairs_from_folders(
+            args.originals, args.recon_a, args.recon_b, args.missing_type
+        )
+        if missing:
+            print(
+                f"skipping {len(missing)} originals without both reconstructions", file=sys.stderr
+            )
+    else:
+        decode_dir = args.decode_dir or args.output.with_name(args.output.name + ".decodes")
+        maker = CodecPairMaker(
+            _load_codec(args),
+            decode_dir,
+            args.pairs_per_image,
+            args.base_seed,
+            _codec_identity(args),
+        )
+        pairs, prepare = maker.plan(args.originals), maker.prepare
+        codec = {
+            **_codec_identity(args),
+            "pairs_per_image": args.pairs_per_image,
+            "base_seed": args.base_seed,
+        }
+    if args.limit is not None:
+        pairs = pairs[: args.limit]
+    judge = compose(
+        make_judge_from_args(args.judge_type, args), compose_spec(args), _make_extra(args)
+    )
+    config = {
+        "judge": describe_judge(judge),
+        "judge_type": args.judge_type,
+        "judge_args": dict(args.judge_arg),
+    }
+    if codec is not None:
+        config["codec"] = codec
+    summary = build_preference_dataset(
+        pairs,
+        judge,
+        args.output,
+        config,
+        concurrency=args.concurrency,
+        progress=args.progress_type == "bar",
+        prepare=prepare,
+    )
+    if summary.repaired_bytes:
+        print(
+            f"cut off a torn last line ({summary.repaired_bytes} bytes) left by an interrupted run",
+            file=sys.stderr,
+        )
+    print(f"{args.output}: {summary.line()}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if getattr(args, "judge_command", None) == "audit":
+            from compressai_vlic.judges.audit import run_audit_cli
+
+            return run_audit_cli(args)
+        return run_build(args)
+    except VLICError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

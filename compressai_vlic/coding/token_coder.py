@@ -1,0 +1,216 @@
+"""rANS coding of FSQ token grids with the autoregressive prior (compressai.ans underneath).
+
+Symbol order: for token k = 0..K-1, for digit j = 0..d-1, for tile b = 0..B-1. All B tiles of an
+image share one stream, so decoding costs K prior steps (each a batch of B tiles with a KV cache)
+and K ``decode_stream`` calls, each decoding the B * d digits of one token position at once.
+
+Encoder and decoder run the same code: ``prior.step`` (float64, single-threaded) ->
+:func:`~compressai_vlic.coding.cdf.logits_to_cdf` (integer-only) -> rANS. The encoder does not
+use the parallel teacher-forced pass for coding, so both ends see identical tables.
+
+Corrupt input. compressai's ``RansDecoder`` has no bounds checks: its decoder reads one 32-bit
+word past its pointer whenever its state runs low, and its escape/bypass path can read an
+unbounded number of words. Here:
+
+* the escape symbol has zero width (see :mod:`~compressai_vlic.coding.cdf`), so the bypass path
+  is unreachable and every decoded digit is in [0, L_j);
+* each decoded symbol reads at most one word, so appending fixed padding words
+  (N + FILLER_SYMBOLS + PROBE_SYMBOLS + 2, N = B * K * d) keeps every read inside our buffer,
+  whatever the bytes are;
+* a payload longer than any valid one or not made of whole words is refused before decoding;
+* after the N symbols and the fillers, a valid stream leaves the decoder in its initial state
+  (2**31) exactly at the end of the payload. Decoding ``PROBE_SYMBOLS`` more symbols with a
+  uniform 8-bit table reads out that state and the next words (our padding); any difference from
+  a reference stream (fillers only) means the payload is not what the encoder wrote, and raises
+  CorruptStreamError. compressai.ans exposes neither the final state nor the read position, so
+  this is how "the decoder consumed the stream exactly" is checked.
+
+Not detectable: a payload that is itself a valid stream for the same model and token count
+(e.g. spliced from another image with the CRC recomputed) decodes to those other tokens; and in
+a corrupt payload the end check misses with probability about 2**-64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from torch import Tensor
+
+from compressai_vlic.coding.cdf import (
+    DEFAULT_LOGIT_STEP,
+    DEFAULT_PRECISION,
+    cdf_bits,
+    logits_to_cdf,
+)
+from compressai_vlic.errors import (
+    ConfigError,
+    CorruptStreamError,
+    InvalidTokensError,
+    TruncatedStreamError,
+)
+from compressai_vlic.models.prior import deterministic_coding
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressai_vlic.models.prior import ARPrior
+
+__all__ = ["PROBE_SYMBOLS", "TokenCoder"]
+
+#: Uniform 8-bit symbols decoded after the payload to check the decoder ended where it should.
+PROBE_SYMBOLS = 12
+_PROBE_CDF = [[256 * i for i in range(257)] + [65536]]
+#: Near-free symbols (p = 1 - 2**-16 each) the encoder appends: compressai's
+#: ``BufferedRansEncoder.flush`` sizes its output buffer by the symbol count and writes past it
+#: for very short streams (it segfaults on an empty one), and decoding them back is one more check.
+FILLER_SYMBOLS = 16
+_FILLER_CDF = [[0, 65535, 65536, 65536]]
+_FILLER_ARGS = ([0] * FILLER_SYMBOLS, _FILLER_CDF, [4], [0])
+# Padding words appended to the payload at decode time; arbitrary but fixed and distinct, so a
+# decoder that stopped at the wrong word reads different padding than the reference.
+_PAD_MULTIPLIER = 0x9E3779B1
+
+
+def _padding(words: int) -> bytes:
+    return b"".join(
+        ((i + 1) * _PAD_MULTIPLIER & 0xFFFFFFFF).to_bytes(4, "little") for i in range(words)
+    )
+
+
+def _finish(decoder: RansDecoder) -> tuple[list[int], list[int]]:
+    """Decode the fillers and the end probe (what must follow the last token)."""
+    return decoder.decode_stream(*_FILLER_ARGS), decoder.decode_stream(
+        [0] * PROBE_SYMBOLS, _PROBE_CDF, [258], [0]
+    )
+
+
+def _reference_finish() -> tuple[list[int], list[int]]:
+    """What a valid stream decodes to after its tokens: a stream of fillers only, probed."""
+    encoder = BufferedRansEncoder()
+    encoder.encode_with_indexes([0] * FILLER_SYMBOLS, *_FILLER_ARGS)
+    decoder = RansDecoder()
+    decoder.set_stream(encoder.flush() + _padding(FILLER_SYMBOLS + PROBE_SYMBOLS + 2))
+    return _finish(decoder)
+
+
+class TokenCoder:
+    """Entropy coder for (B, K, d) FSQ indices driven by an :class:`ARPrior`."""
+
+    def __init__(
+        self,
+        levels: Sequence[int],
+        precision: int = DEFAULT_PRECISION,
+        logit_step: float = DEFAULT_LOGIT_STEP,
+    ) -> None:
+        self.levels = tuple(int(v) for v in levels)
+        if not self.levels or any(not 2 <= v <= 1 << 15 for v in self.levels):
+            raise ConfigError(f"FSQ levels must be integers in [2, 32768], got {self.levels}")
+        if precision != 16:
+            raise ConfigError("compressai.ans codes with 16-bit CDFs; precision must be 16")
+        self.precision = precision
+        self.logit_step = logit_step
+        self._reference = _reference_finish()
+
+    # -------------------------------------------------------------- helpers
+    def _check_prior(self, prior: ARPrior) -> None:
+        if tuple(prior.levels) != self.levels:
+            raise ConfigError(f"prior levels {prior.levels} differ from coder levels {self.levels}")
+
+    def _tables(self, logits: list[Tensor]) -> list[Tensor]:
+        return [logits_to_cdf(lg, self.precision, self.logit_step) for lg in logits]
+
+    def _layout(self, batch: int) -> tuple[list[int], list[int], list[int]]:
+        """Per-step table indexes, table sizes and offsets (digit-major, then tile)."""
+        count = batch * len(self.levels)
+        sizes = [level + 2 for level in self.levels for _ in range(batch)]
+        return list(range(count)), sizes, [0] * count
+
+    def _check_indices(self, indices: Tensor, prior: ARPrior) -> Tensor:
+        prior.check_indices(indices)
+        if indices.shape[0] < 1:
+            raise InvalidTokensError("need at least one tile of tokens")
+        return indices.detach().cpu().long()
+
+    # ------------------------------------------------------------------ API
+    def encode(self, indices: Tensor, prior: ARPrior) -> bytes:
+        """(B, K, d) indices -> rANS payload (whole 32-bit words)."""
+        self._check_prior(prior)
+        indices = self._check_indices(indices, prior)
+        batch, num_tokens, _ = indices.shape
+        table_ids, sizes, offsets = self._layout(batch)
+        encoder = BufferedRansEncoder()
+        with deterministic_coding():
+            state = prior.start(batch)
+            prev = None
+            for k in range(num_tokens):
+                tables = self._tables(prior.step(state, prev))
+                cdfs = [row for table in tables for row in table.tolist()]
+                symbols = indices[:, k, :].t().reshape(-1).tolist()
+                encoder.encode_with_indexes(symbols, table_ids, cdfs, sizes, offsets)
+                prev = indices[:, k, :]
+        encoder.encode_with_indexes([0] * FILLER_SYMBOLS, *_FILLER_ARGS)
+        return encoder.flush()
+
+    def decode(self, data: bytes, prior: ARPrior, batch: int, num_tokens: int) -> Tensor:
+        """rANS payload -> (B, K, d) long indices; BitstreamError if it is not a valid payload."""
+        self._check_prior(prior)
+        if num_tokens != prior.num_tokens or batch < 1:
+            raise ConfigError(
+                f"cannot decode {batch} tiles x {num_tokens} tokens with a prior of "
+                f"{prior.num_tokens} tokens"
+            )
+        data = bytes(data)
+        d = len(self.levels)
+        total = batch * num_tokens * d
+        if len(data) < 8 or len(data) % 4:
+            raise TruncatedStreamError(
+                f"token payload of {len(data)} bytes is not >= 2 whole 32-bit rANS words"
+            )
+        if len(data) > self.max_payload_bytes(total):
+            raise CorruptStreamError(
+                f"token payload of {len(data)} bytes is longer than any valid stream of "
+                f"{total} symbols ({self.max_payload_bytes(total)} bytes)"
+            )
+        decoder = RansDecoder()
+        decoder.set_stream(data + _padding(total + FILLER_SYMBOLS + PROBE_SYMBOLS + 2))
+        table_ids, sizes, offsets = self._layout(batch)
+        out = torch.empty(batch, num_tokens, d, dtype=torch.long)
+        with deterministic_coding():
+            state = prior.start(batch)
+            prev = None
+            for k in range(num_tokens):
+                tables = self._tables(prior.step(state, prev))
+                cdfs = [row for table in tables for row in table.tolist()]
+                symbols = decoder.decode_stream(table_ids, cdfs, sizes, offsets)
+                out[:, k, :] = torch.tensor(symbols, dtype=torch.long).view(d, batch).t()
+                prev = out[:, k, :]
+        limits = torch.tensor(self.levels)
+        if (out < 0).any() or (out >= limits).any():  # unreachable with zero-width escapes
+            raise CorruptStreamError("token payload decoded to digits outside the FSQ levels")
+        if _finish(decoder) != self._reference:
+            raise CorruptStreamError(
+                "token payload does not end where a valid stream would: it is corrupt, or was "
+                "written for another model, tile count or token count"
+            )
+        return out
+
+    def estimate_bits(self, indices: Tensor, prior: ARPrior) -> float:
+        """Ideal code length (bits) under the coder's own integer tables (rANS adds <= 8 bytes)."""
+        self._check_prior(prior)
+        indices = self._check_indices(indices, prior)
+        batch, num_tokens, _ = indices.shape
+        bits = 0.0
+        with deterministic_coding():
+            state = prior.start(batch)
+            prev = None
+            for k in range(num_tokens):
+                for j, table in enumerate(self._tables(prior.step(state, prev))):
+                    bits += float(cdf_bits(table, indices[:, k, j], self.precision).sum())
+                prev = indices[:, k, :]
+        return bits
+
+    @staticmethod
+    def max_payload_bytes(num_symbols: int) -> int:
+        """Upper bound of a payload for ``num_symbols`` digits (<= one word each + flush)."""
+        return 4 * (num_symbols + FILLER_SYMBOLS + 2)

@@ -1,0 +1,397 @@
+"""A scripted OpenAI-compatible chat-completions server on loopback, for tests and benchmarks.
+
+It speaks ``POST /v1/chat/completions`` like vLLM/SGLang/Ollama, answers as a deterministic
+"judge" (the image with the lower mean squared error to the original wins, or always the first
+image with ``answer_type="first"``) and injects faults from a script, so a client can be tested
+against 429 (with Retry-After), 5xx, slow replies, malformed JSON, refusals and wrong formats
+through its real HTTP stack. Faults are keyed by the pair's image content (see :func:`pair_key`),
+so concurrent clients get the same script whatever the arrival order.
+
+Run: ``python -m compressai_vlic.judges.loopback_server --script script.json [--port 0]``; the
+first stdout line is ``LISTENING <base_url>``. ``GET /stats`` returns request counts and a log
+(image formats and sizes, ``detail`` values; never headers), ``POST /script`` replaces the
+script and resets the counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from compressai_vlic.judges.encoding import array_digest, data_url_format, decode_data_url
+
+BEHAVIOURS = (
+    "ok",
+    "no_logprobs",
+    "429",
+    "500",
+    "503",
+    "400",
+    "slow",
+    "malformed",
+    "no_choices",
+    "refuse",
+    "refusal_field",
+    "wrong_format",
+    "out_of_range",
+    "ambiguous",
+    "empty",
+)
+
+
+@dataclass
+class ServerScript:
+    """What the server does. ``pairs`` maps :func:`pair_key` to behaviours for attempt 1, 2, ...;
+    once a list is used up the pair gets ``"ok"``. Pairs not listed follow ``default``."""
+
+    latency_s: float = 0.0
+    slow_s: float = 5.0
+    retry_after_s: float = 0.1
+    logprobs: bool = True
+    answer_type: str = "closest"  # "closest" (lower MSE wins) | "first" (always A)
+    default: list[str] = field(default_factory=lambda: ["ok"])
+    pairs: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for seq in [self.default, *self.pairs.values()]:
+            for b in seq:
+                if b not in BEHAVIOURS:
+                    raise ValueError(f"unknown behaviour {b!r}; choose from {BEHAVIOURS}")
+
+
+def pair_key(digests: tuple[str, str, str] | list[str]) -> str:
+    """Key of one request: the three image digests in display order (see ``image_digest``)."""
+    return hashlib.sha256("|".join(digests).encode()).hexdigest()[:16]
+
+
+class _State:
+    def __init__(self, script: ServerScript, expect_key: str | None) -> None:
+        self.lock = threading.Lock()
+        self.expect_key = expect_key
+        self.set_script(script)
+
+    def set_script(self, script: ServerScript) -> None:
+        with self.lock:
+            self.script = script
+            self.requests = 0
+            self.by_key: dict[str, int] = {}
+            self.log: list[dict[str, Any]] = []
+            self.in_flight = 0
+            self.max_in_flight = 0
+
+    def next_behaviour(self, key: str) -> tuple[str, int]:
+        with self.lock:
+            self.requests += 1
+            attempt = self.by_key.get(key, 0)
+            self.by_key[key] = attempt + 1
+            seq = self.script.pairs.get(key, self.script.default)
+            if key in self.script.pairs:
+                behaviour = seq[attempt] if attempt < len(seq) else "ok"
+            else:
+                behaviour = seq[attempt % len(seq)]
+            return behaviour, attempt + 1
+
+
+def _judge_images(images: list[np.ndarray], answer_type: str) -> tuple[float, float]:
+    """(P(A), score in [-5, 5]) of the toy judge."""
+    ref, a, b = (im.astype(np.float64) for im in images)
+    if answer_type == "first" or a.shape != ref.shape or b.shape != ref.shape:
+        return 0.9, 3.0
+    mse_a = float(np.mean((a - ref) ** 2))
+    mse_b = float(np.mean((b - ref) ** 2))
+    total = mse_a + mse_b
+    p_a = 0.5 if total == 0 else mse_b / total
+    score = round(10.0 * (p_a - 0.5))
+    if score == 0 and mse_a != mse_b:
+        score = 1 if mse_a < mse_b else -1
+    return p_a, float(max(-5, min(5, score)))
+
+
+def _completion(content: str | None, refusal: str | None, logprobs: Any, model: str) -> dict:
+    return {
+        "id": "chatcmpl-loopback",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content, "refusal": refusal},
+                "logprobs": logprobs,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }
+
+
+def _answer_logprobs(letter: str, p_a: float) -> dict:
+    p_a = min(max(p_a, 1e-6), 1 - 1e-6)
+    lp = {"A": math.log(p_a), "B": math.log(1 - p_a)}
+    top = [{"token": f" {k}", "logprob": v, "bytes": None} for k, v in lp.items()]
+    top.append({"token": " C", "logprob": math.log(1e-6), "bytes": None})
+    return {
+        "content": [
+            {"token": "Answer", "logprob": -0.01, "bytes": None, "top_logprobs": []},
+            {"token": ":", "logprob": -0.01, "bytes": None, "top_logprobs": []},
+            {"token": f" {letter}", "logprob": lp[letter], "bytes": None, "top_logprobs": top},
+        ]
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        return
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout): nothing to do
+
+    def _json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), headers)
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+    def do_GET(self) -> None:
+        state = self.server.state
+        if self.path.rstrip("/") == "/stats":
+            with state.lock:
+                self._json(
+                    200,
+                    {
+                        "requests": state.requests,
+                        "by_key": dict(state.by_key),
+                        "max_in_flight": state.max_in_flight,
+                        "log": list(state.log),
+                    },
+                )
+            return
+        self._json(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        state = self.server.state
+        body = self._body()
+        if self.path.rstrip("/") == "/script":
+            state.set_script(ServerScript(**json.loads(body)))
+            self._json(200, {"ok": True})
+            return
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            self._json(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        if state.expect_key is not None:
+            if self.headers.get("Authorization", "") != f"Bearer {state.expect_key}":
+                self._json(401, {"error": {"message": "invalid api key", "type": "auth"}})
+                return
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            self._chat(json.loads(body))
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+
+    def _chat(self, req: dict[str, Any]) -> None:
+        state = self.server.state
+        script = state.script
+        texts: list[str] = []
+        images: list[np.ndarray] = []
+        record: dict[str, Any] = {"formats": [], "sizes": [], "details": []}
+        for message in req.get("messages", []):
+            content = message.get("content")
+            if isinstance(content, str):
+                texts.append(content)
+                continue
+            for part in content or []:
+                if part.get("type") == "text":
+                    texts.append(part["text"])
+                elif part.get("type") == "image_url":
+                    url = part["image_url"]["url"]
+                    arr = decode_data_url(url)
+                    images.append(arr)
+                    record["formats"].append(data_url_format(url))
+                    record["sizes"].append([int(arr.shape[0]), int(arr.shape[1])])
+                    record["details"].append(part["image_url"].get("detail"))
+        key = pair_key([array_digest(im) for im in images])
+        behaviour, attempt = state.next_behaviour(key)
+        record.update(key=key, behaviour=behaviour, attempt=attempt, logprobs=req.get("logprobs"))
+        with state.lock:
+            state.log.append(record)
+        if script.latency_s > 0:
+            time.sleep(script.latency_s)
+        model = req.get("model", "loopback")
+        if behaviour in ("429", "500", "503", "400"):
+            headers = {"Retry-After": f"{script.retry_after_s:g}"} if behaviour == "429" else {}
+            msg = {"429": "rate limited", "400": "bad request"}.get(behaviour, "server error")
+            self._json(int(behaviour), {"error": {"message": msg, "type": behaviour}}, headers)
+            return
+        if behaviour == "slow":
+            time.sleep(script.slow_s)
+        if behaviour == "malformed":
+            self._send(200, b'{"id": "chatcmpl-x", "choices": [{"index": 0, "message": {"con')
+            return
+        if behaviour == "no_choices":
+            self._json(200, {"id": "x", "object": "chat.completion", "choices": []})
+            return
+        wants_score = any("Score:" in t for t in texts)
+        p_a, score = _judge_images(images, script.answer_type) if len(images) == 3 else (0.5, 0)
+        letter = "A" if p_a >= 0.5 else "B"
+        refusal = None
+        logprobs = None
+        if behaviour == "refuse":
+            content = "I'm sorry, but I can't help with comparing these images."
+        elif behaviour == "refusal_field":
+            content, refusal = None, "I can't assist with that request."
+        elif behaviour == "wrong_format":
+            content = "Both images look quite similar to me; the first seems a bit sharper."
+        elif behaviour == "out_of_range":
+            content = "Image A is much better.\nScore: 9" if wants_score else "Answer: C"
+        elif behaviour == "ambiguous":
+            content = "Score: 2\nScore: -3" if wants_score else "Answer: A\nAnswer: B"
+        elif behaviour == "empty":
+            content = ""
+        elif wants_score:
+            content = (
+                "Original: a photograph.\nImage A: "
+                f"{'closer' if score > 0 else 'further'} to the original.\n"
+                f"Image B: {'closer' if score < 0 else 'further'} to the original.\n"
+                f"Score: {int(score)}"
+            )
+        else:
+            content = f"Answer: {letter}"
+            if req.get("logprobs") and script.logprobs and behaviour != "no_logprobs":
+                logprobs = _answer_logprobs(letter, p_a)
+        self._json(200, _completion(content, refusal, logprobs, model))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    state: _State
+
+
+def serve(script: ServerScript, port: int = 0, expect_key_env: str | None = None) -> None:
+    expect = os.environ.get(expect_key_env) if expect_key_env else None
+    server = _Server(("127.0.0.1", port), _Handler)
+    server.state = _State(script, expect)
+    print(f"LISTENING http://127.0.0.1:{server.server_address[1]}/v1", flush=True)
+    server.serve_forever()
+
+
+@dataclass
+class ServerHandle:
+    """A running server process: its base URL and helpers to read stats or change the script."""
+
+    base_url: str
+    process: subprocess.Popen
+
+    def stats(self) -> dict[str, Any]:
+        return _http_json("GET", self.base_url.removesuffix("/v1") + "/stats")
+
+    def set_script(self, script: ServerScript) -> None:
+        _http_json("POST", self.base_url.removesuffix("/v1") + "/script", asdict(script))
+
+
+def _http_json(method: str, url: str, payload: Any = None) -> Any:
+    import urllib.request
+
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+@contextmanager
+def run_server(
+    script: ServerScript | None = None,
+    expect_key_env: str | None = None,
+    env: dict[str, str] | None = None,
+    start_timeout_s: float = 60.0,
+) -> Iterator[ServerHandle]:
+    """Start the server as a separate process on a free loopback port; stop it on exit."""
+    import tempfile
+
+    script = script or ServerScript()
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(asdict(script), f)
+        script_path = f.name
+    cmd = [sys.executable, "-m", "compressai_vlic.judges.loopback_server", "--script", script_path]
+    if expect_key_env:
+        cmd += ["--expect-key-env", expect_key_env]
+    # the child imports the same copy of the package as this process (source tree or install)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+    )
+    try:
+        line = _read_line(proc, start_timeout_s)
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"loopback server did not start: {line!r}")
+        yield ServerHandle(base_url=line.split()[1], process=proc)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        os.unlink(script_path)
+
+
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> str:
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return out[0].strip() if out else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--script", help="JSON file with ServerScript fields")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-s", type=float, default=None)
+    parser.add_argument(
+        "--expect-key-env", default=None, help="reject requests without this env var's key (401)"
+    )
+    args = parser.parse_args(argv)
+    fields: dict[str, Any] = {}
+    if args.script:
+        with open(args.script) as f:
+            fields = json.load(f)
+    if args.latency_s is not None:
+        fields["latency_s"] = args.latency_s
+    serve(ServerScript(**fields), args.port, args.expect_key_env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

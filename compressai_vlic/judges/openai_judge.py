@@ -1,0 +1,468 @@
+"""VLM judge over any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama, Gemini, GPT).
+
+Uses the official ``openai`` client (``AsyncOpenAI``) with its own retries switched off: one
+bounded retry budget here covers 429 (honouring Retry-After), 5xx, timeouts, connection errors
+and malformed bodies alike, with exponential backoff and jitter, and every retry is counted in
+:attr:`OpenAIJudge.stats`. Requests run on one private event loop in a background thread, so the
+concurrency bound (an ``asyncio.Semaphore``) holds across ``compare``, ``compare_batch`` and
+``acompare`` from any thread or event loop. A pair always ends judged or abstained (with the
+reason); only misconfiguration (bad key, unknown model, wrong URL) raises
+:class:`~compressai_vlic.errors.JudgeError`.
+
+The API key is read from the environment variable *named* by ``api_key_env`` and lives only inside
+the client: it is not an attribute of the judge, not in its cache identity, and it is scrubbed
+from every error text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import torch
+
+from compressai_vlic.errors import ConfigError, JudgeError
+from compressai_vlic.judges.encoding import check_triplet, png_data_url
+from compressai_vlic.judges.parsing import (
+    ParsedAnswer,
+    TokenLogprob,
+    abstain,
+    parse_answer,
+    prob_a_from_logprobs,
+)
+from compressai_vlic.judges.prompts import PromptTemplate, get_template
+from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[int, Judgment], None]
+
+LOGPROBS_TYPES = ("auto", "on", "off")
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+_RETRY_STATUS = {408, 409, 425, 429}
+_FATAL_STATUS = {401, 403, 404}
+
+
+@dataclass
+class JudgeStats:
+    """Counters over the judge's lifetime (requests = HTTP attempts, retries = attempts - 1)."""
+
+    requests: int = 0
+    retries: int = 0
+    judged: int = 0
+    abstained: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _LoopThread:
+    """One asyncio loop in a daemon thread: every request of a judge runs here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="vlic-judge-loop", daemon=True
+        )
+        self.thread.start()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+
+
+class _Shared:
+    """What replicas of one judge share: loop, client, semaphore, stats, logprobs support."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.runner: _LoopThread | None = None
+        self.client: Any = None
+        self.semaphore: asyncio.Semaphore | None = None
+        self.concurrency = concurrency
+        self.stats = JudgeStats()
+        self.logprobs_supported = True
+        self.lock = threading.Lock()
+
+
+class OpenAIJudge:
+    """2AFC judge that asks a chat-completions VLM (see module docstring).
+
+    ``prompt_type`` is "vlic-score" (describe, then Score in [-5, 5]) or "ab-choice"
+    ("Answer: A|B", with P(A) from the answer token's log-probabilities when the server returns
+    them). ``api_key_env`` names the environment variable holding the key; ``None`` or "" for
+    local servers that need none.
+    """
+
+    backend = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        prompt_type: str = "vlic-score",
+        attribute: str = "fidelity",
+        temperature: float = 0.0,
+        seed: int | None = None,
+        sample_index: int = 0,
+        max_tokens: int | None = None,
+        max_tokens_field: str = "max_tokens",
+        concurrency: int = 8,
+        timeout_s: float = 120.0,
+        max_attempts: int = 4,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        logprobs_type: str = "auto",
+        top_logprobs: int = 5,
+        image_detail: str = "high",
+        extra_body: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not model:
+            raise ConfigError("model is required (e.g. --model Qwen/Qwen2.5-VL-7B-Instruct)")
+        if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
+            raise ConfigError("concurrency and max_attempts must be >= 1, timeout_s > 0")
+        if logprobs_type not in LOGPROBS_TYPES:
+            raise ConfigError(f"logprobs_type must be one of {LOGPROBS_TYPES}")
+        if max_tokens_field not in TOKEN_LIMIT_FIELDS:
+            raise ConfigError(f"max_tokens_field must be one of {TOKEN_LIMIT_FIELDS}")
+        self.template: PromptTemplate = get_template(prompt_type, attribute)
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env or None
+        self.temperature = float(temperature)
+        self.seed = seed
+        self.sample_index = int(sample_index)
+        default_tokens = 1024 if self.template.answer_type == "score" else 16
+        self.max_tokens = int(max_tokens or default_tokens)
+        self.max_tokens_field = max_tokens_field
+        self.timeout_s = float(timeout_s)
+        self.max_attempts = int(max_attempts)
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.logprobs_type = logprobs_type
+        self.top_logprobs = int(top_logprobs)
+        self.image_detail = image_detail
+        self.extra_body = dict(extra_body or {})
+        self.name = name or f"openai:{model}"
+        self._secret = self._read_key()  # kept only to scrub error texts
+        self._shared = _Shared(int(concurrency))
+
+    # ------------------------------------------------------------------ configuration
+
+    def _read_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise JudgeError(
+                f"environment variable {self.api_key_env} is not set: export it with your API key, "
+                "or pass api_key_env='' (--api-key-env '') for a local server that needs no key"
+            )
+        return key
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, "
+            f"api_key_env={self.api_key_env!r}, prompt={self.template.version!r})"
+        )
+
+    @property
+    def stats(self) -> JudgeStats:
+        return self._shared.stats
+
+    @property
+    def concurrency(self) -> int:
+        return self._shared.concurrency
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.template.answer_type == "choice" and self.logprobs_type != "off"
+
+    def cache_identity(self) -> dict[str, Any]:
+        """Everything that determines an answer (the cache key's judge part); never the key."""
+        return {
+            "backend": self.backend,
+            "model": self.model,
+            "prompt_version": self.template.version,
+            "sampling": {
+                "temperature": self.temperature,
+                "seed": self.seed,
+                "sample_index": self.sample_index,
+                self.max_tokens_field: self.max_tokens,
+                "logprobs": self.top_logprobs if self.wants_logprobs else 0,
+                "image_detail": self.image_detail,
+                "extra_body": self.extra_body,
+            },
+        }
+
+    def with_sample_index(self, index: int) -> OpenAIJudge:
+        """The index-th independent sample (self-ensembling): a different seed and cache entry,
+        sharing this judge's connection pool and concurrency bound."""
+        twin = copy.copy(self)
+        twin.sample_index = int(index)
+        if self.seed is not None:
+            twin.seed = self.seed + int(index)
+        return twin
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _runner(self) -> _LoopThread:
+        shared = self._shared
+        with shared.lock:
+            if shared.runner is None:
+                shared.runner = _LoopThread()
+            return shared.runner
+
+    def _client(self) -> Any:
+        """Created lazily on the judge's loop; the client's own retries are off (ours count)."""
+        shared = self._shared
+        if shared.client is None:
+            shared.client = openai.AsyncOpenAI(
+                api_key=self._secret or "no-key",
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self.timeout_s,
+            )
+            shared.semaphore = asyncio.Semaphore(shared.concurrency)
+        return shared.client
+
+    def _scrub(self, text: str) -> str:
+        if self._secret and self._secret in text:
+            text = text.replace(self._secret, "***")
+        return text
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the background loop (replicas share them)."""
+        shared = self._shared
+        if shared.runner is None:
+            return
+        if shared.client is not None:
+            try:
+                shared.runner.submit(shared.client.close()).result(timeout=10)
+            except Exception:  # closing is best effort
+                pass
+        shared.runner.stop()
+        shared.runner, shared.client, shared.semaphore = None, None, None
+
+    # ------------------------------------------------------------------ one request
+
+    def _messages(self, urls: list[str]) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        for part in self.template.parts():
+            if part.kind == "text":
+                content.append({"type": "text", "text": part.text})
+            else:
+                image = {"url": urls[part.image_index], "detail": self.image_detail}
+                content.append({"type": "image_url", "image_url": image})
+        return [
+            {"role": "system", "content": self.template.system},
+            {"role": "user", "content": content},
+        ]
+
+    def _request_kwargs(self, urls: list[str], logprobs: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": self._messages(urls),
+            "temperature": self.temperature,
+            self.max_tokens_field: self.max_tokens,
+        }
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        elif self.sample_index:
+            kwargs["seed"] = self.sample_index
+        if logprobs:
+            kwargs["logprobs"] = True
+            kwargs["top_logprobs"] = self.top_logprobs
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        return kwargs
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with jitter, at least the server's Retry-After, capped."""
+        base = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        delay = base * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.backoff_max_s)
+
+    @staticmethod
+    def _retry_after(exc: Exception) -> float | None:
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None) or {}
+        for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+            value = headers.get(name)
+            if value is not None:
+                try:
+                    return max(0.0, float(value) * scale)
+                except ValueError:
+                    return None
+        return None
+
+    async def _call(self, urls: list[str]) -> tuple[ParsedAnswer, str, int]:
+        """One question with the retry budget: (parsed answer, raw text, attempts used)."""
+        client = self._client()
+        shared = self._shared
+        assert shared.semaphore is not None
+        reason = ""
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
+            use_logprobs = self.wants_logprobs and shared.logprobs_supported
+            retry_after = None
+            async with shared.semaphore:
+                shared.stats.requests += 1
+                try:
+                    response = await client.chat.completions.create(
+                        **self._request_kwargs(urls, use_logprobs), timeout=self.timeout_s
+                    )
+                    return (*self._read(response), attempt)
+                except openai.APITimeoutError:
+                    reason = f"timeout after {self.timeout_s:g}s"
+                except openai.APIConnectionError as exc:
+                    reason = f"connection error: {self._scrub(str(exc))}"
+                except openai.APIStatusError as exc:
+                    status = exc.status_code
+                    message = self._scrub(_error_message(exc))
+                    if status in _FATAL_STATUS:
+                        raise JudgeError(
+                            f"{self.base_url or 'OpenAI'} answered {status} ({message}): check "
+                            f"--base-url, --model {self.model!r} and ${self.api_key_env}"
+                        ) from None
+                    if status == 400 and use_logprobs and self.logprobs_type == "auto":
+                        shared.logprobs_supported = False
+                        log.warning("server rejected logprobs (400); continuing without them")
+                        attempt -= 1  # a capability probe, not a failure of this pair
+                        continue
+                    if status not in _RETRY_STATUS and status < 500:
+                        return abstain(f"HTTP {status}: {message}"), "", attempt
+                    reason = f"HTTP {status}: {message}"
+                    retry_after = self._retry_after(exc)
+                except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
+                    reason = f"malformed response: {self._scrub(str(exc))[:200]}"
+                except _MalformedResponse as exc:
+                    reason = f"malformed response: {exc}"
+            if attempt < self.max_attempts:
+                shared.stats.retries += 1
+                delay = self._delay(attempt, retry_after)
+                log.info(
+                    "judge retry %d/%d in %.2fs: %s", attempt, self.max_attempts, delay, reason
+                )
+                await asyncio.sleep(delay)
+        return abstain(f"gave up after {attempt} attempts: {reason}"), "", attempt
+
+    def _read(self, response: Any) -> tuple[ParsedAnswer, str]:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise _MalformedResponse("no choices in the response")
+        first = choices[0]
+        message = getattr(first, "message", None)
+        if message is None:
+            raise _MalformedResponse("no message in the response")
+        text = message.content
+        parsed = parse_answer(
+            self.template, text, getattr(message, "refusal", None), first.finish_reason
+        )
+        if parsed.error is None and self.template.answer_type == "choice":
+            parsed.prob_a = prob_a_from_logprobs(_token_logprobs(first))
+        return parsed, text or ""
+
+    async def _judge(self, request: JudgeRequest) -> Judgment:
+        start = time.perf_counter()
+        ref, a, b = check_triplet(request.reference, request.a, request.b)
+        urls = await asyncio.to_thread(lambda: [png_data_url(x) for x in (ref, a, b)])
+        parsed, text, _attempts = await self._call(urls)
+        stats = self._shared.stats
+        if parsed.error is None:
+            stats.judged += 1
+        else:
+            stats.abstained += 1
+            kind = parsed.error.split(":")[0]
+            stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
+        vote = Vote(
+            score=parsed.score,
+            choice=parsed.choice,
+            prob_a=parsed.prob_a,
+            order="AB",
+            raw=text,
+            error=parsed.error,
+        )
+        return Judgment(
+            score=parsed.score,
+            choice=parsed.choice,
+            prob_a=parsed.prob_a,
+            votes=[vote],
+            rationale=text,
+            latency_s=time.perf_counter() - start,
+            backend=self.backend,
+            model=self.model,
+            prompt_version=self.template.version,
+            error=parsed.error,
+        )
+
+    # ------------------------------------------------------------------ Judge protocol
+
+    def compare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment:
+        return self._runner().submit(self._judge(JudgeRequest(reference, a, b))).result()
+
+    async def acompare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment:
+        future = self._runner().submit(self._judge(JudgeRequest(reference, a, b)))
+        return await asyncio.wrap_future(future)
+
+    def compare_batch(
+        self, requests: list[JudgeRequest], on_result: ResultCallback | None = None
+    ) -> list[Judgment]:
+        """All requests in flight at once, bounded by ``concurrency``; results in input order.
+
+        ``on_result(index, judgment)`` runs as each pair finishes (e.g. to persist it at once, so
+        a killed run loses only the pairs still in flight).
+        """
+        runner = self._runner()
+        futures = [
+            runner.submit(self._judge_notify(i, r, on_result)) for i, r in enumerate(requests)
+        ]
+        return [f.result() for f in futures]
+
+    async def _judge_notify(
+        self, index: int, request: JudgeRequest, on_result: ResultCallback | None
+    ) -> Judgment:
+        judgment = await self._judge(request)
+        if on_result is not None:
+            on_result(index, judgment)
+        return judgment
+
+
+class _MalformedResponse(Exception):
+    pass
+
+
+def _error_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and "message" in inner:
+            return str(inner["message"])[:200]
+    return str(getattr(exc, "message", exc))[:200]
+
+
+def _token_logprobs(choice: Any) -> list[TokenLogprob]:
+    logprobs = getattr(choice, "logprobs", None)
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    out: list[TokenLogprob] = []
+    for entry in content or []:
+        top = {t.token: t.logprob for t in (entry.top_logprobs or [])}
+        out.append(TokenLogprob(token=entry.token, logprob=entry.logprob, top=top))
+    return out

@@ -1,0 +1,148 @@
+"""Versioned prompt templates for VLM judges.
+
+A template fixes everything the VLM reads: the system text, where each image goes, the question
+for one attribute (fidelity, contrast, colorfulness, overall preference) and the answer format the
+strict parsers in :mod:`compressai_vlic.judges.parsing` accept. Its ``version`` string goes into
+the cache key and into every :class:`~compressai_vlic.judges.types.Judgment`, so changing a word
+of a prompt can never silently reuse answers given to the old wording: the version carries a
+digest of the rendered text as well as a human-readable revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from compressai_vlic.errors import ConfigError
+
+SCORE_MIN = -5
+SCORE_MAX = 5
+
+# attribute -> (question about A vs B, what "better" means for the score's sign)
+ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "fidelity": (
+        "Which of Image A and Image B is closer to the Original, as a human observer would judge "
+        "it (structure, texture, colour, sharpness, and any compression artifacts such as blur, "
+        "blocking, ringing, banding, noise, hallucinated or missing detail)?",
+        "closer to the Original",
+    ),
+    "contrast": (
+        "Which of Image A and Image B has higher contrast? The Original is shown for context.",
+        "higher in contrast",
+    ),
+    "colorfulness": (
+        "Which of Image A and Image B is more colorful (more saturated, vivid colours)? "
+        "The Original is shown for context.",
+        "more colorful",
+    ),
+    "overall": (
+        "Which of Image A and Image B do you prefer overall as a photograph? "
+        "The Original is shown for context.",
+        "preferred overall",
+    ),
+}
+
+SYSTEM_TEXT = (
+    "You are a careful expert in image quality assessment. You compare images exactly as shown, "
+    "at full resolution, and you always answer in the requested format."
+)
+
+_SCORE_INSTRUCTIONS = (
+    "{question}\n\n"
+    "First describe the Original briefly. Then describe Image A and Image B and list their "
+    "artifacts or differences relative to the Original. Then decide.\n"
+    "End your answer with one final line of exactly this form:\n"
+    "Score: <integer from {lo} to {hi}>\n"
+    "A positive score means Image A is {better}; a negative score means Image B is {better}; "
+    "the magnitude says how strongly (5 = very clear, 1 = barely); 0 means no difference."
+)
+
+_CHOICE_INSTRUCTIONS = (
+    "{question}\n\nReply with exactly one line, nothing else:\nAnswer: A\nor\nAnswer: B"
+)
+
+ANSWER_PREFIX = "Answer:"
+
+
+@dataclass(frozen=True)
+class PromptPart:
+    """One piece of a user message: text, or the index of an image (0=Original, 1=A, 2=B)."""
+
+    kind: str  # "text" | "image"
+    text: str = ""
+    image_index: int = -1
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A fully specified prompt. ``answer_type`` is "score" (-5..5) or "choice" (A/B)."""
+
+    name: str
+    attribute: str
+    answer_type: str
+    revision: str
+    system: str
+    instructions: str
+    image_labels: tuple[str, str, str] = ("Original:", "Image A:", "Image B:")
+
+    def parts(self) -> list[PromptPart]:
+        """The user message as text and image slots, in display order."""
+        out: list[PromptPart] = []
+        for index, label in enumerate(self.image_labels):
+            out.append(PromptPart("text", text=label))
+            out.append(PromptPart("image", image_index=index))
+        out.append(PromptPart("text", text=self.instructions))
+        return out
+
+    @property
+    def digest(self) -> str:
+        """Hash of everything the model reads, so an edited prompt gets a new cache key."""
+        payload = "\x1f".join(
+            [
+                self.name,
+                self.attribute,
+                self.answer_type,
+                self.system,
+                self.instructions,
+                *list(self.image_labels),
+            ]
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:10]
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}.{self.attribute}.{self.revision}-{self.digest}"
+
+
+def _question(attribute: str) -> tuple[str, str]:
+    if attribute not in ATTRIBUTES:
+        raise ConfigError(
+            f"unknown judge attribute {attribute!r}; choose one of {', '.join(ATTRIBUTES)}"
+        )
+    return ATTRIBUTES[attribute]
+
+
+def vlic_score_template(attribute: str = "fidelity") -> PromptTemplate:
+    """The VLIC protocol: describe original, A, B and their artifacts, then a score in [-5, 5]."""
+    question, better = _question(attribute)
+    text = _SCORE_INSTRUCTIONS.format(question=question, lo=SCORE_MIN, hi=SCORE_MAX, better=better)
+    return PromptTemplate("vlic-score", attribute, "score", "v1", SYSTEM_TEXT, text)
+
+
+def ab_choice_template(attribute: str = "fidelity") -> PromptTemplate:
+    """A short two-alternative forced choice whose answer token carries P(A) vs P(B)."""
+    question, _ = _question(attribute)
+    text = _CHOICE_INSTRUCTIONS.format(question=question)
+    return PromptTemplate("ab-choice", attribute, "choice", "v1", SYSTEM_TEXT, text)
+
+
+PROMPT_TYPES = {"vlic-score": vlic_score_template, "ab-choice": ab_choice_template}
+
+
+def get_template(prompt_type: str = "vlic-score", attribute: str = "fidelity") -> PromptTemplate:
+    """Look a template up by its ``prompt_type`` name and attribute."""
+    if prompt_type not in PROMPT_TYPES:
+        raise ConfigError(
+            f"unknown prompt_type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"
+        )
+    return PROMPT_TYPES[prompt_type](attribute)

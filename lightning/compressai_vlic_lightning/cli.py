@@ -1,0 +1,62 @@
+"""`compressai-vlic-train`: LightningCLI (fit / validate / test) plus `export`.
+
+    compressai-vlic-train fit --config configs/train/tiny_stage1.yaml
+    compressai-vlic-train fit --config configs/train/tiny_stage2_metric.yaml \\
+        --model.init_from runs/tiny_stage1/checkpoints/last.ckpt
+    compressai-vlic-train fit --config CONFIG --ckpt_path runs/X/checkpoints/last.ckpt   # resume
+    compressai-vlic-train export runs/X/checkpoints/last.ckpt vlic-test.pth.tar
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXPORT = "export"
+
+
+def _export(argv: list[str]) -> int:
+    from compressai_vlic_lightning.export import export_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="compressai-vlic-train export",
+        description="Write a Lightning checkpoint's codec as a CompressAI checkpoint (bare state dict).",
+    )
+    parser.add_argument("checkpoint", help="Lightning .ckpt (or a CompressAI state dict)")
+    parser.add_argument("output", help="output .pth.tar")
+    parser.add_argument(
+        "--weights-type", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights"
+    )
+    args = parser.parse_args(argv)
+    result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
+    print(
+        f"wrote {result.path} ({result.config_name}, {result.weights_type} weights, "
+        f"{result.num_parameters:,} parameters); evaluate with:\n"
+        f"  python -m compressai.utils.eval_model checkpoint IMAGES -a vlic -p {result.path}"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == EXPORT:
+        return _export(argv[1:])
+    import pytorch_lightning as pl
+    from pytorch_lightning.cli import LightningCLI
+
+    import compressai_vlic_lightning  # noqa: F401  (registers the classes the configs name)
+
+    LightningCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "compressai-vlic-train"},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

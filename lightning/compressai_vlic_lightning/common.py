@@ -1,0 +1,82 @@
+"""Pieces both training stages share: building the codec, loading weights, the optimizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from compressai_vlic.errors import CheckpointError, ConfigError
+
+WEIGHTS_TYPES = ("ema", "raw")
+
+
+def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | None = None) -> Any:
+    """A fresh VLIC from a zoo quality plus config overrides (e.g. ``{"image_size": 64}``)."""
+    from compressai_vlic.zoo import vlic
+
+    overrides = dict(model_overrides or {})
+    if "fsq_levels" in overrides:
+        overrides["fsq_levels"] = tuple(overrides["fsq_levels"])
+    return vlic(quality, **overrides)
+
+
+def read_codec_state_dict(path: str | Path, weights_type: str = "ema") -> dict[str, Tensor]:
+    """The codec's bare state dict from a Lightning checkpoint (EMA or raw) or a CompressAI one."""
+    if weights_type not in WEIGHTS_TYPES:
+        raise ConfigError(
+            f"unknown weights_type {weights_type!r}; choose from {', '.join(WEIGHTS_TYPES)}"
+        )
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is not a loadable checkpoint (weights_only=True): {exc}"
+        ) from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):  # Lightning checkpoint
+        source = ckpt["state_dict"]
+        if weights_type == "ema" and isinstance(ckpt.get("ema_state_dict"), dict):
+            source = ckpt["ema_state_dict"]
+        state = {k[len("model.") :]: v for k, v in source.items() if k.startswith("model.")}
+        if not state:
+            raise CheckpointError(f"{path}: Lightning checkpoint holds no 'model.*' weights")
+        return state
+    state = {k.removeprefix("module."): v for k, v in ckpt.items()}
+    if not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a bare state dict")
+    return state
+
+
+def load_codec(path: str | Path, weights_type: str = "ema") -> Any:
+    """A VLIC built from the config stored in a checkpoint."""
+    from compressai_vlic.models import VLIC
+
+    return VLIC.from_state_dict(read_codec_state_dict(path, weights_type))
+
+
+def adamw(
+    params: Any, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int
+) -> dict[str, Any]:
+    """AdamW with an optional linear warm-up, in Lightning's optimizer-config format."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+    if warmup_steps <= 0:
+        return {"optimizer": optimizer}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup_steps)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """Per-image PSNR on 8-bit-rounded values, like CompressAI's eval."""
+    a = x.clamp(0, 1).mul(255).round()
+    b = y.clamp(0, 1).mul(255).round()
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return 10 * torch.log10(255.0**2 / mse)

@@ -1,0 +1,359 @@
+"""Training data: image folders and the photos bundled with scikit-image/scikit-learn.
+
+Training draws random crops at the model's resolution; validation takes centre crops so every
+run sees the same pixels. A corrupt file is skipped (and counted) instead of killing a long run;
+an empty or missing folder fails at once with the path in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from compressai_vlic.errors import DatasetError, ImageReadError
+from compressai_vlic.image_io import load_image
+
+log = logging.getLogger(__name__)
+
+TRAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+CROP_TYPES = ("random", "center")
+
+# Photos that ship inside scikit-image / scikit-learn (no download). Scientific images left out.
+BUNDLED_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle_left",
+    "motorcycle_right",
+    "china",
+    "flower",
+)
+DEFAULT_VAL_PHOTOS = ("chelsea", "flower")
+
+
+def crop_image(image: Tensor, size: int, crop_type: str) -> Tensor:
+    """A (3, size, size) crop; images smaller than ``size`` are first upscaled (shorter side)."""
+    _, h, w = image.shape
+    if min(h, w) < size:
+        scale = size / min(h, w)
+        new = (max(size, round(h * scale)), max(size, round(w * scale)))
+        image = F.interpolate(
+            image[None], size=new, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        image = image.clamp(0, 1)
+        _, h, w = image.shape
+    if crop_type == "random":
+        top = int(torch.randint(0, h - size + 1, ()).item())
+        left = int(torch.randint(0, w - size + 1, ()).item())
+    elif crop_type == "center":
+        top, left = (h - size) // 2, (w - size) // 2
+    else:
+        raise DatasetError(f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}")
+    return image[:, top : top + size, left : left + size].contiguous()
+
+
+def find_training_images(root: str | Path, suffixes: Sequence[str] = TRAIN_SUFFIXES) -> list[Path]:
+    """All images under ``root`` (recursive, sorted); a clear error when there are none."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder of images")
+    allowed = {s.lower() for s in suffixes}
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in allowed)
+    if not files:
+        raise DatasetError(
+            f"no images found under {root} (searched recursively for {', '.join(sorted(allowed))})"
+        )
+    return files
+
+
+class ImageFolderDataset(Dataset):
+    """Crops of the images in a folder tree.
+
+    ``length`` > number of files repeats the files (useful for tiny sets); a file that cannot be
+    decoded is recorded in ``skipped`` and replaced by the next readable one.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        crop_size: int,
+        crop_type: str = "random",
+        length: int | None = None,
+        suffixes: Sequence[str] = TRAIN_SUFFIXES,
+    ) -> None:
+        if crop_type not in CROP_TYPES:
+            raise DatasetError(
+                f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}"
+            )
+        if crop_size <= 0:
+            raise DatasetError(f"crop_size must be positive, got {crop_size}")
+        self.root = Path(root)
+        self.files = find_training_images(root, suffixes)
+        self.crop_size = crop_size
+        self.crop_type = crop_type
+        self.length = max(len(self.files), length or 0)
+        self.skipped: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _load(self, path: Path) -> Tensor:
+        return load_image(path).tensor
+
+    def __getitem__(self, index: int) -> Tensor:
+        n = len(self.files)
+        for offset in range(n):
+            path = self.files[(index + offset) % n]
+            if str(path) in self.skipped:
+                continue
+            try:
+                image = self._load(path)
+            except ImageReadError as exc:
+                self.skipped[str(path)] = str(exc)
+                log.warning(
+                    "skipping unreadable training image (%d skipped so far): %s",
+                    len(self.skipped),
+                    exc,
+                )
+                continue
+            return crop_image(image, self.crop_size, self.crop_type)
+        raise DatasetError(f"none of the {n} images under {self.root} could be read")
+
+
+def bundled_photos(names: Sequence[str] = BUNDLED_PHOTOS) -> dict[str, Tensor]:
+    """Real photos from scikit-image and scikit-learn as (3, H, W) float tensors in [0, 1]."""
+    import numpy as np
+
+    photos: dict[str, Tensor] = {}
+    sklearn_images: dict[str, np.ndarray] | None = None
+    for name in names:
+        if name in ("china", "flower"):
+            if sklearn_images is None:
+                from sklearn.datasets import load_sample_images
+
+                data = load_sample_images()
+                sklearn_images = {
+                    Path(f).stem: img for f, img in zip(data.filenames, data.images, strict=True)
+                }
+            array = sklearn_images[name]
+        elif name in ("motorcycle_left", "motorcycle_right"):
+            import skimage.data
+
+            left, right, _ = skimage.data.stereo_motorcycle()
+            array = left if name.endswith("left") else right
+        elif name in BUNDLED_PHOTOS:
+            import skimage.data
+
+            array = getattr(skimage.data, name)()
+        else:
+            raise DatasetError(
+                f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
+            )
+        tensor = (
+            torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+        )
+        photos[name] = tensor
+    return photos
+
+
+class PhotoDataset(Dataset):
+    """Crops of in-memory photos (the bundled set), repeated to ``length`` items."""
+
+    def __init__(
+        self,
+        photos: Sequence[Tensor],
+        crop_size: int,
+        crop_type: str = "random",
+        length: int | None = None,
+    ):
+        if not photos:
+            raise DatasetError("PhotoDataset needs at least one photo")
+        if crop_type not in CROP_TYPES:
+            raise DatasetError(
+                f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}"
+            )
+        self.photos = list(photos)
+        self.crop_size = crop_size
+        self.crop_type = crop_type
+        self.length = max(len(self.photos), length or 0)
+        self.skipped: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Tensor:
+        return crop_image(self.photos[index % len(self.photos)], self.crop_size, self.crop_type)
+
+
+class _CropDataModule(pl.LightningDataModule):
+    """Shared loaders: shuffled random crops for training, fixed centre crops for val/test."""
+
+    train_set: Dataset
+    val_set: Dataset
+
+    def __init__(
+        self, crop_size: int, batch_size: int, val_batch_size: int | None, num_workers: int
+    ):
+        super().__init__()
+        if batch_size <= 0:
+            raise DatasetError(f"batch_size must be positive, got {batch_size}")
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+
+    @property
+    def skipped_count(self) -> int:
+        """Unreadable files skipped so far (in this process; workers count their own)."""
+        return sum(
+            len(getattr(ds, "skipped", {}))
+            for ds in (getattr(self, "train_set", None), getattr(self, "val_set", None))
+            if ds is not None
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) >= self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_set,
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class ImageFolderDataModule(_CropDataModule):
+    """Recursive image folders (PNG/JPEG/WebP). Without ``val_dir`` validation uses centre crops
+    of the first ``val_samples`` training files."""
+
+    def __init__(
+        self,
+        train_dir: str,
+        val_dir: str | None = None,
+        crop_size: int = 256,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        samples_per_epoch: int | None = None,
+        val_samples: int = 8,
+    ) -> None:
+        super().__init__(crop_size, batch_size, val_batch_size, num_workers)
+        self.train_dir = train_dir
+        self.val_dir = val_dir
+        self.samples_per_epoch = samples_per_epoch
+        self.val_samples = val_samples
+        find_training_images(train_dir)  # fail at construction, not after model set-up
+        if val_dir is not None:
+            find_training_images(val_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = ImageFolderDataset(
+            self.train_dir, self.crop_size, "random", self.samples_per_epoch
+        )
+        if self.val_dir is not None:
+            self.val_set = ImageFolderDataset(self.val_dir, self.crop_size, "center")
+        else:
+            val = ImageFolderDataset(self.train_dir, self.crop_size, "center")
+            val.files = val.files[: self.val_samples]
+            val.length = len(val.files)
+            self.val_set = val
+
+
+class PhotosDataModule(_CropDataModule):
+    """The real photos bundled with scikit-image/scikit-learn: the CPU demo's data, no download.
+
+    ``val_photos`` are held out of training so validation measures generalisation.
+    """
+
+    def __init__(
+        self,
+        crop_size: int = 32,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        samples_per_epoch: int = 64,
+        train_photos: list[str] | None = None,
+        val_photos: list[str] | None = None,
+        val_crops_per_photo: int = 4,
+        max_side: int | None = 256,
+    ) -> None:
+        super().__init__(crop_size, batch_size, val_batch_size, num_workers)
+        self.val_photos = list(val_photos if val_photos is not None else DEFAULT_VAL_PHOTOS)
+        self.train_photos = list(
+            train_photos
+            if train_photos is not None
+            else [p for p in BUNDLED_PHOTOS if p not in self.val_photos]
+        )
+        for name in (*self.train_photos, *self.val_photos):
+            if name not in BUNDLED_PHOTOS:
+                raise DatasetError(
+                    f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
+                )
+        if not self.train_photos:
+            raise DatasetError("train_photos is empty")
+        self.samples_per_epoch = samples_per_epoch
+        self.val_crops_per_photo = val_crops_per_photo
+        self.max_side = max_side
+
+    def _load(self, names: Sequence[str]) -> list[Tensor]:
+        photos = list(bundled_photos(names).values())
+        if self.max_side is None:
+            return photos
+        # Downscaling makes a small crop hold a whole object instead of a flat patch of texture.
+        out = []
+        for img in photos:
+            scale = self.max_side / max(img.shape[-2:])
+            if scale < 1:
+                size = (round(img.shape[-2] * scale), round(img.shape[-1] * scale))
+                img = F.interpolate(img[None], size=size, mode="bilinear", antialias=True)[0].clamp(
+                    0, 1
+                )
+            out.append(img)
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = PhotoDataset(
+            self._load(self.train_photos), self.crop_size, "random", self.samples_per_epoch
+        )
+        val_images = (
+            self._load(self.val_photos) if self.val_photos else self._load(self.train_photos[:2])
+        )
+        crops = []
+        for img in val_images:
+            crops.extend(_grid_crops(img, self.crop_size, self.val_crops_per_photo))
+        self.val_set = PhotoDataset(crops, self.crop_size, "center")
+
+
+def _grid_crops(image: Tensor, size: int, count: int) -> list[Tensor]:
+    """``count`` deterministic crops spread along the image diagonal (centre first)."""
+    _, h, w = image.shape
+    if min(h, w) < size:
+        return [crop_image(image, size, "center")]
+    crops = [crop_image(image, size, "center")]
+    for i in range(1, count):
+        frac = i / count
+        top = round((h - size) * frac)
+        left = round((w - size) * (1 - frac))
+        crops.append(image[:, top : top + size, left : left + size].contiguous())
+    return crops

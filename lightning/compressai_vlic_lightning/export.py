@@ -1,0 +1,50 @@
+"""Lightning checkpoint -> CompressAI checkpoint (a bare state dict with the config buffer).
+
+The result loads with ``torch.load(weights_only=True)`` and ``VLIC.from_state_dict`` alone, so
+``python -m compressai.utils.eval_model checkpoint IMAGES -a vlic -p OUT`` and
+``python -m compressai.utils.update_model --architecture vlic OUT`` take it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from compressai_vlic_lightning.common import read_codec_state_dict
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    config_name: str
+    weights_type: str
+    num_tensors: int
+    num_parameters: int
+
+
+def export_checkpoint(
+    checkpoint: str | Path, output: str | Path, weights_type: str = "ema"
+) -> ExportResult:
+    """Write the codec weights of a Lightning (or CompressAI) checkpoint as a bare state dict.
+
+    ``weights_type="ema"`` takes the EMA weights when the run kept them (else the raw ones).
+    The model is rebuilt from the written file before returning, so a broken export fails here.
+    """
+    from compressai_vlic.models import VLIC
+
+    state = read_codec_state_dict(checkpoint, weights_type)
+    model = VLIC.from_state_dict(state)  # validates the config buffer and every shape
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(clean, out)
+    VLIC.from_state_dict(torch.load(out, map_location="cpu", weights_only=True))
+    return ExportResult(
+        path=out,
+        config_name=model.config.name,
+        weights_type=weights_type,
+        num_tensors=len(clean),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )

@@ -1,0 +1,565 @@
+"""Preference pairs for Diffusion-DPO: an online buffer judged in the background, or an offline set.
+
+Online (VLIC): the model decodes each code twice with different noise; the two decodes and the
+original go to the judge in a background thread while training continues on the current buffer.
+Every ``refresh`` swaps the newest judged pairs in (VLIC: ~2,560 pairs every 250 steps).
+
+Durability (why two JSONL files): a candidate is written to ``pending.jsonl`` (with its PNGs)
+*before* it is judged, and its judgment is appended to ``judged.jsonl`` as soon as it arrives,
+each line flushed and fsync'ed. After a crash, :meth:`PreferenceBuffer.restore` reloads every
+judged pair and re-queues the pending ones; with the judge cache those re-submissions cost
+nothing when their answer had been received. Images are stored as 8-bit PNG and the judge sees
+exactly those 8-bit pixels, so a resubmitted pair has the same cache key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from compressai_vlic.errors import DatasetError, JudgeError
+from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
+
+log = logging.getLogger(__name__)
+
+WORKER_TYPES = ("thread", "inline")
+
+
+def quantize_uint8(images: Tensor) -> Tensor:
+    """Float images in [0, 1] -> uint8 (what is stored and judged)."""
+    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 -> float in [0, 1]; the single conversion used for judging and training."""
+    return images.float() / 255.0
+
+
+@dataclass
+class PreferencePair:
+    """Original and two decodes of its code (uint8, (3, H, W)), with the judge's verdict."""
+
+    pair_id: str
+    reference: Tensor
+    a: Tensor
+    b: Tensor
+    step: int = 0
+    round: int = 0
+    judgment: Judgment | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.judgment is not None and not self.judgment.abstained
+
+    def winner_loser(self) -> tuple[Tensor, Tensor]:
+        if not self.usable:
+            raise JudgeError(f"pair {self.pair_id} has no winner (abstained or not judged)")
+        assert self.judgment is not None
+        return (self.a, self.b) if self.judgment.choice is Choice.A else (self.b, self.a)
+
+
+@dataclass
+class PreferenceBatch:
+    """Float (N, 3, H, W) originals, winners and losers; ``steps`` = when each pair was made."""
+
+    reference: Tensor
+    winner: Tensor
+    loser: Tensor
+    steps: Tensor
+
+    def __len__(self) -> int:
+        return int(self.reference.shape[0])
+
+
+@dataclass
+class JudgeStats:
+    """Judge health since the previous refresh (rates are None until something was judged)."""
+
+    judged: int = 0
+    abstained: int = 0
+    disagreed: int = 0
+    cached: int = 0
+    pending: int = 0
+    buffer_size: int = 0
+    total_judged: int = 0
+    latency_s: float = 0.0
+
+    @property
+    def abstain_rate(self) -> float | None:
+        return self.abstained / self.judged if self.judged else None
+
+    @property
+    def disagreement_rate(self) -> float | None:
+        return self.disagreed / self.judged if self.judged else None
+
+
+def votes_disagree(judgment: Judgment) -> bool:
+    """True when the judgment's decisive votes point to both images (ensemble/order/unanimity)."""
+    choices = {v.choice for v in judgment.votes if v.choice is not Choice.ABSTAIN}
+    return len(choices) > 1
+
+
+def _save_png(image: Tensor, path: Path) -> None:
+    Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB").save(path)
+
+
+def _load_png(path: Path) -> Tensor:
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _append_line(handle: Any, record: dict[str, Any]) -> None:
+    handle.write(json.dumps(record, sort_keys=True) + "\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete line; a torn last line (killed mid-write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    with path.open("r", encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("ignoring an unreadable line in %s", path)
+    return out
+
+
+def wrap_with_cache(judge: Judge, cache_path: str | Path | None) -> Judge:
+    """The judge behind a persistent cache when it can be cached (so resumes repeat no call)."""
+    if cache_path is None:
+        return judge
+    from compressai_vlic.judges.cache import CachedJudge
+
+    if isinstance(judge, CachedJudge):
+        return judge
+    if not callable(getattr(judge, "cache_identity", None)):
+        log.warning("judge %r has no cache_identity(); running it without the judge cache", judge)
+        return judge
+    return CachedJudge(judge, cache_path)
+
+
+class PreferenceBuffer:
+    """Online, durable buffer of judged pairs.
+
+    ``submit`` persists candidates and queues them for the judge; ``refresh`` makes the newest
+    ``capacity`` usable pairs the training set; ``sample`` draws a training batch from it.
+    """
+
+    def __init__(
+        self,
+        judge: Judge,
+        directory: str | Path,
+        capacity: int = 2560,
+        worker_type: str = "thread",
+        judge_batch_size: int = 8,
+        cache_path: str | Path | None = None,
+        keep_rounds: int | None = None,
+    ) -> None:
+        if worker_type not in WORKER_TYPES:
+            raise JudgeError(
+                f"unknown worker_type {worker_type!r}; choose from {', '.join(WORKER_TYPES)}"
+            )
+        if capacity <= 0:
+            raise JudgeError(f"buffer capacity must be positive, got {capacity}")
+        self.judge = wrap_with_cache(judge, cache_path)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "pairs").mkdir(exist_ok=True)
+        self.capacity = capacity
+        self.worker_type = worker_type
+        self.judge_batch_size = max(1, judge_batch_size)
+        self.keep_rounds = keep_rounds
+        self._pending_fh = (self.directory / "pending.jsonl").open("a", encoding="utf-8")
+        self._judged_fh = (self.directory / "judged.jsonl").open("a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._known: set[str] = set()
+        self._pairs: dict[str, PreferencePair] = {}  # every pair whose images are in memory
+        self._judged_order: list[str] = []  # pair ids in judging order (usable or not)
+        self._active: list[PreferencePair] = []
+        self._stats = JudgeStats()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[PreferencePair | None] = queue.Queue()
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        if worker_type == "thread":
+            self._thread = threading.Thread(target=self._worker, name="vlic-judge", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ persistence
+    @property
+    def pending_path(self) -> Path:
+        return self.directory / "pending.jsonl"
+
+    @property
+    def judged_path(self) -> Path:
+        return self.directory / "judged.jsonl"
+
+    def _pair_paths(self, pair: PreferencePair) -> dict[str, Path]:
+        folder = self.directory / "pairs" / f"r{pair.round:05d}"
+        return {k: folder / f"{pair.pair_id}_{k}.png" for k in ("reference", "a", "b")}
+
+    def restore(self) -> int:
+        """Reload judged pairs and re-queue pending ones (after a restart); returns pairs reloaded."""
+        pending = {r["pair_id"]: r for r in _read_jsonl(self.pending_path)}
+        judged = {r["pair_id"]: r for r in _read_jsonl(self.judged_path)}
+        restored = 0
+        requeue: list[PreferencePair] = []
+        ordered = [i for i in judged if i in pending] + [i for i in pending if i not in judged]
+        for pair_id in ordered:
+            rec = pending[pair_id]
+            if pair_id in self._known:
+                continue
+            paths = {k: Path(v) for k, v in rec["paths"].items()}
+            paths = {k: (p if p.is_absolute() else self.directory / p) for k, p in paths.items()}
+            if not all(p.is_file() for p in paths.values()):
+                if pair_id in judged:
+                    log.info(
+                        "pair %s: images pruned; its judgment is kept in judged.jsonl", pair_id
+                    )
+                else:
+                    log.warning("pair %s: images missing, dropped", pair_id)
+                self._known.add(pair_id)
+                continue
+            pair = PreferencePair(
+                pair_id=pair_id,
+                reference=_load_png(paths["reference"]),
+                a=_load_png(paths["a"]),
+                b=_load_png(paths["b"]),
+                step=int(rec["step"]),
+                round=int(rec["round"]),
+            )
+            self._known.add(pair_id)
+            if pair_id in judged:
+                pair.judgment = Judgment.from_dict(judged[pair_id]["judgment"])
+                with self._lock:
+                    self._pairs[pair_id] = pair
+                    self._judged_order.append(pair_id)
+                restored += 1
+            else:
+                requeue.append(pair)
+        for pair in requeue:
+            with self._lock:
+                self._pairs[pair.pair_id] = pair
+            self._enqueue(pair)
+        log.info(
+            "preference buffer restored %d judged pairs, re-queued %d pending",
+            restored,
+            len(requeue),
+        )
+        return restored
+
+    # ------------------------------------------------------------------ producer side
+    def known(self, pair_id: str) -> bool:
+        """Whether a pair id was already submitted (a resumed run must not submit it again)."""
+        return pair_id in self._known
+
+    def submit(
+        self,
+        pair_ids: Sequence[str],
+        reference: Tensor,
+        a: Tensor,
+        b: Tensor,
+        step: int,
+        round: int,
+    ) -> int:
+        """Persist candidate pairs (float or uint8 (N, 3, H, W)) and queue them; returns how many."""
+        self.raise_if_failed()
+        ref_u8, a_u8, b_u8 = (
+            x if x.dtype == torch.uint8 else quantize_uint8(x) for x in (reference, a, b)
+        )
+        added = 0
+        for i, pair_id in enumerate(pair_ids):
+            if pair_id in self._known:
+                continue
+            pair = PreferencePair(
+                pair_id, ref_u8[i].cpu(), a_u8[i].cpu(), b_u8[i].cpu(), step, round
+            )
+            paths = self._pair_paths(pair)
+            next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
+            for key, path in paths.items():
+                _save_png(getattr(pair, key), path)
+            rel = {k: str(p.relative_to(self.directory)) for k, p in paths.items()}
+            _append_line(
+                self._pending_fh,
+                {
+                    "pair_id": pair_id,
+                    "step": step,
+                    "round": round,
+                    "paths": rel,
+                    "time": time.time(),
+                },
+            )
+            self._known.add(pair_id)
+            with self._lock:
+                self._pairs[pair_id] = pair
+            self._enqueue(pair)
+            added += 1
+        return added
+
+    def _enqueue(self, pair: PreferencePair) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self._stats.pending = self._in_flight
+        if self.worker_type == "inline":
+            self._judge_batch([pair])
+        else:
+            self._queue.put(pair)
+
+    # ------------------------------------------------------------------ judging
+    def _worker(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.judge_batch_size:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._judge_batch(batch)
+            except BaseException as exc:  # surfaced in the training loop by raise_if_failed()
+                log.error("judge worker failed: %s", exc)
+                with self._lock:
+                    self._error = exc
+                    self._in_flight -= len(batch)
+                    self._idle.notify_all()
+
+    def _judge_batch(self, batch: list[PreferencePair]) -> None:
+        requests = [
+            JudgeRequest(to_float(p.reference), to_float(p.a), to_float(p.b), p.pair_id)
+            for p in batch
+        ]
+        start = time.perf_counter()
+        judgments = self.judge.compare_batch(requests)
+        elapsed = time.perf_counter() - start
+        if len(judgments) != len(batch):
+            raise JudgeError(f"judge returned {len(judgments)} judgments for {len(batch)} pairs")
+        for pair, judgment in zip(batch, judgments, strict=True):
+            record = {"pair_id": pair.pair_id, "judgment": judgment.to_dict(), "time": time.time()}
+            with self._lock:
+                _append_line(self._judged_fh, record)
+                pair.judgment = judgment
+                self._judged_order.append(pair.pair_id)
+                self._stats.judged += 1
+                self._stats.total_judged += 1
+                self._stats.abstained += int(judgment.abstained)
+                self._stats.disagreed += int(votes_disagree(judgment))
+                self._stats.cached += int(judgment.cached)
+                self._stats.latency_s += elapsed / len(batch)
+                self._in_flight -= 1
+                self._stats.pending = self._in_flight
+                self._idle.notify_all()
+
+    def raise_if_failed(self) -> None:
+        """Re-raise a judge failure from the background thread in the caller's thread."""
+        if self._error is not None:
+            raise JudgeError(f"the judge failed in the background: {self._error}") from self._error
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every queued pair is judged; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._idle:
+            while self._in_flight > 0 and self._error is None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(timeout=remaining if remaining is not None else 1.0)
+        self.raise_if_failed()
+        return True
+
+    # ------------------------------------------------------------------ consumer side
+    def refresh(self) -> JudgeStats:
+        """Make the newest ``capacity`` usable pairs the training set; returns and resets stats."""
+        self.raise_if_failed()
+        with self._lock:
+            usable = [
+                self._pairs[i]
+                for i in self._judged_order
+                if i in self._pairs and self._pairs[i].usable
+            ]
+            self._active = usable[-self.capacity :]
+            stats = self._stats
+            stats.buffer_size = len(self._active)
+            stats.pending = self._in_flight
+            self._stats = JudgeStats(total_judged=stats.total_judged, pending=self._in_flight)
+        self._prune()
+        return stats
+
+    def _prune(self) -> None:
+        """Free memory (and, with ``keep_rounds``, disk) of judged pairs no longer in the buffer."""
+        with self._lock:
+            active = {p.pair_id for p in self._active}
+            for pair_id in list(self._pairs):
+                pair = self._pairs[pair_id]
+                if pair.judgment is not None and pair_id not in active:
+                    del self._pairs[pair_id]
+            if self.keep_rounds is None or not self._active:
+                return
+            newest = max(p.round for p in self._active)
+            in_use = {p.round for p in self._pairs.values()}
+        for folder in (self.directory / "pairs").glob("r*"):
+            r = int(folder.name[1:])
+            if r <= newest - self.keep_rounds and r not in in_use:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+    @property
+    def active_pairs(self) -> list[PreferencePair]:
+        return list(self._active)
+
+    def staleness(self, step: int) -> float | None:
+        """Mean number of steps since the pairs in use were generated."""
+        if not self._active:
+            return None
+        return float(np.mean([step - p.step for p in self._active]))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> PreferenceBatch | None:
+        """``n`` pairs drawn uniformly (with replacement when the buffer is smaller)."""
+        active = self._active
+        if not active:
+            return None
+        if len(active) >= n:
+            idx = torch.randperm(len(active), generator=generator)[:n]
+        else:
+            idx = torch.randint(0, len(active), (n,), generator=generator)
+        return stack_pairs([active[int(i)] for i in idx])
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+        for fh in (self._pending_fh, self._judged_fh):
+            if not fh.closed:
+                fh.close()
+        closer = getattr(self.judge, "close", None)
+        if callable(closer):
+            try:
+                closer()
+            except Exception:  # closing must never mask the training outcome
+                log.warning("judge close() failed", exc_info=True)
+
+
+def stack_pairs(pairs: Iterable[PreferencePair]) -> PreferenceBatch:
+    """Usable pairs -> a float batch with winners and losers sorted out."""
+    refs, wins, loses, steps = [], [], [], []
+    for pair in pairs:
+        w, lose = pair.winner_loser()
+        refs.append(pair.reference)
+        wins.append(w)
+        loses.append(lose)
+        steps.append(pair.step)
+    return PreferenceBatch(
+        reference=to_float(torch.stack(refs)),
+        winner=to_float(torch.stack(wins)),
+        loser=to_float(torch.stack(loses)),
+        steps=torch.tensor(steps, dtype=torch.long),
+    )
+
+
+@dataclass
+class OfflinePreferences:
+    """Pairs from a ``compressai-vlic judge`` dataset, cropped at the training resolution.
+
+    Crops are taken at the same window in the original and both reconstructions. Abstentions
+    are dropped (and counted in ``abstained``).
+    """
+
+    pairs: list[tuple[Tensor, Tensor, Tensor]]
+    crop_size: int
+    abstained: int = 0
+    disagreed: int = 0
+    total: int = 0
+    _order: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_dataset(cls, path: str | Path, crop_size: int) -> OfflinePreferences:
+        from compressai_vlic.image_io import load_image
+        from compressai_vlic.judges.dataset import read_preference_dataset
+
+        rows = read_preference_dataset(path)
+        base = Path(path).parent
+        pairs: list[tuple[Tensor, Tensor, Tensor]] = []
+        abstained = disagreed = 0
+
+        def read(p: str) -> Tensor:
+            file = Path(p) if Path(p).is_absolute() else base / p
+            return quantize_uint8(load_image(file).tensor)
+
+        for row in rows:
+            disagreed += int(votes_disagree(row.judgment))
+            if row.label is Choice.ABSTAIN:
+                abstained += 1
+                continue
+            ref, a, b = read(row.reference), read(row.a), read(row.b)
+            if not (ref.shape == a.shape == b.shape):
+                raise DatasetError(f"{path}: pair {row.pair_id} has images of different sizes")
+            w, lose = (a, b) if row.label is Choice.A else (b, a)
+            pairs.append((ref, w, lose))
+        if not pairs:
+            raise DatasetError(
+                f"{path}: no usable pairs ({len(rows)} rows, {abstained} abstentions); judge more pairs"
+            )
+        return cls(
+            pairs=pairs,
+            crop_size=crop_size,
+            abstained=abstained,
+            disagreed=disagreed,
+            total=len(rows),
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> PreferenceBatch:
+        idx = torch.randint(0, len(self.pairs), (n,), generator=generator)
+        refs, wins, loses = [], [], []
+        size = self.crop_size
+        for i in idx.tolist():
+            ref, w, lose = self.pairs[i]
+            _, h, wd = ref.shape
+            if min(h, wd) < size:
+                raise DatasetError(
+                    f"preference images of {h}x{wd} are smaller than the crop {size}"
+                )
+            top = int(torch.randint(0, h - size + 1, (), generator=generator))
+            left = int(torch.randint(0, wd - size + 1, (), generator=generator))
+            window = (slice(None), slice(top, top + size), slice(left, left + size))
+            refs.append(ref[window])
+            wins.append(w[window])
+            loses.append(lose[window])
+        return PreferenceBatch(
+            reference=to_float(torch.stack(refs)),
+            winner=to_float(torch.stack(wins)),
+            loser=to_float(torch.stack(loses)),
+            steps=torch.zeros(n, dtype=torch.long),
+        )

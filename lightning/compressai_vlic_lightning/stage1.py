@@ -1,0 +1,177 @@
+"""Stage 1: pre-train the codec (encoder, FSQ, flow decoder) and its token prior.
+
+Loss (per batch of training-resolution crops x):
+    flow-matching ||v - v_theta(x_t, t, code)||^2        (codes dropped with p=code_dropout: CFG)
+  + perceptual_weight * P(x0_hat, x)                    (LPIPS by default, on the one-step estimate)
+  + prior_weight * bpp of the token prior               (trains the AR prior; indices are discrete)
+  + rate_weight * bpp through a straight-through path    (optional: lets the rate shape the encoder)
+
+VLIC uses no rate term (the bottleneck fixes the rate), hence ``rate_weight=0`` by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from compressai_vlic.errors import ConfigError
+from compressai_vlic_lightning.common import adamw, build_model, psnr, read_codec_state_dict
+from compressai_vlic_lightning.perceptual import make_perceptual_loss
+
+log = logging.getLogger(__name__)
+
+
+def straight_through_bits(model: Any, codes: Tensor, indices: Tensor) -> Tensor:
+    """(B,) token bits whose gradient reaches the encoder through the FSQ codes.
+
+    The value equals the prior's NLL of ``indices``; the gradient is that of the log-probability
+    linearly interpolated between neighbouring levels at the straight-through digit value, so a
+    latent moving towards a cheaper level lowers the rate. Prior logits are detached: the prior
+    is trained by its own NLL term.
+    """
+    logits = model.prior(indices).logits
+    half = model.fsq._half_width.to(codes.device)
+    digits = indices.float() + (codes - codes.detach()) * half  # value == indices, grad via codes
+    total = torch.zeros(codes.shape[0], device=codes.device)
+    for j, lg in enumerate(logits):
+        logp = torch.log_softmax(lg.detach().float(), dim=-1) / -torch.log(torch.tensor(2.0))
+        levels = lg.shape[-1]
+        idx = indices[..., j]
+        lo = idx.clamp(max=levels - 2)
+        bits_lo = logp.gather(-1, lo.unsqueeze(-1)).squeeze(-1)
+        bits_hi = logp.gather(-1, (lo + 1).unsqueeze(-1)).squeeze(-1)
+        bits = bits_lo + (digits[..., j] - lo.float()) * (bits_hi - bits_lo)
+        total = total + bits.sum(dim=1)
+    return total
+
+
+class Stage1Module(pl.LightningModule):
+    """Rate-distortion pre-training of VLIC (flow matching + perceptual + prior NLL)."""
+
+    def __init__(
+        self,
+        quality: str = "test",
+        model_overrides: dict[str, Any] | None = None,
+        lr: float = 1e-4,
+        prior_lr: float | None = None,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 0,
+        perceptual_type: str = "lpips",
+        perceptual_fallback_type: str = "ms_ssim",
+        perceptual_weight: float = 1.0,
+        lpips_net_type: str = "alex",
+        lpips_weights: str | None = None,
+        prior_weight: float = 1.0,
+        rate_weight: float = 0.0,
+        init_from: str | None = None,
+        val_decode_batches: int = 1,
+        val_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if perceptual_weight < 0 or prior_weight < 0 or rate_weight < 0:
+            raise ConfigError("loss weights must be >= 0")
+        self.save_hyperparameters()
+        self.model = build_model(quality, model_overrides)
+        if init_from:
+            self.model.load_state_dict(read_codec_state_dict(init_from))
+        loss, choice = make_perceptual_loss(
+            perceptual_type if perceptual_weight > 0 else "none",
+            perceptual_fallback_type,
+            lpips_net_type,
+            lpips_weights,
+        )
+        # A list keeps the frozen metric network out of the checkpoint, the EMA and the optimizer.
+        self._perceptual = [loss] if loss is not None else []
+        self.perceptual_choice = choice
+
+    # ------------------------------------------------------------------ losses
+    def _perceptual_loss(self, x0_hat: Tensor, x: Tensor) -> Tensor:
+        if not self._perceptual:
+            return x.new_zeros(())
+        module = self._perceptual[0]
+        if next(iter(module.buffers()), x).device != x.device:
+            module.to(x.device)
+        return module(x0_hat, x)
+
+    def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
+        hp = self.hparams
+        enc = self.model.encode(x)
+        fm = self.model.flow_matching(x, enc.codes)
+        pixels = x.shape[-2] * x.shape[-1]
+        bits = self.model.token_nll_bits(enc.indices.detach())
+        prior_bpp = bits.float().mean() / pixels
+        perceptual = (
+            self._perceptual_loss(fm.x0_hat, x) if hp.perceptual_weight > 0 else x.new_zeros(())
+        )
+        loss = fm.loss + hp.perceptual_weight * perceptual + hp.prior_weight * prior_bpp
+        out = {
+            "flow": fm.loss.detach(),
+            "perceptual": perceptual.detach(),
+            "bpp_prior": prior_bpp.detach(),
+        }
+        if hp.rate_weight > 0:
+            rate = straight_through_bits(self.model, enc.codes, enc.indices).mean() / pixels
+            loss = loss + hp.rate_weight * rate
+            out["bpp_rate_term"] = rate.detach()
+        out["loss"] = loss
+        return out
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        out = self.compute_losses(batch)
+        self.log_dict(
+            {f"train/{k}": v for k, v in out.items()},
+            prog_bar=False,
+            on_step=True,
+            batch_size=batch.shape[0],
+            sync_dist=False,
+        )
+        self.log("loss", out["loss"].detach(), prog_bar=True, batch_size=batch.shape[0])
+        return out["loss"]
+
+    # -------------------------------------------------------------- validation
+    def _eval_step(self, batch: Tensor, batch_idx: int, prefix: str) -> None:
+        hp = self.hparams
+        gen = torch.Generator().manual_seed(hp.val_seed * 100_003 + batch_idx)
+        b = batch.shape[0]
+        t = torch.rand(b, generator=gen).to(batch.device)
+        noise = torch.randn(batch.shape, generator=gen).to(batch.device)
+        enc = self.model.encode(batch)
+        fm = self.model.flow_matching(
+            batch,
+            enc.codes,
+            t=t,
+            noise=noise,
+            drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
+        )
+        bpp = self.model.token_nll_bits(enc.indices).float().mean() / (
+            batch.shape[-2] * batch.shape[-1]
+        )
+        metrics = {"flow": fm.loss, "bpp_prior": bpp}
+        if batch_idx < hp.val_decode_batches:
+            x_hat = self.model.decode_codes(enc.indices, seed=hp.val_seed).to(batch.device)
+            metrics["psnr"] = psnr(x_hat, batch).mean()
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in metrics.items()}, batch_size=b, sync_dist=True
+        )
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def test_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_fit_start(self) -> None:
+        if self.perceptual_choice.reason:
+            log.warning("perceptual loss: %s", self.perceptual_choice.reason)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        prior = [p for n, p in self.model.named_parameters() if n.startswith("prior.")]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("prior.")]
+        groups = [{"params": rest}, {"params": prior, "lr": hp.prior_lr or hp.lr}]
+        return adamw(groups, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)

@@ -1,0 +1,398 @@
+"""Stage 2: preference post-training of the codec with Diffusion-DPO (VLIC section "post-training").
+
+Each step:
+1. a few originals of the batch are encoded and their code decoded twice with different noise;
+   the pair goes to the judge in the background (online mode) and is persisted first;
+2. every ``refresh_every`` steps the newest judged pairs become the training buffer;
+3. a DPO batch is drawn from the buffer: winner and loser are noised with the same eps and t,
+   conditioned on the code of their original (the encoder is trainable), and compared by the
+   trained model and the frozen stage-1 reference (:class:`compressai_vlic.losses.VLMRewardLoss`);
+4. the flow-matching loss on the originals keeps long post-training from diverging, and the
+   prior keeps following the (slowly changing) tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from compressai_vlic.errors import ConfigError
+from compressai_vlic.losses import (
+    DEFAULT_BETA,
+    DEFAULT_LAMBDA_FLOW,
+    DEFAULT_WEIGHTING,
+    VLMRewardLoss,
+)
+from compressai_vlic_lightning.common import adamw, build_model, psnr, read_codec_state_dict
+from compressai_vlic_lightning.preferences import (
+    JudgeStats,
+    OfflinePreferences,
+    PreferenceBatch,
+    PreferenceBuffer,
+)
+
+log = logging.getLogger(__name__)
+
+PREFERENCE_TYPES = ("online", "offline")
+FREEZE_TYPES = ("none", "encoder")
+T_SAMPLING_TYPES = ("uniform", "logit_normal")
+
+
+@dataclass
+class _Half:
+    """One half of a joint winner/loser flow-matching pass, in the criterion's field names."""
+
+    v_target: Tensor
+    v_pred: Tensor
+    t: Tensor
+    noise: Tensor
+
+
+def _split(fm: Any, n: int) -> tuple[_Half, _Half]:
+    return (
+        _Half(fm.v_target[:n], fm.v_pred[:n], fm.t[:n], fm.noise[:n]),
+        _Half(fm.v_target[n:], fm.v_pred[n:], fm.t[n:], fm.noise[n:]),
+    )
+
+
+def _seed(*parts: Any) -> int:
+    """A stable uint32 seed from labels (same inputs -> same decode noise after a resume)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class Stage2Module(pl.LightningModule):
+    """Diffusion-DPO post-training with an online (background-judged) or offline preference set."""
+
+    def __init__(
+        self,
+        init_from: str | None = None,
+        init_weights_type: str = "ema",
+        quality: str = "test",
+        model_overrides: dict[str, Any] | None = None,
+        lr: float = 5e-7,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 0,
+        beta: float = DEFAULT_BETA,
+        weighting_type: str = DEFAULT_WEIGHTING,
+        lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+        prior_weight: float = 1.0,
+        dpo_batch_size: int = 8,
+        t_sampling_type: str = "uniform",
+        freeze_type: str = "none",
+        preference_type: str = "online",
+        judge_type: str = "ssimulacra2",
+        judge_kwargs: dict[str, Any] | None = None,
+        judge_compose: dict[str, Any] | None = None,
+        preference_dataset: str | None = None,
+        buffer_size: int = 2560,
+        refresh_every: int = 250,
+        pairs_per_step: int | None = None,
+        warmup_pairs: int | None = None,
+        buffer_dir: str | None = None,
+        judge_cache: str | None = None,
+        judge_worker_type: str = "thread",
+        judge_batch_size: int = 8,
+        keep_rounds: int | None = None,
+        decode_num_steps: int | None = None,
+        decode_guidance_scale: float | None = None,
+        val_decode_batches: int = 1,
+        seed: int = 0,
+        judge: Any = None,
+    ) -> None:
+        super().__init__()
+        for name, value, allowed in (
+            ("preference_type", preference_type, PREFERENCE_TYPES),
+            ("freeze_type", freeze_type, FREEZE_TYPES),
+            ("t_sampling_type", t_sampling_type, T_SAMPLING_TYPES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+        if preference_type == "offline" and not preference_dataset:
+            raise ConfigError(
+                "preference_type='offline' needs preference_dataset=PATH (made by `compressai-vlic judge`)"
+            )
+        if refresh_every < 1 or buffer_size < 1 or dpo_batch_size < 1:
+            raise ConfigError("refresh_every, buffer_size and dpo_batch_size must be >= 1")
+        self.save_hyperparameters(ignore=["judge"])
+        self.model = build_model(quality, model_overrides)
+        if init_from:
+            self.model.load_state_dict(read_codec_state_dict(init_from, init_weights_type))
+        else:
+            log.warning("stage 2 without init_from: post-training a randomly initialised codec")
+        self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        if freeze_type == "encoder":
+            self.model.encoder.requires_grad_(False)
+        self.criterion = VLMRewardLoss(
+            beta=beta, weighting_type=weighting_type, lambda_flow=lambda_flow
+        )
+        self.pairs_per_step = pairs_per_step or max(1, math.ceil(buffer_size / refresh_every))
+        self.warmup_pairs = buffer_size if warmup_pairs is None else warmup_pairs
+        self._judge = judge
+        self.buffer: PreferenceBuffer | None = None
+        self.offline: OfflinePreferences | None = None
+        self._last_stats = JudgeStats()
+
+    # ------------------------------------------------------------------ set-up
+    def train(self, mode: bool = True) -> Stage2Module:
+        super().train(mode)
+        self.reference.eval()  # the reference never leaves eval mode
+        return self
+
+    def _buffer_dir(self) -> Path:
+        hp = self.hparams
+        if hp.buffer_dir:
+            root = Path(hp.buffer_dir)
+        else:
+            root = Path(self.trainer.default_root_dir) / "preferences"
+        return root / f"rank{self.global_rank}" if self.trainer.world_size > 1 else root
+
+    def _make_judge(self) -> Any:
+        if self._judge is not None:
+            return self._judge
+        from compressai_vlic.judges import make_judge
+
+        judge = make_judge(self.hparams.judge_type, **(self.hparams.judge_kwargs or {}))
+        if self.hparams.judge_compose:
+            from compressai_vlic.judges.compose import ComposeSpec, compose
+
+            judge = compose(judge, ComposeSpec(**self.hparams.judge_compose))
+        return judge
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage != "fit":
+            return
+        if hp.preference_type == "offline":
+            if self.offline is None:
+                self.offline = OfflinePreferences.from_dataset(
+                    hp.preference_dataset, self.model.config.image_size
+                )
+            return
+        if self.buffer is None:
+            directory = self._buffer_dir()
+            cache = hp.judge_cache or str(directory / "judge_cache.sqlite")
+            self.buffer = PreferenceBuffer(
+                self._make_judge(),
+                directory,
+                capacity=hp.buffer_size,
+                worker_type=hp.judge_worker_type,
+                judge_batch_size=hp.judge_batch_size,
+                cache_path=cache,
+                keep_rounds=hp.keep_rounds,
+            )
+
+    def on_train_start(self) -> None:
+        if self.buffer is None:
+            return
+        restored = self.buffer.restore()
+        if restored:
+            log.info("resumed with %d judged pairs from %s", restored, self.buffer.directory)
+            self._refresh()
+            if len(self.buffer):
+                return
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Fill the first buffer before the first DPO step (pairs from the training data)."""
+        assert self.buffer is not None
+        loader = self.trainer.train_dataloader
+        seen = i = 0
+        while seen < self.warmup_pairs:
+            for batch in loader:
+                if seen >= self.warmup_pairs:
+                    break
+                batch = batch.to(self.device)[: self.warmup_pairs - seen]
+                self._make_candidates(batch, tag=f"warmup{i}", step=self.global_step, round_=0)
+                seen += batch.shape[0]
+                i += 1
+        log.info("judging %d warm-up pairs before the first step", seen)
+        self.buffer.drain()
+        self._refresh()
+
+    def on_train_end(self) -> None:
+        if self.buffer is not None:
+            self.buffer.drain(timeout_s=600)
+            self.buffer.close()
+            self.buffer = None
+
+    def on_exception(self, exception: BaseException) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+            self.buffer = None
+
+    # ------------------------------------------------------------------ pairs
+    @torch.no_grad()
+    def _make_candidates(self, originals: Tensor, tag: str, step: int, round_: int) -> int:
+        """Decode each original's code twice (different noise) and submit the pairs."""
+        assert self.buffer is not None
+        hp = self.hparams
+        ids = [f"{tag}-r{self.global_rank}-{i}" for i in range(originals.shape[0])]
+        keep = [i for i, pid in enumerate(ids) if not self.buffer.known(pid)]
+        if not keep:
+            return 0
+        originals = originals[keep]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            indices = self.model.encode(originals).indices
+            kwargs = {"num_steps": hp.decode_num_steps, "guidance_scale": hp.decode_guidance_scale}
+            a = self.model.decode_codes(
+                indices, seed=_seed(hp.seed, tag, self.global_rank, "a"), **kwargs
+            )
+            b = self.model.decode_codes(
+                indices, seed=_seed(hp.seed, tag, self.global_rank, "b"), **kwargs
+            )
+        finally:
+            self.model.train(was_training)
+        return self.buffer.submit([ids[i] for i in keep], originals, a, b, step=step, round=round_)
+
+    def _refresh(self) -> None:
+        assert self.buffer is not None
+        self._last_stats = self.buffer.refresh()
+
+    def _preferences(self) -> PreferenceBatch | None:
+        hp = self.hparams
+        gen = torch.Generator().manual_seed(
+            _seed(hp.seed, "sample", self.global_step, self.global_rank)
+        )
+        if self.offline is not None:
+            return self.offline.sample(hp.dpo_batch_size, gen)
+        assert self.buffer is not None
+        return self.buffer.sample(hp.dpo_batch_size, gen)
+
+    def _sample_t(self, n: int, device: torch.device) -> Tensor:
+        if self.hparams.t_sampling_type == "logit_normal":
+            return torch.sigmoid(torch.randn(n, device=device))
+        return torch.rand(n, device=device)
+
+    # ------------------------------------------------------------------ training
+    def dpo_losses(self, pairs: PreferenceBatch) -> Any:
+        """Criterion output for one preference batch (winner and loser share noise and t)."""
+        device = self.device
+        ref_img = pairs.reference.to(device)
+        winner, loser = pairs.winner.to(device), pairs.loser.to(device)
+        n = ref_img.shape[0]
+        codes = self.model.encode(ref_img).codes
+        with torch.no_grad():
+            ref_codes = self.reference.encode(ref_img).codes
+        t = self._sample_t(n, device)
+        noise = torch.randn_like(winner)
+        images = torch.cat([winner, loser])
+        keep = torch.zeros(2 * n, dtype=torch.bool, device=device)
+        fm = self.model.flow_matching(
+            images,
+            torch.cat([codes, codes]),
+            t=torch.cat([t, t]),
+            noise=torch.cat([noise, noise]),
+            drop_mask=keep,
+        )
+        with torch.no_grad():
+            fm_ref = self.reference.flow_matching(
+                images,
+                torch.cat([ref_codes, ref_codes]),
+                t=torch.cat([t, t]),
+                noise=torch.cat([noise, noise]),
+                drop_mask=keep,
+            )
+        policy_w, policy_l = _split(fm, n)
+        ref_w, ref_l = _split(fm_ref, n)
+        return policy_w, policy_l, ref_w, ref_l
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        hp = self.hparams
+        step = self.global_step
+        if self.buffer is not None:
+            self.buffer.raise_if_failed()
+            round_ = step // hp.refresh_every
+            originals = batch[: self.pairs_per_step]
+            self._make_candidates(originals, tag=f"s{step}", step=step, round_=round_)
+            if step > 0 and step % hp.refresh_every == 0:
+                self._refresh()
+        enc = self.model.encode(batch)
+        flow = self.model.flow_matching(batch, enc.codes)
+        bits = self.model.token_nll_bits(enc.indices.detach())
+        prior_bpp = bits.float().mean() / (batch.shape[-2] * batch.shape[-1])
+        pairs = self._preferences()
+        logs: dict[str, Any] = {
+            "train/flow": flow.loss.detach(),
+            "train/bpp_prior": prior_bpp.detach(),
+        }
+        if pairs is None or len(pairs) == 0:
+            loss = hp.lambda_flow * flow.loss
+            log.warning("step %d: no usable judged pair yet; flow loss only", step)
+        else:
+            out = self.criterion(*self.dpo_losses(pairs), flow=flow.loss)
+            loss = out.loss
+            logs.update(
+                {
+                    "train/dpo_loss": out.dpo_loss.detach(),
+                    "train/implicit_accuracy": out.implicit_accuracy,
+                    "train/reward_margin": out.reward_margin,
+                }
+            )
+        loss = loss + hp.prior_weight * prior_bpp
+        logs["train/loss"] = loss.detach()
+        logs.update(self._buffer_logs(step))
+        self.log_dict(logs, on_step=True, batch_size=batch.shape[0])
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=batch.shape[0])
+        return loss
+
+    def _buffer_logs(self, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.offline is not None:
+            total = max(1, self.offline.total)
+            out["judge/abstain_rate"] = self.offline.abstained / total
+            out["judge/disagreement_rate"] = self.offline.disagreed / total
+            out["buffer/size"] = float(len(self.offline))
+            return out
+        if self.buffer is None:
+            return out
+        stats = self._last_stats
+        if stats.abstain_rate is not None:
+            out["judge/abstain_rate"] = stats.abstain_rate
+        if stats.disagreement_rate is not None:
+            out["judge/disagreement_rate"] = stats.disagreement_rate
+        out["judge/total_judged"] = float(stats.total_judged)
+        out["buffer/size"] = float(len(self.buffer))
+        out["buffer/pending"] = float(stats.pending)
+        staleness = self.buffer.staleness(step)
+        if staleness is not None:
+            out["buffer/staleness"] = staleness
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        hp = self.hparams
+        gen = torch.Generator().manual_seed(_seed(hp.seed, "val", batch_idx))
+        b = batch.shape[0]
+        t = torch.rand(b, generator=gen).to(batch.device)
+        noise = torch.randn(batch.shape, generator=gen).to(batch.device)
+        enc = self.model.encode(batch)
+        fm = self.model.flow_matching(
+            batch,
+            enc.codes,
+            t=t,
+            noise=noise,
+            drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
+        )
+        metrics = {"flow": fm.loss}
+        if batch_idx < hp.val_decode_batches:
+            x_hat = self.model.decode_codes(enc.indices, seed=hp.seed).to(batch.device)
+            metrics["psnr"] = psnr(x_hat, batch).mean()
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=b, sync_dist=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return adamw(params, hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps)

@@ -1,0 +1,103 @@
+"""ARPrior: teacher-forced training path and the deterministic incremental coding path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressai_vlic.errors import ConfigError, InvalidTokensError
+from compressai_vlic.models.prior import ARPrior, deterministic_coding
+
+LEVELS = (8, 5, 5)
+K = 12
+
+
+@pytest.fixture
+def prior() -> ARPrior:
+    torch.manual_seed(0)
+    return ARPrior(LEVELS, num_tokens=K, width=32, depth=2, heads=4)
+
+
+def _tokens(batch: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, n, (batch, K), generator=gen) for n in LEVELS], dim=-1)
+
+
+def test_teacher_forced_outputs(prior: ARPrior) -> None:
+    idx = _tokens(3)
+    logits = prior(idx).logits
+    assert [tuple(lg.shape) for lg in logits] == [(3, K, n) for n in LEVELS]
+    lik = prior.likelihoods(idx)
+    assert lik.shape == (3, K, 3) and (lik > 0).all() and (lik <= 1).all()
+    bits = prior.nll_bits(idx)
+    assert bits.shape == (3,)
+    torch.testing.assert_close(bits, -torch.log2(lik).sum(dim=(1, 2)), rtol=1e-5, atol=1e-4)
+    bits.sum().backward()
+    assert prior.head.weight.grad is not None and prior.start_token.grad is not None
+    assert prior.transformer.wte.weight.grad is None  # unused table: no DDP complaints
+
+
+def test_prediction_is_causal(prior: ARPrior) -> None:
+    idx = _tokens(1)
+    changed = idx.clone()
+    changed[0, 7] = (changed[0, 7] + 1) % torch.tensor(LEVELS)
+    a, b = prior(idx).logits[0], prior(changed).logits[0]
+    torch.testing.assert_close(a[:, :8], b[:, :8])  # token 7 only informs positions > 7
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_incremental_path_matches_teacher_forcing(prior: ARPrior) -> None:
+    idx = _tokens(2)
+    reference = prior(idx).logits
+    state = prior.start(2)
+    prev = None
+    for k in range(K):
+        logits = prior.step(state, prev)
+        assert all(lg.dtype == torch.float64 and lg.shape == (2, n) for lg, n in zip(logits, LEVELS))
+        for lg, ref in zip(logits, reference):
+            torch.testing.assert_close(lg.float(), ref[:, k].detach(), rtol=1e-4, atol=1e-4)
+        prev = idx[:, k]
+    with pytest.raises(InvalidTokensError):
+        prior.step(state, prev)
+
+
+def test_coding_copy_follows_weight_updates(prior: ARPrior) -> None:
+    first = prior.coding_copy()
+    assert prior.coding_copy() is first
+    with torch.no_grad():
+        prior.head.bias.add_(1.0)
+    second = prior.coding_copy()
+    assert second is not first
+    torch.testing.assert_close(second.head.bias, prior.head.bias.double())
+    prior.load_state_dict(prior.state_dict())
+    assert prior.coding_copy() is not second
+
+
+def test_coding_path_restores_thread_count(prior: ARPrior) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        state = prior.start(1)
+        with deterministic_coding():
+            assert torch.get_num_threads() == 1
+        prior.step(state, None)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_invalid_tokens_are_refused(prior: ARPrior) -> None:
+    idx = _tokens(1)
+    with pytest.raises(InvalidTokensError):
+        prior(idx[:, :-1])
+    with pytest.raises(InvalidTokensError):
+        prior(idx.float())
+    bad = idx.clone()
+    bad[0, 0, 1] = 5
+    with pytest.raises(InvalidTokensError):
+        prior(bad)
+    state = prior.start(1)
+    with pytest.raises(InvalidTokensError):
+        prior.step(state, idx[:, 0])  # first step takes no previous token
+    with pytest.raises(ConfigError):
+        ARPrior(LEVELS, K, width=30, depth=1, heads=4)

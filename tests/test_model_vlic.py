@@ -1,0 +1,207 @@
+"""VLIC end to end on real photos: bitstreams, seeds, any size, bpp, checkpoints and the zoo."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+from conftest import photo_tensor
+
+from compressai_vlic.bitstream import FIXED_OVERHEAD_BYTES, unpack
+from compressai_vlic.errors import BitstreamError, CheckpointError, ModelMismatchError
+from compressai_vlic.models import VLIC
+from compressai_vlic.zoo import quality_config, vlic
+
+
+@pytest.fixture(scope="module")
+def net() -> VLIC:
+    torch.manual_seed(0)
+    return vlic("test").eval()
+
+
+@pytest.fixture(scope="module")
+def astronaut(photos) -> torch.Tensor:
+    return photo_tensor(photos["astronaut"], crop=(96, 128))
+
+
+@pytest.fixture(scope="module")
+def coded(net, astronaut):
+    return net.compress(astronaut, seed=1234)
+
+
+def test_round_trip_through_bytes_matches_decode_codes(net, astronaut, coded):
+    (data,) = coded["strings"][0]
+    assert isinstance(data, bytes) and coded["shape"] == (96, 128)
+    # Only the bytes travel: decode from a copy, with a fresh model loaded from the weights.
+    other = VLIC.from_state_dict(net.state_dict()).eval()
+    out = other.decompress([[bytes(bytearray(data))]], coded["shape"])["x_hat"]
+    assert out.shape == (1, 3, 96, 128) and 0 <= out.min() and out.max() <= 1
+
+    layout, enc = net.encode_image(astronaut)
+    expected = net.decode_codes(enc.indices, seed=1234, layout=layout)
+    assert torch.equal(out, expected)  # exactly what compress-time decoding gives
+
+
+def test_seeds_reproduce_and_differ(net, astronaut, coded):
+    again = net.compress(astronaut, seed=1234)
+    assert again["strings"] == coded["strings"]
+    first = net.decompress(coded["strings"], coded["shape"])["x_hat"]
+    assert torch.equal(first, net.decompress(again["strings"], again["shape"])["x_hat"])
+    other_seed = net.compress(astronaut, seed=99)
+    header, _ = unpack(other_seed["strings"][0][0])
+    assert header.seed == 99
+    second = net.decompress(other_seed["strings"], other_seed["shape"])["x_hat"]
+    assert (first - second).abs().mean() > 1e-3  # stochastic decoding: a new sample
+
+
+def test_odd_size_round_trip(net, photos):
+    x = photo_tensor(photos["coffee"], crop=(333, 517))
+    layout = net.layout_for(333, 517)
+    assert layout.num_tiles > 1
+    out = net.compress(x, seed=5)
+    x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
+    assert x_hat.shape == (1, 3, 333, 517)
+    _, enc = net.encode_image(x)
+    assert torch.equal(x_hat, net.decode_codes(enc.indices, seed=5, layout=layout))
+
+
+def test_tiled_image_larger_than_training_resolution(net, photos):
+    x = photo_tensor(photos["chelsea"], crop=(256, 256))
+    layout = net.layout_for(256, 256)
+    assert 256 > net.config.image_size and layout.num_tiles == layout.rows * layout.cols > 4
+    out = net.compress(x)
+    x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
+    assert x_hat.shape == x.shape and torch.isfinite(x_hat).all()
+
+
+def test_forward_gives_likelihoods_and_real_reconstruction(net, astronaut, coded):
+    out = net(astronaut)
+    tokens = out["likelihoods"]["tokens"]
+    layout = net.layout_for(96, 128)
+    cfg = net.config
+    assert tokens.shape == (layout.num_tiles, cfg.num_tokens, cfg.code_dim)
+    assert (tokens > 0).all() and (tokens <= 1).all()
+    # forward's sample is the default-seed decode: the one compress() without a seed streams.
+    default = net.compress(astronaut)
+    assert torch.equal(out["x_hat"], net.decompress(default["strings"], default["shape"])["x_hat"])
+
+
+def test_real_bits_match_estimated_bits(net, photos):
+    for name in ("astronaut", "rocket"):
+        x = photo_tensor(photos[name], crop=(160, 224))
+        with torch.no_grad():
+            likelihoods = net(x)["likelihoods"]["tokens"]
+        estimated = float(-torch.log2(likelihoods.double()).sum())
+        real = len(net.compress(x)["strings"][0][0]) * 8
+        assert FIXED_OVERHEAD_BYTES <= 32
+        assert abs(real - estimated) <= 0.01 * estimated + 8 * FIXED_OVERHEAD_BYTES, (
+            name,
+            real,
+            estimated,
+        )
+
+
+def test_state_dict_update_and_weights_only_load(net, astronaut, coded):
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert state["_config_json"].dtype == torch.uint8
+    loaded = VLIC.from_state_dict(state).eval()
+    assert loaded.config == net.config
+    assert isinstance(loaded.update(force=True), bool)
+    loaded.load_state_dict(state)  # after update()
+    assert loaded.compress(astronaut, seed=1234)["strings"] == coded["strings"]
+
+    # Sampler defaults may differ from the checkpoint's; the architecture may not.
+    fast = vlic("test", num_steps=2)
+    fast.load_state_dict(state)
+    assert fast.config.num_steps == 2
+    with pytest.raises(CheckpointError, match="does not match"):
+        vlic("test", num_tokens=8).load_state_dict(state)
+    with pytest.raises(CheckpointError, match="not saved from a VLIC"):
+        VLIC.from_state_dict({k: v for k, v in state.items() if k != "_config_json"})
+
+
+def test_stream_from_another_model_is_refused(coded):
+    other = vlic("test", fsq_levels=(5, 5, 5))
+    with pytest.raises(ModelMismatchError):
+        other.decompress(coded["strings"], coded["shape"])
+
+
+def test_stream_errors_are_typed(net, coded):
+    data = bytearray(coded["strings"][0][0])
+    data[len(data) // 2] ^= 0x10
+    with pytest.raises(BitstreamError):
+        net.decompress([[bytes(data)]], coded["shape"])
+    with pytest.raises(BitstreamError):
+        net.decompress([[coded["strings"][0][0]]], (97, 128))
+
+
+def test_typed_training_methods(net, photos):
+    x = torch.cat(
+        [photo_tensor(photos[n], crop=(32, 32)) for n in ("astronaut", "chelsea", "coffee")]
+    )
+    enc = net.encode(x)
+    assert enc.indices.shape == (3, 16, 3) and enc.codes.shape == enc.latent.shape
+    bits = net.token_nll_bits(enc.indices)
+    assert bits.shape == (3,) and (bits > 0).all()
+    t = torch.tensor([0.2, 0.5, 0.9])
+    noise = torch.randn_like(x)
+    fm = net.flow_matching(x, enc.codes, t=t, noise=noise, drop_mask=torch.tensor([0, 0, 1]).bool())
+    torch.testing.assert_close(fm.v_target, noise - (2 * x - 1))
+    torch.testing.assert_close(
+        fm.x_t, (1 - t.view(-1, 1, 1, 1)) * (2 * x - 1) + t.view(-1, 1, 1, 1) * noise
+    )
+    torch.testing.assert_close(fm.x0_hat, (fm.x_t - t.view(-1, 1, 1, 1) * fm.v_pred + 1) / 2)
+    torch.testing.assert_close(fm.loss, fm.loss_per_sample.mean())
+    # The loss trains encoder and decoder through the FSQ straight-through codes.
+    fm.loss.backward()
+    assert net.encoder.proj_out.weight.grad is not None
+    assert net.decoder.null_code.grad is not None  # sample 3 used the null code
+    net.zero_grad()
+    null = net.velocity(fm.x_t, t, None)
+    torch.testing.assert_close(null[2], fm.v_pred[2].detach())
+    tiles = net.decode_codes(enc.indices, seed=3)
+    assert tiles.shape == x.shape
+    assert torch.equal(tiles, net.decode_codes(enc.codes.detach(), seed=3))
+    with pytest.raises(ValueError, match="training-size tiles"):
+        net.encode(photo_tensor(photos["astronaut"], crop=(40, 32)))
+
+
+def test_paper_configs_on_meta_device():
+    for quality, bits in ((1, 18), (2, 56)):
+        with torch.device("meta"):
+            model = VLIC(quality_config(quality))
+        assert model.config.bits_per_token == bits
+        autoencoder = sum(p.numel() for m in (model.encoder, model.decoder) for p in m.parameters())
+        assert 0.95e9 < autoencoder < 1.06e9, autoencoder  # paper: ~1.01B
+        assert model.config.num_tokens * bits / 256**2 == pytest.approx(
+            {1: 0.07, 2: 0.21}[quality], abs=0.01
+        )
+        assert math.isclose(model.config.bits_per_token, bits)
+
+
+def test_pretrained_needs_a_checked_file(net, tmp_path, monkeypatch):
+    monkeypatch.delenv("COMPRESSAI_VLIC_WEIGHTS", raising=False)
+    with pytest.raises(CheckpointError, match="No public VLIC weights"):
+        vlic("test", pretrained=True)
+    import hashlib
+
+    raw = tmp_path / "raw.pth.tar"
+    torch.save(net.state_dict(), raw)
+    sha = hashlib.sha256(raw.read_bytes()).hexdigest()[:8]
+    good = tmp_path / f"vlic-test-{sha}.pth.tar"
+    raw.rename(good)
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS", str(tmp_path))
+    loaded = vlic("test", pretrained=True)
+    assert torch.equal(loaded.decoder.null_code, net.decoder.null_code)
+    bad = tmp_path / "bad" / "vlic-test-00000000.pth.tar"
+    bad.parent.mkdir()
+    bad.write_bytes(good.read_bytes())
+    with pytest.raises(CheckpointError, match="hash check failed"):
+        vlic("test", pretrained=True, weights=bad)
+    with pytest.raises(CheckpointError, match="does not match"):
+        vlic("test", pretrained=True, weights=good, fsq_levels=(5, 5, 5))
