@@ -23,7 +23,9 @@ def test_exp_table_is_the_rounded_exponential() -> None:
     # Built with decimal arithmetic, not libm: recomputing gives the same integers.
     ctx = decimal.Context(prec=40)
     assert int(table[777]) == int(
-        ctx.multiply(2**40, ctx.exp(ctx.multiply(-decimal.Decimal(1 / 64), 777))).to_integral_value()
+        ctx.multiply(
+            2**40, ctx.exp(ctx.multiply(-decimal.Decimal(1 / 64), 777))
+        ).to_integral_value()
     )
 
 

@@ -53,7 +53,9 @@ def test_incremental_path_matches_teacher_forcing(prior: ARPrior) -> None:
     prev = None
     for k in range(K):
         logits = prior.step(state, prev)
-        assert all(lg.dtype == torch.float64 and lg.shape == (2, n) for lg, n in zip(logits, LEVELS))
+        assert all(
+            lg.dtype == torch.float64 and lg.shape == (2, n) for lg, n in zip(logits, LEVELS)
+        )
         for lg, ref in zip(logits, reference):
             torch.testing.assert_close(lg.float(), ref[:, k].detach(), rtol=1e-4, atol=1e-4)
         prev = idx[:, k]

@@ -45,16 +45,21 @@ def photo_tokens(img: np.ndarray) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained(photos: dict[str, np.ndarray]) -> tuple[ARPrior, torch.Tensor]:
-    """A small prior trained for 80 steps on photo tokens, and the astronaut's tokens."""
+    """A small prior trained for 30 steps on photo tokens, and the astronaut's tokens."""
     torch.manual_seed(0)
     prior = ARPrior(LEVELS, num_tokens=GRID * GRID, width=64, depth=2, heads=4)
-    data = torch.cat([photo_tokens(photos[n]) for n in ("astronaut", "chelsea", "coffee")])
+    data = torch.cat([photo_tokens(photos[n]) for n in ("astronaut", "coffee")])
     opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
-    for _ in range(80):
-        loss = prior.nll_bits(data).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CI shares 2 cores between test processes: avoid oversubscription
+    try:
+        for _ in range(30):
+            loss = prior.nll_bits(data).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     prior.eval()
     return prior, photo_tokens(photos["astronaut"])
 
@@ -106,25 +111,25 @@ def test_tiny_streams_round_trip() -> None:
 
 def test_corrupt_payloads_are_detected(trained: tuple[ARPrior, torch.Tensor]) -> None:
     prior, idx = trained
-    idx = idx[:4]
+    idx = idx[:2]
     coder = TokenCoder(LEVELS)
     payload = coder.encode(idx, prior)
     gen = np.random.default_rng(0)
-    for pos in gen.choice(len(payload) * 8, size=25, replace=False):
+    for pos in gen.choice(len(payload) * 8, size=12, replace=False):
         bad = bytearray(payload)
         bad[pos // 8] ^= 1 << (pos % 8)
         with pytest.raises(CorruptStreamError):
-            coder.decode(bytes(bad), prior, 4, idx.shape[1])
+            coder.decode(bytes(bad), prior, 2, idx.shape[1])
     with pytest.raises(CorruptStreamError):  # another tile count
         coder.decode(payload, prior, 3, idx.shape[1])
     with pytest.raises(CorruptStreamError):  # whole words cut off
-        coder.decode(payload[:-4], prior, 4, idx.shape[1])
+        coder.decode(payload[:-4], prior, 2, idx.shape[1])
     with pytest.raises(CorruptStreamError):  # longer than any valid stream
-        coder.decode(payload + bytes(4 * idx.numel()), prior, 4, idx.shape[1])
+        coder.decode(payload + bytes(4 * idx.numel()), prior, 2, idx.shape[1])
     with pytest.raises(TruncatedStreamError):
-        coder.decode(payload[:-1], prior, 4, idx.shape[1])
+        coder.decode(payload[:-1], prior, 2, idx.shape[1])
     with pytest.raises(TruncatedStreamError):
-        coder.decode(b"", prior, 4, idx.shape[1])
+        coder.decode(b"", prior, 2, idx.shape[1])
 
 
 def test_bad_arguments_are_refused(trained: tuple[ARPrior, torch.Tensor]) -> None:

@@ -295,3 +295,41 @@ def test_cache_skips_the_server_and_never_stores_failures(server, pairs, tmp_pat
 
 def _triplet(r: JudgeRequest):
     return r.reference, r.a, r.b
+
+
+def test_position_biased_server_abstains_after_symmetrisation(server, pairs):
+    """End to end over HTTP: a VLM that always says "A" carries no information."""
+    from compressai_vlic.judges.compose import SymmetrizedJudge
+
+    j = judge(server, prompt_type="vlic-score")
+    sym = SymmetrizedJudge(j)
+    server.set_script(ServerScript(answer_type="first"))
+    biased = sym.compare_batch(pairs[:6])
+    assert all(o.choice is Choice.ABSTAIN for o in biased)
+    assert all(o.error is None for o in biased)  # answered, just cancelled out
+    server.set_script(ServerScript(answer_type="closest"))
+    fair = sym.compare_batch(pairs[:6])
+    assert all(o.choice is Choice.A for o in fair)
+    assert server.stats()["requests"] == 12  # both orders of every pair
+    j.close()
+
+
+def test_judge_keeps_working_in_a_forked_child(server, pairs):
+    """DataLoader workers fork: the parent's loop thread does not exist in the child."""
+    import multiprocessing as mp
+
+    server.set_script(ServerScript())
+    j = judge(server)
+    r = pairs[0]
+    assert j.compare(r.reference, r.a, r.b).choice is Choice.A  # loop thread started here
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+
+    def child() -> None:
+        queue.put(j.compare(r.reference, r.a, r.b).choice.value)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    proc.join(timeout=60)
+    assert proc.exitcode == 0 and queue.get(timeout=5) == "A"
+    j.close()

@@ -53,16 +53,19 @@ def test_startup_imports_nothing_heavy(tmp_path):
         """
         import json, sys
         heavy = ["torch", "numpy", "compressai", "compressai_vlic", "importlib.metadata"]
-        print(json.dumps({"hook": "_compressai_vlic_hook" in sys.modules,
-                          "finder": any(type(f).__name__ == "_CompressAIPluginFinder"
-                                        for f in sys.meta_path),
-                          "heavy": [m for m in heavy if m in sys.modules]}))
+        state = {"hook": "_compressai_vlic_hook" in sys.modules,
+                 "finder": any(type(f).__name__ == "_CompressAIPluginFinder"
+                               for f in sys.meta_path),
+                 "heavy": [m for m in heavy if m in sys.modules]}
+        import compressai_vlic  # the package itself is light too
+        state["after_package"] = [m for m in heavy[:3] if m in sys.modules]
+        print(json.dumps(state))
         """,
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout)
-    assert state == {"hook": True, "finder": True, "heavy": []}
+    assert state == {"hook": True, "finder": True, "heavy": [], "after_package": []}
 
 
 def test_hook_registers_lazily_when_compressai_is_imported(tmp_path):

@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 TEST_WEIGHTS_SEED = 0
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--checkpoint / --quality: the decoder needs the exact model that encoded a stream."""
-    group = parser.add_mutually_exclusive_group(required=True)
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(
         "--checkpoint",
         type=Path,

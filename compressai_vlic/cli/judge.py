@@ -142,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument(
         "--codec-quality",
         default=None,
-        help="VLIC zoo quality (e.g. test) with random weights, or the architecture of --codec-checkpoint",
+        help="untrained VLIC of this zoo quality (e.g. test), weights seeded by --init-seed: to try "
+        "the pipeline; use --codec-checkpoint for a trained model",
     )
     src.add_argument(
         "--pairs-per-image",
@@ -196,11 +197,32 @@ def compose_spec(args: argparse.Namespace) -> Any:
     )
 
 
-def make_judge_from_args(judge_type: str, args: argparse.Namespace) -> Any:
-    """Base judge (with --judge-arg keywords, wrapped in the cache when --cache is given)."""
+def judge_kwargs(judge_type: str, pairs: list[tuple[str, Any]], base: bool = True) -> dict[str, Any]:
+    """Keywords for one judge: ``TYPE.KEY=VALUE`` goes to that judge type only; a plain
+    ``KEY=VALUE`` goes to the main judge(s) (``base``), not to --unanimous-with/--weighted ones."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key.startswith(judge_type + "."):
+            out[key[len(judge_type) + 1 :]] = value
+        elif "." not in key and base:
+            out[key] = value
+    return out
+
+
+def check_judge_arg_prefixes(pairs: list[tuple[str, Any]], judge_types: list[str]) -> None:
+    for key, _ in pairs:
+        if "." in key and not any(key.startswith(t + ".") for t in judge_types):
+            raise ConfigError(
+                f"--judge-arg {key}=...: {key.rpartition('.')[0]!r} is not one of the judges of this "
+                f"run ({', '.join(judge_types)})"
+            )
+
+
+def make_judge_from_args(judge_type: str, args: argparse.Namespace, base: bool = True) -> Any:
+    """A judge with its --judge-arg keywords, wrapped in the cache when --cache is given."""
     from compressai_vlic.judges.compose import make_base_judge
 
-    judge = make_base_judge(judge_type, **dict(args.judge_arg))
+    judge = make_base_judge(judge_type, **judge_kwargs(judge_type, args.judge_arg, base))
     return maybe_cached(judge, args.cache)
 
 
@@ -213,9 +235,7 @@ def maybe_cached(judge: Any, cache: str | None) -> Any:
 
 
 def _make_extra(args: argparse.Namespace):  # extra judges named in --unanimous-with / --weighted
-    from compressai_vlic.judges.compose import make_base_judge
-
-    return lambda t: maybe_cached(make_base_judge(t), args.cache)
+    return lambda t: make_judge_from_args(t, args, base=False)
 
 
 def _load_codec(args: argparse.Namespace) -> Any:
@@ -267,6 +287,8 @@ def run_build(args: argparse.Namespace) -> int:
         raise ConfigError(
             "give either --recon-a and --recon-b, or a codec (--codec-checkpoint / --codec-quality)"
         )
+    if args.codec_checkpoint is not None and args.codec_quality is not None:
+        raise ConfigError("give --codec-checkpoint or --codec-quality, not both")
     prepare, codec = None, None
     if use_folders:
         pairs, missing = pairs_from_folders(

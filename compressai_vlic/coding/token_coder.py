@@ -118,7 +118,16 @@ class TokenCoder:
             raise ConfigError(f"prior levels {prior.levels} differ from coder levels {self.levels}")
 
     def _tables(self, logits: list[Tensor]) -> list[Tensor]:
-        return [logits_to_cdf(lg, self.precision, self.logit_step) for lg in logits]
+        """One CDF call per distinct alphabet size (e.g. one for levels (8,) * 6)."""
+        tables: list[Tensor | None] = [None] * len(logits)
+        for size in sorted(set(self.levels)):
+            group = [j for j, level in enumerate(self.levels) if level == size]
+            stacked = logits_to_cdf(
+                torch.cat([logits[j] for j in group]), self.precision, self.logit_step
+            )
+            for j, table in zip(group, stacked.split(logits[group[0]].shape[0])):
+                tables[j] = table
+        return tables  # type: ignore[return-value]
 
     def _layout(self, batch: int) -> tuple[list[int], list[int], list[int]]:
         """Per-step table indexes, table sizes and offsets (digit-major, then tile)."""

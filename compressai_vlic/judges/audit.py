@@ -45,7 +45,7 @@ from compressai_vlic.judges.compose import (
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
 
 SCALE_TYPES = ("bradley-terry", "thurstone")
-SEPARABILITY_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5001)
+SEPARABILITY_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 # --------------------------------------------------------------------------- human-labelled pairs
@@ -433,20 +433,14 @@ def binned_accuracy(
     rng: np.random.Generator,
     fmt: str = "{:.2f}",
 ) -> list[BinStats]:
+    """Accuracy per bin ``[lo, hi)`` of ``keys`` (the last bin includes its upper edge)."""
     out = []
-    for lo, hi in itertools.pairwise(edges):
-        idx = [i for i, k in enumerate(keys) if lo <= k < hi]
+    last = len(edges) - 2
+    for b, (lo, hi) in enumerate(itertools.pairwise(edges)):
+        idx = [i for i, k in enumerate(keys) if lo <= k < hi or (b == last and k == hi)]
         st = accuracy_stats("", [judgments[i] for i in idx], [pairs[i] for i in idx], n_boot, rng)
-        out.append(
-            BinStats(
-                f"[{fmt.format(lo)}, {fmt.format(min(hi, edges[-1]))})",
-                float(lo),
-                float(hi),
-                len(idx),
-                st.accuracy,
-                st.bapps_score,
-            )
-        )
+        label = f"[{fmt.format(lo)}, {fmt.format(hi)}{']' if b == last else ')'}"
+        out.append(BinStats(label, float(lo), float(hi), len(idx), st.accuracy, st.bapps_score))
     return out
 
 
@@ -710,7 +704,6 @@ def audit(
         gap_bins: list[BinStats] = []
         if gaps is not None:
             edges = np.unique(np.quantile(gaps, [0, 0.25, 0.5, 0.75, 1.0]))
-            edges[-1] = np.nextafter(edges[-1], np.inf)
             gap_bins = binned_accuracy(
                 gaps, edges.tolist(), configured, pairs, s.bootstrap, rng, "{:.3g}"
             )
@@ -807,7 +800,10 @@ def format_report(report: AuditReport) -> str:
 
 
 def plot_report(report: AuditReport, path: Path) -> Path:
-    """Accuracy by separability bin and accuracy vs number of votes, per judge (PNG)."""
+    """2AFC score by separability bin, and vs number of votes (or per variant), per judge (PNG).
+
+    Plotted in BAPPS 2AFC-score units so the human and oracle ceilings are comparable lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -815,30 +811,43 @@ def plot_report(report: AuditReport, path: Path) -> Path:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for k, jr in enumerate(report.judges):
-        bins = [b for b in jr.separability if b.n_pairs > 0 and not math.isnan(b.accuracy.value)]
-        x = np.array([(b.low + min(b.high, 0.5)) / 2 for b in bins]) + 0.004 * k
-        y = np.array([100 * b.accuracy.value for b in bins])
+        bins = [b for b in jr.separability if b.n_pairs > 0]
+        x = np.array([(b.low + b.high) / 2 for b in bins]) + 0.004 * k
+        y = np.array([100 * b.bapps_score.value for b in bins])
         err = np.array(
             [
-                [100 * (b.accuracy.value - b.accuracy.low) for b in bins],
-                [100 * (b.accuracy.high - b.accuracy.value) for b in bins],
+                [100 * (b.bapps_score.value - b.bapps_score.low) for b in bins],
+                [100 * (b.bapps_score.high - b.bapps_score.value) for b in bins],
             ]
         )
         ax1.errorbar(x, y, yerr=err, marker="o", capsize=3, label=jr.judge)
-        ks = [i + 1 for i in range(len(jr.votes_curve))]
-        ax2.plot(ks, [100 * c.accuracy.value for c in jr.votes_curve], marker="o", label=jr.judge)
-    ax1.axhline(
-        100 * report.human.oracle.value, color="gray", ls="--", lw=1, label="majority oracle"
-    )
-    ax1.set_xlabel("separability |h - 0.5|")
-    ax1.set_ylabel("accuracy vs human majority (%)")
-    ax1.set_title("accuracy by perceptual separability")
-    ax1.legend(fontsize=8)
-    ax2.axhline(100 * report.human.human.value, color="gray", ls=":", lw=1, label="human")
-    ax2.set_xlabel("votes (majority)")
-    ax2.set_ylabel("accuracy vs human majority (%)")
-    ax2.set_title("self-ensembling")
-    ax2.legend(fontsize=8)
+    ax1.set_xlabel("separability |h - 0.5| (h = fraction of humans preferring B)")
+    ax1.set_ylabel("2AFC score (%)")
+    ax1.set_title("by perceptual separability (configured judge)")
+    if report.repeats > 1:
+        for jr in report.judges:
+            ks = list(range(1, len(jr.votes_curve) + 1))
+            ax2.plot(
+                ks, [100 * c.bapps_score.value for c in jr.votes_curve], marker="o", label=jr.judge
+            )
+        ax2.set_xlabel("votes (majority; even counts can tie and abstain)")
+        ax2.set_title("self-ensembling")
+    else:
+        names = [v.name for v in report.judges[0].variants]
+        width = 0.8 / max(len(report.judges), 1)
+        for k, jr in enumerate(report.judges):
+            vals = [100 * v.bapps_score.value for v in jr.variants]
+            ax2.bar(np.arange(len(vals)) + k * width, vals, width, label=jr.judge)
+        ax2.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, fontsize=7, rotation=15)
+        ax2.set_ylim(0, 100)
+        ax2.set_title("composition variants")
+    for ax in (ax1, ax2):
+        ax.axhline(100 * report.human.human.value, color="gray", ls=":", lw=1, label="human")
+        ax.axhline(
+            100 * report.human.oracle.value, color="gray", ls="--", lw=1, label="majority oracle"
+        )
+        ax.set_ylabel("2AFC score (%)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

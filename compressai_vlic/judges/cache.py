@@ -147,6 +147,14 @@ class CachedJudge:
     def cache_identity(self) -> dict[str, Any]:
         return dict(self.judge.cache_identity())  # type: ignore[attr-defined]
 
+    @property
+    def with_sample_index(self) -> Callable[[int], CachedJudge]:
+        """Present only when the wrapped judge samples: the i-th sample, same cache file."""
+        inner = getattr(self.judge, "with_sample_index", None)
+        if not callable(inner):
+            raise AttributeError("with_sample_index")
+        return lambda index: CachedJudge(inner(index), self.cache)
+
     def key(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
         ref, ia, ib = check_triplet(reference, a, b)
         digests = (image_digest(ref), image_digest(ia), image_digest(ib))

@@ -252,6 +252,8 @@ def describe_judge(judge: Any) -> dict[str, Any]:
     cfg = getattr(judge, "config", None)
     if callable(cfg):
         cfg = cfg()
+    elif cfg is None and callable(getattr(judge, "cache_identity", None)):
+        cfg = judge.cache_identity()  # VLM backends: model, prompt version, sampling (no key)
     if hasattr(cfg, "__dataclass_fields__"):
         cfg = asdict(cfg)
     if isinstance(cfg, dict):

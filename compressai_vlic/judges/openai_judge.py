@@ -95,6 +95,7 @@ class _Shared:
         self.stats = JudgeStats()
         self.logprobs_supported = True
         self.lock = threading.Lock()
+        self.pid = os.getpid()
 
 
 class OpenAIJudge:
@@ -223,6 +224,9 @@ class OpenAIJudge:
     def _runner(self) -> _LoopThread:
         shared = self._shared
         with shared.lock:
+            if shared.pid != os.getpid():  # forked: the parent's loop thread does not exist here
+                shared.runner, shared.client, shared.semaphore = None, None, None
+                shared.pid = os.getpid()
             if shared.runner is None:
                 shared.runner = _LoopThread()
             return shared.runner

@@ -55,14 +55,14 @@ class VelocityDecoder(nn.Module):
     def forward(
         self, x_t: Tensor, t: Tensor, codes: Tensor | None, drop_mask: Tensor | None = None
     ) -> Tensor:
-        b = x_t.shape[0]
+        b, dtype = x_t.shape[0], self.code_pos.dtype
         ctx = self.context(codes, b, drop_mask)
-        t = torch.as_tensor(t, dtype=x_t.dtype, device=x_t.device).reshape(-1).expand(b)
+        t = torch.as_tensor(t, dtype=torch.float32, device=x_t.device).reshape(-1).expand(b)
         out = self.transformer(
-            hidden_states=x_t,
+            hidden_states=x_t.to(dtype),
             encoder_hidden_states=ctx,
             pooled_projections=ctx.mean(dim=1),
             timestep=t * TIMESTEP_SCALE,
             return_dict=False,
         )
-        return out[0]
+        return out[0].to(x_t.dtype)

@@ -50,7 +50,7 @@ class TokenEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
-        patches = self.patch_embed(x).contiguous()
+        patches = self.patch_embed(x.to(self.latent_tokens.dtype)).contiguous()
         latents = self.latent_tokens.unsqueeze(0).expand(b, -1, -1).to(patches.dtype)
         temb = self.modulation.unsqueeze(0).expand(b, -1).to(patches.dtype)
         for block in self.blocks:

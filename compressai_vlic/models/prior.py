@@ -108,6 +108,7 @@ class ARPrior(nn.Module):
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
+            activation_function="gelu",
             attn_implementation="eager",
         )
         self.transformer = GPT2Model(config)

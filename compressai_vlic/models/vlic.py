@@ -240,9 +240,9 @@ class VLIC(CompressionModel):
         with ``seed`` and is drawn once for the whole canvas.
         """
         s = self.sampler_settings(seed, num_steps, guidance_scale, time_shift)
-        codes = self._as_codes(codes)
         cfg = self.config
         device = self._config_json.device
+        codes = self._as_codes(codes.to(device))
         sampler = RectifiedFlowSampler(s.num_steps, s.guidance_scale, s.time_shift)
 
         def tile_velocity(x_t: Tensor, t: float, g: float, tile_codes: Tensor) -> Tensor:
@@ -259,12 +259,11 @@ class VLIC(CompressionModel):
         if layout is None:
             b = codes.shape[0]
             noise = seeded_noise((b, cfg.in_channels, cfg.image_size, cfg.image_size), s.seed)
+            noise = noise.to(device)
 
             def velocity_fn(x_t: Tensor, t: float, g: float) -> Tensor:
                 parts = [
-                    tile_velocity(
-                        x_t[i : i + cfg.tile_batch].to(device), t, g, codes[i : i + cfg.tile_batch]
-                    ).cpu()
+                    tile_velocity(x_t[i : i + cfg.tile_batch], t, g, codes[i : i + cfg.tile_batch])
                     for i in range(0, b, cfg.tile_batch)
                 ]
                 return torch.cat(parts)
@@ -276,12 +275,12 @@ class VLIC(CompressionModel):
             raise ValueError(f"layout has {layout.num_tiles} tiles but got {codes.shape[0]} codes")
         noise = seeded_noise(
             (1, cfg.in_channels, layout.padded_height, layout.padded_width), s.seed
-        )
+        ).to(device)
 
         def blended_velocity(x_t: Tensor, t: float, g: float) -> Tensor:
             return layout.blend(
                 x_t,
-                lambda windows, ids: tile_velocity(windows.to(device), t, g, codes[ids]).cpu(),
+                lambda windows, ids: tile_velocity(windows, t, g, codes[ids.to(device)]),
                 cfg.tile_batch,
             )
 
@@ -299,7 +298,7 @@ class VLIC(CompressionModel):
                 f"expected a (1, {self.config.in_channels}, H, W) image, got {tuple(x.shape)}"
             )
         layout = self.layout_for(int(x.shape[-2]), int(x.shape[-1]))
-        tiles = layout.split(layout.pad(x))
+        tiles = layout.split(layout.pad(x)).to(self._config_json.device)
         outs = [
             self.encode(tiles[i : i + self.config.tile_batch])
             for i in range(0, tiles.shape[0], self.config.tile_batch)
@@ -310,12 +309,22 @@ class VLIC(CompressionModel):
             indices=torch.cat([o.indices for o in outs]),
         )
 
+    def token_likelihoods(self, indices: Tensor) -> Tensor:
+        """(B, K, d) prior probability of each digit, floored at the coder's 2**-precision.
+
+        The rANS tables give every symbol at least 1/2**precision, so a digit the prior deems
+        nearly impossible costs the stream at most ``precision`` bits: the floor makes
+        CompressAI's estimated bpp what the coder actually spends, even for an over-confident prior.
+        """
+        floor = 2.0**-self.token_coder.precision
+        return self.prior.likelihoods(indices).clamp_min(floor)
+
     def forward(self, x: Tensor) -> dict[str, Any]:
         """CompressAI forward on unpadded images: real samples + the prior's token likelihoods."""
         x_hats, likelihoods = [], []
         for img in x.split(1):
             layout, enc = self.encode_image(img)
-            likelihoods.append(self.prior.likelihoods(enc.indices))
+            likelihoods.append(self.token_likelihoods(enc.indices))
             x_hats.append(self.decode_codes(enc.indices, layout=layout).to(x.device))
         return {"x_hat": torch.cat(x_hats), "likelihoods": {"tokens": torch.cat(likelihoods)}}
 

@@ -160,7 +160,7 @@ def bundled_photos(names: Sequence[str] = BUNDLED_PHOTOS) -> dict[str, Tensor]:
                 f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
             )
         tensor = (
-            torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1).float() / 255.0
+            torch.from_numpy(np.array(array[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0
         )
         photos[name] = tensor
     return photos

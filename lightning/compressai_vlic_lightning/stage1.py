@@ -169,6 +169,9 @@ class Stage1Module(pl.LightningModule):
         if self.perceptual_choice.reason:
             log.warning("perceptual loss: %s", self.perceptual_choice.reason)
 
+    def on_train_epoch_start(self) -> None:
+        self.model.train()  # Lightning keeps the mode a module had before fit; training needs CFG dropout
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         prior = [p for n, p in self.model.named_parameters() if n.startswith("prior.")]

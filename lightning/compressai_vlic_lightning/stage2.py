@@ -392,6 +392,9 @@ class Stage2Module(pl.LightningModule):
             metrics["psnr"] = psnr(x_hat, batch).mean()
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=b, sync_dist=True)
 
+    def on_train_epoch_start(self) -> None:
+        self.model.train()  # Lightning keeps the mode a module had before fit; training needs CFG dropout
+
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -1,0 +1,96 @@
+"""Training data: recursive folders, clear errors, corrupt files skipped and counted, fixed val."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from compressai_vlic_lightning.data import (
+    ImageFolderDataModule,
+    ImageFolderDataset,
+    PhotosDataModule,
+    crop_image,
+)
+from PIL import Image
+
+from compressai_vlic.errors import DatasetError
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, photos):
+    """PNG/JPEG/WebP in nested folders, one corrupt PNG, one non-image file."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.fromarray(photos["astronaut"]).save(tmp_path / "astronaut.png")
+    Image.fromarray(photos["coffee"]).save(tmp_path / "a" / "coffee.jpg", quality=90)
+    Image.fromarray(photos["rocket"]).save(tmp_path / "a" / "b" / "rocket.webp")
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_recursive_folder_skips_and_counts_corrupt_file(mixed_folder, caplog):
+    ds = ImageFolderDataset(mixed_folder, crop_size=32, crop_type="random")
+    names = sorted(p.name for p in ds.files)
+    assert names == ["astronaut.png", "broken.png", "coffee.jpg", "rocket.webp"]
+    with caplog.at_level(logging.WARNING):
+        crops = [ds[i] for i in range(len(ds))]
+    assert all(c.shape == (3, 32, 32) and 0 <= c.min() and c.max() <= 1 for c in crops)
+    assert list(ds.skipped) == [str(mixed_folder / "a" / "broken.png")]
+    assert "skipping unreadable training image" in caplog.text
+    dm = ImageFolderDataModule(str(mixed_folder), crop_size=32, batch_size=2)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (2, 3, 32, 32)
+    for _ in range(2):
+        list(dm.val_dataloader())
+    assert dm.skipped_count >= 1
+
+
+def test_missing_and_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        ImageFolderDataModule(str(tmp_path / "nope"))
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "readme.txt").write_text("x")
+    with pytest.raises(DatasetError, match="no images found under"):
+        ImageFolderDataModule(str(tmp_path / "empty"))
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"garbage")
+    ds = ImageFolderDataset(only_bad, crop_size=16)
+    with pytest.raises(DatasetError, match="could be read"):
+        ds[0]
+
+
+def test_validation_is_deterministic_and_training_random(photo_folder):
+    dm = ImageFolderDataModule(str(photo_folder), crop_size=48, batch_size=4, val_samples=3)
+    dm.setup("fit")
+    first = torch.cat(list(dm.val_dataloader()))
+    second = torch.cat(list(dm.val_dataloader()))
+    assert first.shape == (3, 3, 48, 48)
+    assert torch.equal(first, second)
+    a = dm.train_set[0]
+    b = dm.train_set[0]
+    assert not torch.equal(a, b)  # random crops of the same file
+
+
+def test_small_images_are_upscaled_and_crop_type_checked():
+    img = torch.rand(3, 10, 20)
+    out = crop_image(img, 16, "center")
+    assert out.shape == (3, 16, 16)
+    with pytest.raises(DatasetError, match="crop_type"):
+        crop_image(img, 8, "diagonal")
+
+
+def test_bundled_photos_datamodule_holds_out_validation_photos():
+    dm = PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=8, val_crops_per_photo=2)
+    assert "chelsea" in dm.val_photos and "chelsea" not in dm.train_photos
+    dm.setup("fit")
+    assert len(dm.train_set) == 8 and len(dm.val_set) == 4
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (4, 3, 32, 32)
+    v1 = torch.cat(list(dm.val_dataloader()))
+    v2 = torch.cat(list(dm.val_dataloader()))
+    assert torch.equal(v1, v2)
+    with pytest.raises(DatasetError, match="unknown bundled photo"):
+        PhotosDataModule(train_photos=["lena"])

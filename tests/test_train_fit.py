@@ -1,0 +1,219 @@
+"""Real Trainer.fit of both stages through the CLI and YAML configs, overfitting, export, eval."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from compressai_vlic_lightning import Stage1Module
+from compressai_vlic_lightning.cli import main as train_main
+from compressai_vlic_lightning.export import export_checkpoint
+from PIL import Image
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "train"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _fit(config: str, root: Path, steps: int, *extra: str) -> None:
+    train_main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / config),
+            "--trainer.max_steps",
+            str(steps),
+            "--trainer.val_check_interval",
+            str(steps),
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.logger.init_args.save_dir",
+            str(root),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks.every_n_train_steps",
+            str(steps),
+            *extra,
+        ]
+    )
+
+
+def _metrics(root: Path) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    with (root / "metrics.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            for k, v in row.items():
+                if v not in ("", None):
+                    out.setdefault(k, []).append(float(v))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stage1")
+    _fit(
+        "tiny_stage1.yaml",
+        root,
+        4,
+        "--data.init_args.batch_size",
+        "8",
+        "--trainer.log_every_n_steps",
+        "1",
+    )
+    return root
+
+
+def test_stage1_fit_through_cli(stage1_run):
+    ckpt = stage1_run / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 4
+    assert "ema_state_dict" in state and "model._config_json" in state["ema_state_dict"]
+    metrics = _metrics(stage1_run)
+    for key in ("train/flow", "train/perceptual", "train/bpp_prior", "val/flow", "val/psnr"):
+        assert key in metrics, key
+    assert (stage1_run / "config.yaml").is_file()
+
+
+def test_stage2_fit_through_cli_logs_preference_health(stage1_run, tmp_path):
+    root = tmp_path / "stage2"
+    _fit(
+        "tiny_stage2.yaml",
+        root,
+        4,
+        "--model.init_from",
+        str(stage1_run / "checkpoints" / "last.ckpt"),
+        "--model.init_args.buffer_size",
+        "16",
+        "--model.init_args.refresh_every",
+        "2",
+        "--model.init_args.warmup_pairs",
+        "8",
+        "--model.init_args.dpo_batch_size",
+        "4",
+        "--data.init_args.batch_size",
+        "4",
+        "--trainer.log_every_n_steps",
+        "1",
+    )
+    metrics = _metrics(root)
+    for key in (
+        "train/dpo_loss",
+        "train/implicit_accuracy",
+        "train/reward_margin",
+        "train/flow",
+        "judge/abstain_rate",
+        "judge/disagreement_rate",
+        "buffer/staleness",
+        "buffer/size",
+    ):
+        assert key in metrics, key
+    judged = (root / "preferences" / "judged.jsonl").read_text().splitlines()
+    pending = (root / "preferences" / "pending.jsonl").read_text().splitlines()
+    assert len(judged) == len(pending) >= 8  # everything submitted was judged by the end
+    assert {json.loads(x)["pair_id"] for x in judged} == {json.loads(x)["pair_id"] for x in pending}
+    ckpt = root / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert any(k.startswith("reference.") for k in state["state_dict"])  # frozen reference kept
+
+
+def test_fixed_batch_overfit_lowers_stage1_loss(photos):
+    from conftest import photo_tensor
+
+    torch.manual_seed(0)
+    module = Stage1Module(quality="test", lr=3e-3, perceptual_type="ms_ssim", perceptual_weight=0.2)
+    size = module.model.config.image_size
+    batch = torch.cat(
+        [
+            photo_tensor(photos[n], (size, size))
+            for n in ("astronaut", "chelsea", "coffee", "rocket")
+        ]
+    )
+
+    def fixed_loss() -> float:
+        torch.manual_seed(123)  # same t, noise and code dropout at every evaluation
+        module.train()
+        with torch.no_grad():
+            return float(module.compute_losses(batch)["loss"])
+
+    before = fixed_loss()
+    loader = DataLoader([batch[i] for i in range(4)] * 10, batch_size=4, shuffle=False)
+    trainer = pl.Trainer(
+        max_steps=40,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, loader)
+    after = fixed_loss()
+    assert after < 0.7 * before, (before, after)
+
+
+def test_export_feeds_compressai_eval_model_and_update_model(stage1_run, tmp_path, photos):
+    out = tmp_path / "vlic-test.pth.tar"
+    result = export_checkpoint(stage1_run / "checkpoints" / "last.ckpt", out)
+    assert result.path == out and result.config_name == "vlic-test"
+    sd = torch.load(out, map_location="cpu", weights_only=True)
+    assert "_config_json" in sd and not any(k.startswith(("model.", "reference.")) for k in sd)
+    images = tmp_path / "images"
+    images.mkdir()
+    crop = photos["astronaut"][100:272, 150:322]
+    Image.fromarray(crop).save(images / "astronaut.png")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compressai.utils.eval_model",
+            "checkpoint",
+            str(images),
+            "-a",
+            "vlic",
+            "-p",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout[proc.stdout.index("{") :])["results"]
+    assert results["bpp"][0] > 0 and results["psnr-rgb"][0] > 5
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "compressai.utils.update_model",
+            "--architecture",
+            "vlic",
+            str(out),
+            "-d",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(tmp_path.glob("vlic-test-*.pth.tar"))
