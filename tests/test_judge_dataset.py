@@ -258,6 +258,8 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
             "--symmetrize",
             "--unanimous-with",
             "ms_ssim",
+            "--judge-arg",
+            "ms_ssim.scale=0.05",
             "--progress-type",
             "none",
         ]
@@ -273,10 +275,14 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
             "ms_ssim",
         ]
         assert r.judge_config["judge"]["kind"] == "unanimous"
+        assert r.judge_config["judge"]["members"][1]["scale"] == 0.05  # ms_ssim.scale=0.05
     assert "4 judged now" in capsys.readouterr().out
     # resuming with other judge options is refused with a clear message
     assert main([*base, "--judge-type", "psnr", "--progress-type", "none"]) == 2
     assert "different judge configuration" in capsys.readouterr().err
+    # a judge argument addressed to a judge that is not in the run is refused
+    assert main([*base, "--judge-type", "psnr", "--judge-arg", "lpips.net_type=vgg"]) == 2
+    assert "not one of the judges" in capsys.readouterr().err
     # LPIPS without its backbone weights: a clear error, nothing written
     if not os.environ.get("COMPRESSAI_VLIC_LPIPS_WEIGHTS"):
         assert main([*base[:-1], str(tmp_path / "l.jsonl"), "--judge-type", "lpips"]) == 2

@@ -66,8 +66,9 @@ def add_judge_arguments(parser: argparse.ArgumentParser, multi: bool = False) ->
         type=_kv,
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="keyword for the judge factory (repeatable), e.g. margin=0.5, model=..., attribute=contrast",
+        metavar="[TYPE.]KEY=VALUE",
+        help="keyword for the judge factory (repeatable), e.g. margin=0.5, model=..., "
+        "attribute=contrast; prefix TYPE. to address one judge (lpips.net_type=vgg)",
     )
     g.add_argument(
         "--cache",
@@ -197,7 +198,9 @@ def compose_spec(args: argparse.Namespace) -> Any:
     )
 
 
-def judge_kwargs(judge_type: str, pairs: list[tuple[str, Any]], base: bool = True) -> dict[str, Any]:
+def judge_kwargs(
+    judge_type: str, pairs: list[tuple[str, Any]], base: bool = True
+) -> dict[str, Any]:
     """Keywords for one judge: ``TYPE.KEY=VALUE`` goes to that judge type only; a plain
     ``KEY=VALUE`` goes to the main judge(s) (``base``), not to --unanimous-with/--weighted ones."""
     out: dict[str, Any] = {}
@@ -315,6 +318,9 @@ def run_build(args: argparse.Namespace) -> int:
         }
     if args.limit is not None:
         pairs = pairs[: args.limit]
+    check_judge_arg_prefixes(
+        args.judge_arg, [args.judge_type, *args.unanimous_with, *(t for t, _ in args.weighted)]
+    )
     judge = compose(
         make_judge_from_args(args.judge_type, args), compose_spec(args), _make_extra(args)
     )

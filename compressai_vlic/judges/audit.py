@@ -901,7 +901,12 @@ def add_audit_arguments(parser: Any) -> None:
 
 
 def run_audit_cli(args: Any) -> int:
-    from compressai_vlic.cli.judge import DEFAULT_JUDGE, _make_extra, make_judge_from_args
+    from compressai_vlic.cli.judge import (
+        DEFAULT_JUDGE,
+        _make_extra,
+        check_judge_arg_prefixes,
+        make_judge_from_args,
+    )
     from compressai_vlic.judges.compose import ComposeSpec, compose
 
     if (args.bapps is None) == (args.csv is None):
@@ -910,6 +915,8 @@ def run_audit_cli(args: Any) -> int:
     if args.limit is not None:
         pairs = pairs[: args.limit]
     judge_types = args.judge_type or [DEFAULT_JUDGE]
+    extra_types = [*args.unanimous_with, *(t for t, _ in args.weighted)]
+    check_judge_arg_prefixes(args.judge_arg, [*judge_types, *extra_types])
     make = _make_extra(args)
     judges = []
     for t in judge_types:
