@@ -101,7 +101,7 @@ def resolve_weights(quality: int | str, weights: str | os.PathLike[str] | None =
     location = weights if weights is not None else os.environ.get(WEIGHTS_ENV)
     how = (
         "No public VLIC weights exist. Train a model (compressai-vlic-train), export it with "
-        "`compressai-vlic update CKPT -n vlic-<quality>` (writes vlic-<quality>-<sha8>.pth.tar), "
+        "`compressai-vlic update --architecture vlic CKPT -n vlic-<quality>` (writes vlic-<quality>-<sha8>.pth.tar), "
         f"then pass weights=PATH or set {WEIGHTS_ENV} to that file or its folder."
     )
     if not location:

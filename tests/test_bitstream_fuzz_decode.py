@@ -8,6 +8,9 @@ crash, a hang or an out-of-range digit.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +25,9 @@ LEVELS = (4, 3, 7)
 K, B = 8, 2
 HEADER = StreamHeader(b"\x01\x02\x03\x04", 100, 60, 8, 99, 4, 1.5, 1.0)
 
-torch.manual_seed(3)
-PRIOR = ARPrior(LEVELS, num_tokens=K, width=16, depth=1, heads=2)
+with torch.random.fork_rng():  # do not disturb the global RNG of other test modules
+    torch.manual_seed(3)
+    PRIOR = ARPrior(LEVELS, num_tokens=K, width=16, depth=1, heads=2)
 with torch.no_grad():
     PRIOR.head.weight.mul_(20.0)  # skewed tables, so garbage hits rare symbols too
 CODER = TokenCoder(LEVELS)
@@ -32,7 +36,6 @@ INDICES = torch.stack([torch.randint(0, n, (B, K), generator=_GEN) for n in LEVE
 PAYLOAD = CODER.encode(INDICES, PRIOR)
 STREAM = pack(HEADER, PAYLOAD)
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-OUTCOMES: dict[str, int] = {"detected": 0, "in_range": 0}
 
 
 def _decode(stream: bytes) -> torch.Tensor:
@@ -45,9 +48,7 @@ def _decode_or_typed_error(stream: bytes) -> None:
     try:
         out = _decode(stream)
     except BitstreamError:
-        OUTCOMES["detected"] += 1
         return
-    OUTCOMES["in_range"] += 1
     assert out.shape == (B, K, len(LEVELS)) and out.dtype == torch.long
     assert ((out >= 0) & (out < torch.tensor(LEVELS))).all()
 
@@ -58,9 +59,6 @@ def _with_payload(payload: bytes) -> bytes:
         return pack(HEADER, payload)
     except ConfigError:  # not whole words: build it by hand, the container must refuse it
         body = STREAM[:20] + payload
-        import struct
-        import zlib
-
         return body + struct.pack(">I", zlib.crc32(body))
 
 
@@ -105,16 +103,22 @@ def test_fuzz_whole_streams(data: bytes) -> None:
     _decode_or_typed_error(STREAM[:20] + data)
 
 
-def test_garbage_is_almost_always_detected() -> None:
-    """Behind a valid CRC, damaged payloads should still be refused, not decoded to garbage."""
-    gen = torch.Generator().manual_seed(7)
-    detected = 0
-    for _ in range(40):
+def test_damage_behind_a_valid_checksum_is_mostly_detected() -> None:
+    """The end-of-stream check refuses nearly all damaged payloads that slip past a forged CRC.
+
+    It cannot be complete (see the token_coder docstring): a flip in the final word may swap
+    one of the last symbols for another of equal frequency. Those decode to in-range tokens.
+    """
+    detected = undetected = 0
+    for pos in range(0, len(PAYLOAD) * 8, 3):
         payload = bytearray(PAYLOAD)
-        pos = int(torch.randint(0, len(payload) * 8, (1,), generator=gen))
         payload[pos // 8] ^= 1 << (pos % 8)
         try:
-            _decode(_with_payload(bytes(payload)))
+            out = _decode(_with_payload(bytes(payload)))
         except BitstreamError:
             detected += 1
-    assert detected == 40
+            continue
+        undetected += 1
+        assert pos >= (len(PAYLOAD) - 4) * 8  # only ever in the last word
+        assert ((out >= 0) & (out < torch.tensor(LEVELS))).all()
+    assert undetected <= 0.02 * (detected + undetected)

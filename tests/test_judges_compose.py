@@ -274,3 +274,43 @@ def test_compose_spec_builds_vlic_stack(triplets):
     assert cfg["kind"] == "unanimous" and cfg["members"][0]["inner"]["kind"] == "symmetrize"
     with pytest.raises(ConfigError):
         ComposeSpec(order_type="both")
+
+
+def test_descriptions_never_carry_secret_values():
+    from compressai_vlic.judges.compose import describe_judge, public_kwargs
+
+    class KeyedJudge(FakeJudge):
+        def config(self):
+            return {
+                "model": "m",
+                "api_key": "sk-live-123",
+                "api_key_env": "MY_KEY",
+                "max_tokens": 16,
+            }
+
+    d = describe_judge(KeyedJudge(closer, "keyed"))
+    assert d == {"name": "keyed", "model": "m", "api_key_env": "MY_KEY", "max_tokens": 16}
+    assert "sk-live-123" not in str(describe_judge(SymmetrizedJudge(KeyedJudge(closer, "keyed"))))
+    assert public_kwargs({"password": "p", "auth_token": "t", "model": "m"}) == {"model": "m"}
+
+
+def test_self_ensemble_through_the_cache_keeps_samples_apart(triplets, tmp_path):
+    """Each sample of a cached sampling judge is its own cache entry: a rerun repeats every vote
+    from the cache instead of collapsing n votes into one cached answer."""
+    from compressai_vlic.judges.cache import CachedJudge
+
+    class SamplingJudge(FakeJudge):
+        def cache_identity(self):
+            return {"backend": "fake", "sample_index": self.sample_index}
+
+        def with_sample_index(self, i):
+            return SamplingJudge(self.rule, self.name, i)
+
+    rule = lambda r, a, b, k: 1.0 if k != 1 else -1.0  # noqa: E731
+    path = tmp_path / "cache.sqlite"
+    first = SelfEnsembleJudge(CachedJudge(SamplingJudge(rule), path), votes=3).compare(*triplets[0])
+    assert [v.choice for v in first.votes] == [Choice.A, Choice.B, Choice.A]
+    again = SelfEnsembleJudge(CachedJudge(SamplingJudge(rule), path), votes=3)
+    out = again.compare(*triplets[0])
+    assert out.cached and [v.choice for v in out.votes] == [Choice.A, Choice.B, Choice.A]
+    assert all(m.judge.calls == 0 for m in again.members)  # every vote from the cache

@@ -37,7 +37,9 @@ def _save_features(arch: str, path):
 @pytest.fixture(scope="module")
 def images(photos):
     ref = photo_tensor(photos["coffee"], crop=(96, 128))
-    noisy = (ref + 0.08 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    noisy = (ref + 0.08 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))).clamp(
+        0, 1
+    )
     return ref, noisy
 
 

@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import photo_tensor
 from PIL import Image
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.metrics import available_metrics, get_metric
 from compressai_vlic.metrics.fidelity import ms_ssim_reduced
-from conftest import photo_tensor
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:

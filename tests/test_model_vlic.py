@@ -5,6 +5,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +23,15 @@ from compressai_vlic.errors import (
 )
 from compressai_vlic.models import VLIC
 from compressai_vlic.zoo import quality_config, vlic
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The test model's ops are tiny: one thread is faster than two and robust to a busy machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +107,6 @@ def test_tile_batches_bound_memory_not_the_result(net, astronaut, coded, decoded
     torch.testing.assert_close(x_hat, decoded, atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
 def test_odd_size_round_trip(net, photos):
     # One Euler step without guidance keeps 308 tiles cheap; the stream carries these settings.
     quick = vlic("test", num_steps=1, guidance_scale=1.0).eval()
@@ -153,8 +165,17 @@ def test_state_dict_update_and_weights_only_load(net, astronaut, coded):
     fast = vlic("test", num_steps=2)
     fast.load_state_dict(state)
     assert fast.config.num_steps == 2
+    assert torch.equal(state["_config_json"], net._config_json)  # caller's dict untouched
     with pytest.raises(CheckpointError, match="does not match"):
         vlic("test", num_tokens=8).load_state_dict(state)
+    # Also when VLIC is nested in another module (e.g. a LightningModule checkpoint).
+    wrapper = torch.nn.ModuleDict({"model": vlic("test", num_steps=25)})
+    wrapper.load_state_dict({f"model.{k}": v for k, v in state.items()})
+    assert wrapper["model"].config.num_steps == 25
+    with pytest.raises(CheckpointError, match="does not match"):
+        torch.nn.ModuleDict({"model": vlic("test", num_tokens=8)}).load_state_dict(
+            {f"model.{k}": v for k, v in state.items()}
+        )
     with pytest.raises(CheckpointError, match="not saved from a VLIC"):
         VLIC.from_state_dict({k: v for k, v in state.items() if k != "_config_json"})
 
@@ -239,3 +260,40 @@ def test_pretrained_needs_a_checked_file(net, tmp_path, monkeypatch):
         vlic("test", pretrained=True, weights=bad)
     with pytest.raises(CheckpointError, match="does not match"):
         vlic("test", pretrained=True, weights=good, fsq_levels=(5, 5, 5))
+
+
+@pytest.mark.slow
+def test_decompress_in_another_process_gives_the_same_image(net, tmp_path, photos):
+    """Encode with 2 threads here, decode in a fresh 1-thread process: identical pixels."""
+    x = photo_tensor(photos["rocket"], crop=(72, 80))
+    torch.set_num_threads(2)
+    try:
+        stream = net.compress(x, seed=31)["strings"][0][0]
+    finally:
+        torch.set_num_threads(1)
+    torch.save(net.state_dict(), tmp_path / "net.pth")
+    (tmp_path / "stream.bin").write_bytes(stream)
+    script = (
+        "import sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from compressai_vlic.models import VLIC\n"
+        "net = VLIC.from_state_dict(torch.load(sys.argv[1], weights_only=True)).eval()\n"
+        "data = open(sys.argv[2], 'rb').read()\n"
+        "torch.save(net.decompress([[data]], None)['x_hat'], sys.argv[3])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            tmp_path / "net.pth",
+            tmp_path / "stream.bin",
+            tmp_path / "x_hat.pt",
+        ],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    other = torch.load(tmp_path / "x_hat.pt", weights_only=True)
+    assert torch.equal(other, net.decompress([[stream]], (72, 80))["x_hat"])

@@ -217,3 +217,39 @@ def test_export_feeds_compressai_eval_model_and_update_model(stage1_run, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmp_path.glob("vlic-test-*.pth.tar"))
+
+
+def test_export_takes_ema_weights_by_default(stage1_run, tmp_path):
+    ckpt_path = stage1_run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    ema = export_checkpoint(ckpt_path, tmp_path / "ema.pth.tar").path
+    raw = export_checkpoint(ckpt_path, tmp_path / "raw.pth.tar", weights_type="raw").path
+    sd_ema = torch.load(ema, weights_only=True)
+    sd_raw = torch.load(raw, weights_only=True)
+    key = next(k for k, v in sd_raw.items() if v.is_floating_point() and "decoder" in k)
+    assert torch.equal(sd_ema[key], ckpt["ema_state_dict"][f"model.{key}"])
+    assert torch.equal(sd_raw[key], ckpt["state_dict"][f"model.{key}"])
+    assert not torch.equal(sd_ema[key], sd_raw[key])
+    assert torch.equal(
+        sd_ema["_config_json"], sd_raw["_config_json"]
+    )  # the config is never averaged
+
+
+def test_rate_weight_lets_the_rate_shape_the_encoder(photos):
+    from compressai_vlic_lightning.stage1 import straight_through_bits
+    from conftest import photo_tensor
+
+    torch.manual_seed(0)
+    module = Stage1Module(quality="test", perceptual_type="none", rate_weight=1.0)
+    size = module.model.config.image_size
+    x = photo_tensor(photos["coffee"], (size, size))
+    enc = module.model.encode(x)
+    bits = straight_through_bits(module.model, enc.codes, enc.indices)
+    assert torch.allclose(bits, module.model.token_nll_bits(enc.indices), rtol=1e-4)
+    bits.sum().backward()
+    grads = [p.grad for p in module.model.encoder.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    assert all(
+        p.grad is None for p in module.model.prior.parameters()
+    )  # prior trained by its own NLL
+    assert "bpp_rate_term" in module.compute_losses(x)

@@ -273,7 +273,7 @@ def _codec_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from compressai_vlic.judges.compose import compose, describe_judge
+    from compressai_vlic.judges.compose import compose, describe_judge, public_kwargs
     from compressai_vlic.judges.dataset import (
         CodecPairMaker,
         build_preference_dataset,
@@ -327,7 +327,7 @@ def run_build(args: argparse.Namespace) -> int:
     config = {
         "judge": describe_judge(judge),
         "judge_type": args.judge_type,
-        "judge_args": dict(args.judge_arg),
+        "judge_args": public_kwargs(dict(args.judge_arg)),
     }
     if codec is not None:
         config["codec"] = codec
@@ -359,3 +359,9 @@ def run(args: argparse.Namespace) -> int:
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: every pair judged so far is saved; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130

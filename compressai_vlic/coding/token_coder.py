@@ -25,9 +25,14 @@ unbounded number of words. Here:
   CorruptStreamError. compressai.ans exposes neither the final state nor the read position, so
   this is how "the decoder consumed the stream exactly" is checked.
 
-Not detectable: a payload that is itself a valid stream for the same model and token count
-(e.g. spliced from another image with the CRC recomputed) decodes to those other tokens; and in
-a corrupt payload the end check misses with probability about 2**-64.
+What the end check cannot see: rANS decoding maps a state x to (symbol, next state)
+bijectively, so a change confined to the bits that select one of the last symbols decoded can
+swap that symbol for another of the same frequency and leave the final state untouched (e.g.
+two adjacent frequency-1 symbols); it carries no redundancy to detect that. Measured behind a
+recomputed CRC (tests/test_bitstream_fuzz_decode.py): random and truncated payloads were always
+refused; 2 of 480 single-bit flips (both in the last word) decoded to in-range, different
+tokens. A payload that is itself a valid stream (e.g. spliced from another image) decodes to
+its own tokens. Accidental damage never gets this far: the container's CRC32 refuses it first.
 """
 
 from __future__ import annotations

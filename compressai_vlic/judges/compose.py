@@ -267,11 +267,16 @@ def describe_judge(judge: Any) -> dict[str, Any]:
 
 
 def _secret_key(key: str) -> bool:
+    """Keys that may hold a secret value (``*_env`` keys name a variable, they hold none)."""
     k = key.lower()
-    return (
-        any(s in k for s in ("api_key", "apikey", "secret", "token", "password"))
-        and k != "max_tokens"
-    )
+    if k.endswith("_env") or "max_tokens" in k:
+        return False
+    return any(s in k for s in ("api_key", "apikey", "secret", "token", "password"))
+
+
+def public_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Judge keywords safe to write into a dataset or report (secret-looking ones dropped)."""
+    return {k: v for k, v in kwargs.items() if not _secret_key(k)}
 
 
 def sample_members(judge: Judge, n: int) -> list[Judge]:

@@ -385,10 +385,9 @@ def build_preference_dataset(
     """
     from tqdm.auto import tqdm
 
-    ids = [p.pair_id for p in pairs]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise DatasetError(f"pair id {dup!r} occurs twice; pair ids must be unique")
+    dups = [k for k, n in Counter(p.pair_id for p in pairs).items() if n > 1]
+    if dups:
+        raise DatasetError(f"pair id {dups[0]!r} occurs twice; pair ids must be unique")
     summary = DatasetSummary(total=len(pairs))
     with PreferenceWriter(output, judge_config) as writer:
         summary.repaired_bytes = writer.repaired_bytes

@@ -16,6 +16,7 @@ from compressai_vlic.metrics.distribution import (
     InceptionFeatures,
     KernelDistance,
     distribution_metrics,
+    frechet_distance,
     get_distribution_metric,
     hific_patches,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "PairMetric",
     "available_metrics",
     "distribution_metrics",
+    "frechet_distance",
     "get_distribution_metric",
     "get_metric",
     "hific_patches",

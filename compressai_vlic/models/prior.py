@@ -69,10 +69,8 @@ class PriorState:
     position: int = 0
 
 
-# float64 coding copies, keyed weakly by the prior they were made from.
-_CODING_COPIES: weakref.WeakKeyDictionary[ARPrior, tuple[tuple, ARPrior]] = (
-    weakref.WeakKeyDictionary()
-)
+# float64 coding copies (reused buffers), keyed weakly by the prior they were made from.
+_CODING_COPIES: weakref.WeakKeyDictionary[ARPrior, ARPrior] = weakref.WeakKeyDictionary()
 
 
 class ARPrior(nn.Module):
@@ -170,14 +168,18 @@ class ARPrior(nn.Module):
 
     # ----------------------------------------------------------------- coding
     def coding_copy(self) -> ARPrior:
-        """A float64 CPU copy of this prior, rebuilt whenever a parameter changes."""
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        cached = _CODING_COPIES.get(self)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        clone = copy.deepcopy(self).to(device="cpu", dtype=torch.float64).eval()
-        clone.requires_grad_(False)
-        _CODING_COPIES[self] = (key, clone)
+        """A float64 CPU copy of the current weights, refreshed on every call.
+
+        Refreshing (one copy of the weights) is cheap next to K prior steps, and it can never be
+        stale: a cache keyed on parameter versions would miss updates made through ``.data``.
+        """
+        clone = _CODING_COPIES.get(self)
+        if clone is None:
+            clone = copy.deepcopy(self).to(device="cpu", dtype=torch.float64).eval()
+            clone.requires_grad_(False)
+            _CODING_COPIES[self] = clone
+        else:
+            clone.load_state_dict(self.state_dict())
         return clone
 
     def start(self, batch: int) -> PriorState:

@@ -21,6 +21,8 @@ import torch
 from compressai.models import CompressionModel
 from torch import Tensor
 
+from compressai_vlic.bitstream import StreamHeader, pack, unpack
+from compressai_vlic.coding import TokenCoder
 from compressai_vlic.errors import (
     BitstreamError,
     CheckpointError,
@@ -31,6 +33,7 @@ from compressai_vlic.models.config import VLICConfig
 from compressai_vlic.models.decoder import VelocityDecoder
 from compressai_vlic.models.encoder import TokenEncoder
 from compressai_vlic.models.fsq import FSQ
+from compressai_vlic.models.prior import ARPrior
 from compressai_vlic.sampling import RectifiedFlowSampler, cfg_combine, seeded_noise
 from compressai_vlic.tiling import TileLayout
 
@@ -105,10 +108,6 @@ class VLIC(CompressionModel):
 
     def __init__(self, config: VLICConfig | None = None, **overrides: Any):
         super().__init__()
-        # Imported here: prior and coder live in their own modules (see docs/model-spec).
-        from compressai_vlic.coding import TokenCoder
-        from compressai_vlic.models.prior import ARPrior
-
         config = config if config is not None else VLICConfig()
         if overrides:
             config = config.replace(**overrides)
@@ -335,8 +334,6 @@ class VLIC(CompressionModel):
         The sampler settings are the config defaults, stored in the header (floats as float16:
         ``stream_settings`` gives the exact values a decoder will use).
         """
-        from compressai_vlic.bitstream import pack
-
         strings = []
         for img in x.split(1):
             layout, enc = self.encode_image(img)
@@ -344,10 +341,8 @@ class VLIC(CompressionModel):
             strings.append(pack(self.stream_header(layout, seed), payload))
         return {"strings": [strings], "shape": (int(x.shape[-2]), int(x.shape[-1]))}
 
-    def stream_header(self, layout: TileLayout, seed: int | None = None) -> Any:
+    def stream_header(self, layout: TileLayout, seed: int | None = None) -> StreamHeader:
         """The container header ``compress`` writes for an image with this layout."""
-        from compressai_vlic.bitstream import StreamHeader
-
         s = self.sampler_settings(seed)
         return StreamHeader(
             config_hash=self.config.config_hash(),
@@ -368,8 +363,6 @@ class VLIC(CompressionModel):
     @torch.no_grad()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: Any = None) -> dict[str, Any]:
         """Decode container bytes (everything needed is inside them) -> {"x_hat": (B, 3, H, W)}."""
-        from compressai_vlic.bitstream import unpack
-
         if len(strings) != 1:
             raise BitstreamError(f"VLIC streams have one string list, got {len(strings)}")
         x_hats = []
@@ -410,22 +403,37 @@ class VLIC(CompressionModel):
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
         """Load weights after checking that the checkpoint was made for this architecture."""
-        sd = dict(state_dict)
-        if CONFIG_KEY in sd:
-            other = config_from_tensor(sd[CONFIG_KEY])
+        if strict and CONFIG_KEY not in state_dict:
+            raise CheckpointError(
+                f"state dict has no {CONFIG_KEY!r} entry: it was not saved from a VLIC model"
+            )
+        return torch.nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Runs for direct loads and when VLIC is nested (e.g. inside a LightningModule).
+        key = prefix + CONFIG_KEY
+        if key in state_dict:
+            other = config_from_tensor(state_dict[key])
             if other.config_hash() != self.config.config_hash():
                 raise CheckpointError(
                     f"checkpoint config {other.name!r} (hash {other.config_hash().hex()}) does not "
                     f"match this model's config {self.config.name!r} (hash "
                     f"{self.config.config_hash().hex()}); build it with VLIC.from_state_dict(sd)"
                 )
-        elif strict:
-            raise CheckpointError(
-                f"state dict has no {CONFIG_KEY!r} entry: it was not saved from a VLIC model"
-            )
-        # Keep our own config: sampler defaults may legitimately differ from the checkpoint's.
-        sd[CONFIG_KEY] = self._config_json
-        return torch.nn.Module.load_state_dict(self, sd, strict=strict, assign=assign)
+            # Keep our own config: sampler defaults may legitimately differ from the checkpoint's.
+            state_dict[key] = self._config_json
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any]) -> VLIC:

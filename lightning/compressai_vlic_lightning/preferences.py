@@ -14,6 +14,7 @@ exactly those 8-bit pixels, so a resubmitted pair has the same cache key.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
 log = logging.getLogger(__name__)
 
 WORKER_TYPES = ("thread", "inline")
+CALL_TYPES = ("async", "batch")
 
 
 def quantize_uint8(images: Tensor) -> Tensor:
@@ -154,7 +156,10 @@ def wrap_with_cache(judge: Judge, cache_path: str | Path | None) -> Judge:
     if isinstance(judge, CachedJudge):
         return judge
     if not callable(getattr(judge, "cache_identity", None)):
-        log.warning("judge %r has no cache_identity(); running it without the judge cache", judge)
+        log.warning(
+            "judge %r has no cache_identity(); running it without the judge cache",
+            getattr(judge, "name", type(judge).__name__),
+        )
         return judge
     return CachedJudge(judge, cache_path)
 
@@ -175,7 +180,12 @@ class PreferenceBuffer:
         judge_batch_size: int = 8,
         cache_path: str | Path | None = None,
         keep_rounds: int | None = None,
+        call_type: str = "async",
     ) -> None:
+        if call_type not in CALL_TYPES:
+            raise JudgeError(
+                f"unknown call_type {call_type!r}; choose from {', '.join(CALL_TYPES)}"
+            )
         if worker_type not in WORKER_TYPES:
             raise JudgeError(
                 f"unknown worker_type {worker_type!r}; choose from {', '.join(WORKER_TYPES)}"
@@ -189,6 +199,7 @@ class PreferenceBuffer:
         self.capacity = capacity
         self.worker_type = worker_type
         self.judge_batch_size = max(1, judge_batch_size)
+        self.call_type = call_type
         self.keep_rounds = keep_rounds
         self._pending_fh = (self.directory / "pending.jsonl").open("a", encoding="utf-8")
         self._judged_fh = (self.directory / "judged.jsonl").open("a", encoding="utf-8")
@@ -349,34 +360,54 @@ class PreferenceBuffer:
                 log.error("judge worker failed: %s", exc)
                 with self._lock:
                     self._error = exc
-                    self._in_flight -= len(batch)
+                    self._in_flight -= sum(p.judgment is None for p in batch)
                     self._idle.notify_all()
 
     def _judge_batch(self, batch: list[PreferencePair]) -> None:
+        """Judge a batch; each verdict is persisted the moment it arrives.
+
+        ``call_type="async"`` runs the pairs concurrently through ``acompare`` (the cache stores
+        each answer as it completes, so a kill loses at most the calls still in flight);
+        ``"batch"`` uses ``compare_batch`` (for judges that batch on a GPU).
+        """
         requests = [
             JudgeRequest(to_float(p.reference), to_float(p.a), to_float(p.b), p.pair_id)
             for p in batch
         ]
+        if self.call_type == "async" and callable(getattr(self.judge, "acompare", None)):
+            asyncio.run(self._judge_async(batch, requests))
+            return
         start = time.perf_counter()
         judgments = self.judge.compare_batch(requests)
-        elapsed = time.perf_counter() - start
         if len(judgments) != len(batch):
             raise JudgeError(f"judge returned {len(judgments)} judgments for {len(batch)} pairs")
+        elapsed = (time.perf_counter() - start) / len(batch)
         for pair, judgment in zip(batch, judgments, strict=True):
-            record = {"pair_id": pair.pair_id, "judgment": judgment.to_dict(), "time": time.time()}
-            with self._lock:
-                _append_line(self._judged_fh, record)
-                pair.judgment = judgment
-                self._judged_order.append(pair.pair_id)
-                self._stats.judged += 1
-                self._stats.total_judged += 1
-                self._stats.abstained += int(judgment.abstained)
-                self._stats.disagreed += int(votes_disagree(judgment))
-                self._stats.cached += int(judgment.cached)
-                self._stats.latency_s += elapsed / len(batch)
-                self._in_flight -= 1
-                self._stats.pending = self._in_flight
-                self._idle.notify_all()
+            self._record(pair, judgment, elapsed)
+
+    async def _judge_async(self, batch: list[PreferencePair], requests: list[JudgeRequest]) -> None:
+        async def one(pair: PreferencePair, request: JudgeRequest) -> None:
+            start = time.perf_counter()
+            judgment = await self.judge.acompare(request.reference, request.a, request.b)
+            self._record(pair, judgment, time.perf_counter() - start)
+
+        await asyncio.gather(*(one(p, r) for p, r in zip(batch, requests, strict=True)))
+
+    def _record(self, pair: PreferencePair, judgment: Judgment, latency_s: float) -> None:
+        record = {"pair_id": pair.pair_id, "judgment": judgment.to_dict(), "time": time.time()}
+        with self._lock:
+            _append_line(self._judged_fh, record)
+            pair.judgment = judgment
+            self._judged_order.append(pair.pair_id)
+            self._stats.judged += 1
+            self._stats.total_judged += 1
+            self._stats.abstained += int(judgment.abstained)
+            self._stats.disagreed += int(votes_disagree(judgment))
+            self._stats.cached += int(judgment.cached)
+            self._stats.latency_s += latency_s
+            self._in_flight -= 1
+            self._stats.pending = self._in_flight
+            self._idle.notify_all()
 
     def raise_if_failed(self) -> None:
         """Re-raise a judge failure from the background thread in the caller's thread."""

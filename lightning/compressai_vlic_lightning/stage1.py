@@ -165,10 +165,6 @@ class Stage1Module(pl.LightningModule):
     def test_step(self, batch: Tensor, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
 
-    def on_fit_start(self) -> None:
-        if self.perceptual_choice.reason:
-            log.warning("perceptual loss: %s", self.perceptual_choice.reason)
-
     def on_train_epoch_start(self) -> None:
         self.model.train()  # Lightning keeps the mode a module had before fit; training needs CFG dropout
 

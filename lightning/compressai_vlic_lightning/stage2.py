@@ -103,6 +103,7 @@ class Stage2Module(pl.LightningModule):
         judge_cache: str | None = None,
         judge_worker_type: str = "thread",
         judge_batch_size: int = 8,
+        judge_call_type: str = "async",
         keep_rounds: int | None = None,
         decode_num_steps: int | None = None,
         decode_guidance_scale: float | None = None,
@@ -188,6 +189,7 @@ class Stage2Module(pl.LightningModule):
                 capacity=hp.buffer_size,
                 worker_type=hp.judge_worker_type,
                 judge_batch_size=hp.judge_batch_size,
+                call_type=hp.judge_call_type,
                 cache_path=cache,
                 keep_rounds=hp.keep_rounds,
             )
