@@ -364,3 +364,32 @@ def test_codec_pairs_two_seeds_same_tokens(tmp_path, photos, capsys):
     x = net.decompress([[data]])["x_hat"][0]
     rec = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert np.array_equal(rec, np.asarray(Image.open(rows[0].a)))
+
+
+def test_ctrl_c_finishes_pairs_in_flight_and_loses_nothing(tmp_path, photos):
+    """First Ctrl-C: no new pairs start, the ones in flight are judged AND written."""
+    import signal as sig
+
+    orig, a_dir, b_dir = make_folders(tmp_path, photos, 8)
+    pairs, _ = pairs_from_folders(orig, a_dir, b_dir)
+    calls = tmp_path / "calls.txt"
+
+    class InterruptingJudge(CountingJudge):
+        def compare(self, reference, a, b):
+            with self._lock:
+                n = self._n
+            if n == 2:  # the user presses Ctrl-C while the third call runs
+                os.kill(os.getpid(), sig.SIGINT)
+            return super().compare(reference, a, b)
+
+    out = tmp_path / "prefs.jsonl"
+    judge = InterruptingJudge(str(calls), sleep_s=0.2)
+    with pytest.raises(KeyboardInterrupt):
+        build_preference_dataset(pairs, judge, out, {"j": 1}, concurrency=3, progress=False)
+    written = len(read_preference_dataset(out))
+    assert 3 <= written < 8
+    assert written == len(calls.read_text().split())  # every finished call has its row
+    summary = build_preference_dataset(
+        pairs, CountingJudge(str(calls), 0.0), out, {"j": 1}, progress=False
+    )
+    assert summary.judged == 8 - written and len(calls.read_text().split()) == 8

@@ -297,3 +297,22 @@ def test_decompress_in_another_process_gives_the_same_image(net, tmp_path, photo
     )
     other = torch.load(tmp_path / "x_hat.pt", weights_only=True)
     assert torch.equal(other, net.decompress([[stream]], (72, 80))["x_hat"])
+
+
+def test_sampler_settings_are_what_the_header_can_hold(net, photos):
+    odd = vlic("test", guidance_scale=1.3, time_shift=0.3).eval()
+    odd.load_state_dict(net.state_dict())
+    settings = odd.stream_settings(seed=8)
+    # float16 in the header: the decoder uses the rounded values, and so must any comparison.
+    assert settings.guidance_scale != 1.3 and abs(settings.guidance_scale - 1.3) < 1e-3
+    x = photo_tensor(photos["chelsea"], crop=(40, 44))
+    out = odd.compress(x, seed=8)
+    layout, enc = odd.encode_image(x)
+    expected = odd.decode_codes(
+        enc.indices,
+        seed=8,
+        guidance_scale=settings.guidance_scale,
+        time_shift=settings.time_shift,
+        layout=layout,
+    )
+    assert torch.equal(odd.decompress(out["strings"], out["shape"])["x_hat"], expected)

@@ -44,6 +44,7 @@ class CodedImage:
     setting: str  # what produced it, e.g. "q=37" or "quality=test seed=0"
     encode_s: float
     decode_s: float
+    target_bpp: float | None = None  # for matched-rate codecs: what was asked for
 
 
 class Codec(ABC):
@@ -72,7 +73,7 @@ def _to_uint8_array(image: torch.Tensor) -> np.ndarray:
 
 
 def _from_uint8_array(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255.0
 
 
 def _file_sha(path: Path, length: int = 16) -> str:
@@ -176,6 +177,7 @@ class PillowCodec(Codec):
             setting=f"q={quality}",
             encode_s=encode_s,
             decode_s=decode_s,
+            target_bpp=None if kind == "q" else value,
         )
 
 

@@ -17,6 +17,8 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -342,9 +344,12 @@ async def _judge_all(
 ) -> None:
     sem = asyncio.Semaphore(max(1, concurrency))
     judge_config = writer.judge_config
+    stop = asyncio.Event()  # set by the first Ctrl-C: finish the pairs in flight, start no more
 
     async def one(pair: PairInputs) -> None:
         async with sem:
+            if stop.is_set():
+                return
             if prepare is not None:
                 pair = await prepare(pair)
             ref, a, b = await asyncio.to_thread(_load_pair, pair)
@@ -360,13 +365,36 @@ async def _judge_all(
         on_row(row)
 
     tasks = [asyncio.create_task(one(p)) for p in pairs]
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if stop.is_set():  # second Ctrl-C: abort the pairs in flight too
+            for t in tasks:
+                t.cancel()
+            return
+        stop.set()
+        print(
+            "\nCtrl-C: finishing the pairs in flight (Ctrl-C again to abort them)", file=sys.stderr
+        )
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        handler = True
+    except (RuntimeError, NotImplementedError, ValueError):  # not the main thread
+        handler = False
     try:
         for fut in asyncio.as_completed(tasks):
             await fut
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
     finally:
+        if handler:
+            loop.remove_signal_handler(signal.SIGINT)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    if stop.is_set():
+        raise KeyboardInterrupt
 
 
 def build_preference_dataset(
