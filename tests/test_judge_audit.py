@@ -362,5 +362,9 @@ def test_audit_of_a_vlm_backend_on_loopback(bapps_root, tmp_path, capsys):
     )
     sym = next(v for v in jr["variants"] if v["name"] == "symmetrized")
     assert sym["abstain_rate"] == 1.0
+    # soft score from the answer-token P(A): the bias cancels to exactly 0.5 after symmetrisation
+    assert sym["soft_score"]["value"] == pytest.approx(0.5)
+    single = next(v for v in jr["variants"] if v["name"] == "single order")
+    assert single["soft_score"] is not None
     assert jr["self_consistency"]["pairwise_agreement"] == 1.0
     assert "openai:loopback-vlm" in capsys.readouterr().out

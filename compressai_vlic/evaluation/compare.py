@@ -170,6 +170,9 @@ def _load_sources(
         sources.append(_Source(path.name, key, tensor))
     if not sources:
         raise ConfigError("no images to compare")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"image file names must be unique (rows are keyed by name): {names}")
     return sources
 
 
@@ -456,11 +459,12 @@ class ComparisonRunner:
         reference = self.settings.reference_codec
         if not reference:
             raise ConfigError("a judge win-rate needs a reference codec")
-        judge = make_judge(
-            self.settings.judge_type,
-            cache_path=self.cache_dir / "judgments.sqlite",
-            **self.settings.judge_options,
-        )
+        judge = make_judge(self.settings.judge_type, **self.settings.judge_options)
+        if callable(getattr(judge, "cache_identity", None)):  # VLM judges: never pay twice
+            from compressai_vlic.judges.cache import CachedJudge
+
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            judge = CachedJudge(judge, self.cache_dir / "judgments.sqlite")
         ref_points = [p for p in points if p.codec == reference]
         out = []
         for point in points:

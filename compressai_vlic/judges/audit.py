@@ -325,7 +325,8 @@ class AccuracyStats:
     accuracy: Estimate  # vs human majority; abstentions count 0.5
     accuracy_decided: Estimate  # vs human majority, decided pairs only
     abstain_rate: float
-    bapps_score: Estimate  # mean of p*h + (1-p)*(1-h)
+    bapps_score: Estimate  # mean of p*h + (1-p)*(1-h), p = hard answer (B 1, A 0, abstain 0.5)
+    soft_score: Estimate | None = None  # same with p = 1 - prob_a, when every answer has prob_a
 
 
 def accuracy_stats(
@@ -340,6 +341,10 @@ def accuracy_stats(
     h = np.array([p.human_b for p in pairs])
     pb = prob_b(choices)
     score = pb * h + (1 - pb) * (1 - h)
+    soft = None
+    if judgments and all(j.prob_a is not None for j in judgments):
+        pb_soft = 1.0 - np.array([j.prob_a for j in judgments], dtype=np.float64)
+        soft = bootstrap_mean(pb_soft * h + (1 - pb_soft) * (1 - h), n_boot, rng)
     return AccuracyStats(
         name=name,
         n_pairs=len(pairs),
@@ -350,6 +355,7 @@ def accuracy_stats(
         if choices
         else float("nan"),
         bapps_score=bootstrap_mean(score, n_boot, rng),
+        soft_score=soft,
     )
 
 
@@ -755,6 +761,12 @@ def format_report(report: AuditReport) -> str:
                 f"{jr.judge:<22} {mark}{v.name:<43} {v.accuracy.fmt():>24} {v.accuracy_decided.fmt():>24} {100 * v.abstain_rate:>7.1f}% {v.bapps_score.fmt():>24}"
             )
     lines.append("(* = configured composition; abstentions count as half right)")
+    for jr in report.judges:
+        for v in jr.variants:
+            if v.soft_score is not None:
+                lines.append(
+                    f"{jr.judge} / {v.name}: soft 2AFC score from P(A) {v.soft_score.fmt()}"
+                )
     lines.append("")
     lines.append(
         f"{'judge':<22} {'pos. flip':>10} {'first-shown':>12} {'self-agree':>11} {'kappa vs human':>15} {'s/pair':>8}"
