@@ -40,7 +40,7 @@ def photo_tensor(img: np.ndarray, crop: tuple[int, int] | None = None) -> torch.
 
 
 @pytest.fixture(scope="session")
-def photo_folder(tmp_path_factory, photos) -> "os.PathLike[str]":
+def photo_folder(tmp_path_factory, photos) -> os.PathLike[str]:
     """A folder of real photos as PNG files."""
     from PIL import Image
 

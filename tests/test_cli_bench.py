@@ -80,7 +80,16 @@ def test_bench_measures_in_a_fresh_process(images, tmp_path):
     cli = shutil.which("compressai-vlic", path=str(Path(sys.executable).parent))
     assert cli, "compressai-vlic is not installed: run `pip install --no-deps .`"
     proc = subprocess.run(
-        [cli, "bench", "--images", str(images), "--json", str(tmp_path / "r.json")],
+        [
+            cli,
+            "bench",
+            "--images",
+            str(images),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--threads",
+            "1",
+        ],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
@@ -90,4 +99,5 @@ def test_bench_measures_in_a_fresh_process(images, tmp_path):
     assert "grayscale (L) replicated to RGB" in proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     _check_report(report, ["chelsea.png", "coffee.png"])
+    assert report["threads"] == 1
     assert "total:" in proc.stdout

@@ -111,8 +111,9 @@ def test_decode_in_a_separate_console_process_gives_the_same_image(encoded, tmp_
     assert cli, "compressai-vlic is not installed: run `pip install --no-deps .`"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     target = tmp_path / "odd_decoded.png"
+    model_args = ["--quality", "test", "--threads", "1"]
     proc = subprocess.run(
-        [cli, "decode", str(streams / "odd.vlic"), "-o", str(target), "--quality", "test"],
+        [cli, "decode", str(streams / "odd.vlic"), "-o", str(target), *model_args],
         env=env,
         capture_output=True,
         text=True,

@@ -25,7 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from compressai_vlic.cli._codec import add_model_arguments, load_model
+from compressai_vlic.cli._codec import (
+    add_model_arguments,
+    add_threads_argument,
+    apply_threads,
+    load_model,
+)
 from compressai_vlic.errors import VLICError
 
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image, shipped offline
@@ -91,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"image files/folders (default: scikit-image photos {', '.join(DEFAULT_PHOTOS)})",
     )
     parser.add_argument("--seed", type=int, default=None, help="decode seed (default: config's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(parser)
     parser.add_argument(
         "--repeat", type=int, default=1, help="time each step N times and keep the fastest"
     )
@@ -230,8 +235,7 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
     """Measure in this process (the subprocess of ``--isolation process``)."""
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     inputs = _load_inputs(args.images)
     # Import the model's modules first, so the RSS delta below is the model's own.
     import compressai_vlic.models.vlic

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         dest="codecs",
         metavar="SPEC",
-        help="codec spec, repeatable: jpeg, webp, avif (rate points from --bpp, or jpeg@0.2,q50), "
+        help="codec spec, repeatable, NAME=SPEC renames: jpeg, webp, avif (rate points from --bpp, "
+        "or jpeg@0.2,q50), "
         "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
         f"vlic-ckpt:PATH (default: {' '.join(DEFAULT_CODECS)})",
     )
@@ -56,9 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[0.25, 0.5, 1.0],
         help="target bpps for Pillow codecs without explicit rate points (matched by quality search)",
     )
-    parser.add_argument("--metrics", nargs="*", default=list(DEFAULT_METRICS))
     parser.add_argument(
-        "--distribution-metrics", nargs="*", default=list(DEFAULT_DISTRIBUTION_METRICS)
+        "--metrics",
+        nargs="*",
+        default=list(DEFAULT_METRICS),
+        help="full-reference metrics per image (missing weights: skipped with a notice)",
+    )
+    parser.add_argument(
+        "--distribution-metrics",
+        nargs="*",
+        default=list(DEFAULT_DISTRIBUTION_METRICS),
+        help="set metrics over HiFiC patches per rate point (fid, kid, fd_dino); none: omit",
     )
     parser.add_argument(
         "--metric-option",
@@ -80,10 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference-codec", default=None, help="codec name the win-rate and BD-rates are against"
     )
     parser.add_argument("--crop", type=int, default=None, help="centre-crop images to this size")
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
+    parser.add_argument("--device", default="cpu", help="torch device for models and metrics")
     parser.add_argument("--progress-type", choices=PROGRESS_TYPES, default="bar")
     parser.add_argument("--plot-type", choices=("all", "none"), default="all")
+    parser.add_argument("--grid-crop", type=int, default=128, help="crop size in crops.png")
     parser.add_argument("--output-dir", "-o", type=Path, required=True)
 
 
@@ -143,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
         from compressai_vlic.evaluation.plots import plot_crop_grid, plot_rate_quality
 
         plot_rate_quality(result, out / "rate_quality.png")
-        plot_crop_grid(result, out / "crops.png")
+        plot_crop_grid(result, out / "crops.png", crop=args.grid_crop)
     print((out / "table.md").read_text())
     if (out / "bd.md").is_file():
         print((out / "bd.md").read_text())

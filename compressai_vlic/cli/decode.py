@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import add_model_arguments, error_text, load_model, plan_jobs
+from compressai_vlic.cli._codec import (
+    add_model_arguments,
+    add_threads_argument,
+    apply_threads,
+    error_text,
+    load_model,
+    plan_jobs,
+)
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
 from compressai_vlic.image_io import save_png
@@ -33,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (folders are mirrored), or a .png file for a single stream",
     )
     add_model_arguments(parser)
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: nothing to decode", file=sys.stderr)
         return 1
     try:
+        apply_threads(args.threads)
         model = load_model(args.checkpoint, args.quality)
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import add_model_arguments, error_text, load_model, plan_jobs
+from compressai_vlic.cli._codec import (
+    add_model_arguments,
+    add_threads_argument,
+    apply_threads,
+    error_text,
+    load_model,
+    plan_jobs,
+)
 from compressai_vlic.errors import ImageReadError, VLICError
 from compressai_vlic.image_io import find_images, load_image
 
@@ -29,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (folders are mirrored), or a .vlic file for a single image",
     )
     add_model_arguments(parser)
+    add_threads_argument(parser)
     parser.add_argument(
         "--seed", type=int, default=None, help="decode seed stored in each stream (uint32)"
     )
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: nothing to encode", file=sys.stderr)
         return 1
     try:
+        apply_threads(args.threads)
         model = load_model(args.checkpoint, args.quality)
         model.sampler_settings(args.seed)  # reject a bad seed before reading anything
     except VLICError as exc:

@@ -7,7 +7,7 @@
   checkpoint file (``from_state_dict`` + ``update(force=True)``, as ``eval_model`` does).
 - VLIC: a zoo quality (``vlic@test``; random weights unless ``pretrained``) or a checkpoint.
 
-Spec strings (CLI): ``jpeg``, ``webp@0.1,0.3``, ``jpeg@q30,q70``, ``avif``,
+Spec strings (CLI; ``NAME=SPEC`` sets the codec's name): ``jpeg``, ``webp@0.1,0.3``, ``jpeg@q30,q70``, ``avif``,
 ``compressai:bmshj2018-factorized@1,2,3``, ``compressai-ckpt:ARCH:PATH``, ``vlic@test``,
 ``vlic-pretrained@1``, ``vlic-ckpt:PATH``.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -74,6 +75,14 @@ def _to_uint8_array(image: torch.Tensor) -> np.ndarray:
 
 def _from_uint8_array(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255.0
+
+
+def _checkpoint_label(path: Path) -> str:
+    """``vlic-test-stage2.pth.tar`` -> ``vlic-test-stage2``: the rate point label of a checkpoint."""
+    name = path.name
+    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".safetensors"):
+        name = name.removesuffix(suffix)
+    return name or path.name
 
 
 def _file_sha(path: Path, length: int = 16) -> str:
@@ -245,8 +254,8 @@ class CompressAICodec(Codec):
         if self.checkpoint is not None:
             if not self.checkpoint.is_file():
                 raise CheckpointError(f"{self.checkpoint}: no such checkpoint")
-            self._rate_points = [self.checkpoint.stem]
-            self._digests = {self.checkpoint.stem: _file_sha(self.checkpoint)}
+            self._rate_points = [_checkpoint_label(self.checkpoint)]
+            self._digests = {self._rate_points[0]: _file_sha(self.checkpoint)}
         else:
             self._rate_points = [str(q) for q in (qualities or ["1", "3", "6"])]
             self._digests = {q: _file_sha(self._zoo_file(q)) for q in self._rate_points}
@@ -300,9 +309,7 @@ class CompressAICodec(Codec):
         return self._nets[rate_point]
 
     def code(self, image: torch.Tensor, rate_point: str) -> CodedImage:
-        num_bytes, rec, enc, dec = _run_compressai_model(
-            self._net(rate_point), image, self.device, 64
-        )
+        num_bytes, rec, enc, dec = _run_compressai_model(self._net(rate_point), image, self.device)
         h, w = image.shape[-2:]
         return CodedImage(
             num_bytes, num_bytes * 8 / (h * w), rec, f"quality={rate_point}", enc, dec
@@ -330,7 +337,7 @@ class VLICCodec(Codec):
         if self.checkpoint is not None:
             if not self.checkpoint.is_file():
                 raise CheckpointError(f"{self.checkpoint}: no such checkpoint")
-            self._rate_points = [self.checkpoint.stem]
+            self._rate_points = [_checkpoint_label(self.checkpoint)]
             self._identity = _file_sha(self.checkpoint)
             self.name = "vlic-ckpt"
             self.description = f"VLIC checkpoint {self.checkpoint.name}"
@@ -360,9 +367,8 @@ class VLICCodec(Codec):
         if rate_point not in self._nets:
             if self.checkpoint is not None:
                 from compressai_vlic.models import VLIC
-                from compressai_vlic.zoo import load_checked
 
-                net = VLIC.from_state_dict(load_checked(self.checkpoint))
+                net = VLIC.from_state_dict(_load_vlic_state(self.checkpoint))
             else:
                 from compressai_vlic.zoo import vlic
 
@@ -397,11 +403,37 @@ class VLICCodec(Codec):
         )
 
 
+def _load_vlic_state(path: Path) -> dict[str, Any]:
+    """A VLIC state dict; names with a ``-<sha8>`` tag (update_model exports) are hash-checked."""
+    from compressai_vlic.zoo import load_checked
+
+    if re.search(r"-[0-9a-f]{8}\.pth(\.tar)?$", path.name):
+        return load_checked(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means an unusable checkpoint
+        raise CheckpointError(f"cannot load {path} with weights_only=True: {exc}") from exc
+    for key in ("network", "state_dict", "model_state_dict"):  # as CompressAI's eval_model
+        if isinstance(state, dict) and key in state:
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    return state
+
+
 # --------------------------------------------------------------------------- spec parsing
+_NAMED_SPEC = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.-]*)=(?P<spec>.+)$")
+
+
 def make_codec(
     spec: str, default_bpps: list[float] | None = None, device: str | torch.device = "cpu"
 ) -> Codec:
-    """Build a codec from a spec string (see the module docstring)."""
+    """Build a codec from a spec string (see the module docstring); ``NAME=SPEC`` renames it."""
+    named = _NAMED_SPEC.match(spec)
+    if named:
+        codec = make_codec(named["spec"], default_bpps, device)
+        codec.name = named["name"]
+        return codec
     head, _, points_text = spec.partition("@")
     points = [p for p in points_text.split(",") if p] if points_text else None
     kind, _, arg = head.partition(":")

@@ -569,7 +569,8 @@ def format_table(result: ComparisonResult, digits: int = 4) -> str:
                 else:
                     rate = "–" if j.win_rate is None else f"{j.win_rate:.2f}"
                     cells.append(
-                        f"{rate} ({j.wins}-{j.losses}, {j.abstains} abstain) vs {j.reference}"
+                        f"{rate} ({j.wins}-{j.losses}, {j.abstains} abstain) vs {j.reference} "
+                        f"({j.reference_bpp:.3g} bpp)"
                     )
             lines.append("| " + " | ".join(cells) + " |")
     arrows = ", ".join(
@@ -608,6 +609,9 @@ def bd_table(result: ComparisonResult, reference: str, method: str = "pchip") ->
             if any(v is None for _, v in ra + rt):
                 cells.append("–")
                 continue
+            if min(len(ra), len(rt)) < 2:
+                cells.append("n/a (one rate point)")
+                continue
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always", BDOverlapWarning)
@@ -615,7 +619,7 @@ def bd_table(result: ComparisonResult, reference: str, method: str = "pchip") ->
                 flag = " (small overlap)" if caught else ""
                 cells.append(f"{res.value:+.1f}%{flag}")
             except ConfigError as exc:
-                cells.append("n/a: " + str(exc).split(":")[0].split(" (")[0])
+                cells.append("n/a (no overlap)" if "overlap" in str(exc) else f"n/a ({exc})")
         lines.append(f"| {codec} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -46,22 +46,25 @@ def plot_rate_quality(
     plt = _pyplot()
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.5), squeeze=False, layout="constrained"
+    )
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, name in zip(axes.flat, names):
-        for codec in result.codecs:
+        for k, codec in enumerate(result.codecs):  # one colour per codec in every panel
             curve = [(p.bpp, result.value(p, name)) for p in result.curve(codec)]
             curve = [(x, y) for x, y in curve if y is not None]
             if curve:
                 xs, ys = zip(*curve)
-                ax.plot(xs, ys, marker="o", label=codec)
+                ax.plot(xs, ys, marker="o", label=codec, color=colours[k % len(colours)])
         arrow = "↑" if result.higher_is_better.get(name, True) else "↓"
         ax.set_title(f"{LABELS.get(name, name)} {arrow}")
         ax.set_xlabel("bpp")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -90,8 +93,9 @@ def plot_crop_grid(
     fig, axes = plt.subplots(
         len(images),
         1 + len(codecs),
-        figsize=(2.3 * (1 + len(codecs)), 2.5 * len(images)),
+        figsize=(2.3 * (1 + len(codecs)), 2.6 * len(images) + 0.4),
         squeeze=False,
+        layout="constrained",
     )
     for i, image in enumerate(images):
         original = result.originals[image]
@@ -103,7 +107,6 @@ def plot_crop_grid(
             rec = load_image(result.reconstructions[(codec, row.rate_point, image)]).tensor
             _show(axes[i, j], rec, box, f"{codec}\n{row.bpp:.3f} bpp")
     fig.suptitle(f"centre crops, each codec at the rate point closest to {target_bpp:.3f} bpp")
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -48,7 +48,9 @@ class Vote:
     score: float
     choice: Choice
     prob_a: float | None = None
-    order: str = "AB"  # "AB" = images shown as given, "BA" = shown swapped (score already mapped back)
+    order: str = (
+        "AB"  # "AB" = images shown as given, "BA" = shown swapped (score already mapped back)
+    )
     raw: str = ""  # raw answer text (VLM) or metric values; never contains secrets
     error: str | None = None  # why this vote abstained, when it did
     source: str = ""  # which member of a composite judge cast it, e.g. "vote2/BA/ssimulacra2"
@@ -116,4 +118,6 @@ class Judge(Protocol):
 
     def compare_batch(self, requests: list[JudgeRequest]) -> list[Judgment]: ...
 
-    async def acompare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment: ...
+    async def acompare(
+        self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> Judgment: ...

@@ -38,9 +38,9 @@ def _export(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == EXPORT:
-        return _export(argv[1:])
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0] == EXPORT:
+        return _export(given[1:])
     import pytorch_lightning as pl
     from pytorch_lightning.cli import LightningCLI
 
@@ -51,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         pl.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=argv,
+        args=argv,  # None: LightningCLI reads sys.argv itself
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "compressai-vlic-train"},
+        parser_kwargs={
+            "prog": "compressai-vlic-train",
+            "description": "Train VLIC (stage 1 / stage 2 configs under configs/train). "
+            "Also: `compressai-vlic-train export CKPT OUT.pth.tar` writes a CompressAI checkpoint.",
+        },
     )
     return 0
 

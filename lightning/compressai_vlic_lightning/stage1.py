@@ -50,7 +50,27 @@ def straight_through_bits(model: Any, codes: Tensor, indices: Tensor) -> Tensor:
 
 
 class Stage1Module(pl.LightningModule):
-    """Rate-distortion pre-training of VLIC (flow matching + perceptual + prior NLL)."""
+    """Rate-distortion pre-training of VLIC (flow matching + perceptual + prior NLL).
+
+    Args:
+        quality: zoo quality ("test", 1, 2) the model is built from.
+        model_overrides: VLIC config field overrides, e.g. {"encoder_width": 64}.
+        lr: learning rate of encoder/decoder (VLIC: 1e-4 at batch 256).
+        prior_lr: learning rate of the token prior (default: lr).
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear learning-rate warm-up.
+        perceptual_type: "lpips" (default; needs local weights), "ms_ssim" or "none".
+        perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
+        perceptual_weight: weight of the perceptual loss on the one-step estimate x0_hat.
+        lpips_net_type: LPIPS backbone ("alex", "vgg", "squeeze").
+        lpips_weights: path of the torchvision backbone weights (else env var / torch hub cache).
+        prior_weight: weight of the prior's token NLL in bits per pixel.
+        rate_weight: weight of the straight-through rate term that trains the encoder (0 = VLIC).
+        init_from: checkpoint to start from (Lightning or CompressAI).
+        val_decode_batches: validation batches decoded with the sampler for PSNR.
+        val_seed: seed of validation noise/timesteps and decodes.
+    """
 
     def __init__(
         self,

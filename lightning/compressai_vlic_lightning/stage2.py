@@ -32,7 +32,7 @@ from compressai_vlic.losses import (
     DEFAULT_WEIGHTING,
     VLMRewardLoss,
 )
-from compressai_vlic_lightning.common import adamw, build_model, psnr, read_codec_state_dict
+from compressai_vlic_lightning.common import adamw, build_model, load_codec, psnr
 from compressai_vlic_lightning.preferences import (
     JudgeStats,
     OfflinePreferences,
@@ -71,7 +71,45 @@ def _seed(*parts: Any) -> int:
 
 
 class Stage2Module(pl.LightningModule):
-    """Diffusion-DPO post-training with an online (background-judged) or offline preference set."""
+    """Diffusion-DPO post-training with an online (background-judged) or offline preference set.
+
+    Args:
+        init_from: stage-1 checkpoint (Lightning .ckpt or CompressAI state dict); the model is
+            built from the config stored in it. It also becomes the frozen reference.
+        init_weights_type: "ema" (default) or "raw" weights of a Lightning checkpoint.
+        quality: zoo quality used only without ``init_from``.
+        model_overrides: VLIC config overrides used only without ``init_from``.
+        lr: learning rate (VLIC: 5e-7 at batch 256).
+        beta: DPO temperature (VLIC's value is unpublished; 2500 = public Diffusion-DPO).
+        weighting_type: w(t) of the velocity errors: "eps" (1-t)^2, "uniform", "x0" t^2.
+        lambda_flow: weight of the flow-matching regulariser on the originals.
+        prior_weight: weight of the token prior's NLL (bpp), so the prior follows the encoder.
+        dpo_batch_size: preference pairs per step.
+        t_sampling_type: "uniform" or "logit_normal" timesteps for the DPO pairs.
+        freeze_type: "none" (VLIC: encoder trainable) or "encoder".
+        preference_type: "online" (buffer judged in the background) or "offline".
+        judge_type: a ``compressai_vlic.judges.make_judge`` type ("ssimulacra2", "openai", "hf",
+            "lpips", ... or "package.module:factory").
+        judge_kwargs: options of that judge (model, base_url, api_key_env, ...).
+        judge_compose: VLIC noise control, e.g. {"order_type": "symmetrize", "votes": 3,
+            "unanimous_with": ["lpips"]} (``compressai_vlic.judges.compose.ComposeSpec``).
+        preference_dataset: JSONL written by ``compressai-vlic judge`` (offline mode).
+        buffer_size: judged pairs trained on (VLIC: ~2,560).
+        refresh_every: steps between buffer refreshes (VLIC: 250).
+        pairs_per_step: candidates generated per step (default buffer_size / refresh_every).
+        warmup_pairs: pairs judged before the first step (default buffer_size).
+        buffer_dir: where pairs and judgments persist (default <default_root_dir>/preferences).
+        judge_cache: judge cache file (default <buffer_dir>/judge_cache.sqlite).
+        judge_worker_type: "thread" (background) or "inline" (synchronous, deterministic).
+        judge_batch_size: pairs handed to the judge at once.
+        judge_call_type: "async" (pair by pair, persisted as each answer arrives) or "batch".
+        keep_rounds: delete pair images of rounds older than this many refreshes (None: keep).
+        decode_num_steps: sampler steps for the candidate decodes (default: the config's).
+        decode_guidance_scale: CFG scale for the candidate decodes (default: the config's).
+        val_decode_batches: validation batches decoded for PSNR.
+        seed: base seed of decode noise and pair sampling (stable across resumes).
+        judge: a ready judge object (Python use; overrides judge_type).
+    """
 
     def __init__(
         self,
@@ -126,10 +164,10 @@ class Stage2Module(pl.LightningModule):
         if refresh_every < 1 or buffer_size < 1 or dpo_batch_size < 1:
             raise ConfigError("refresh_every, buffer_size and dpo_batch_size must be >= 1")
         self.save_hyperparameters(ignore=["judge"])
-        self.model = build_model(quality, model_overrides)
-        if init_from:
-            self.model.load_state_dict(read_codec_state_dict(init_from, init_weights_type))
+        if init_from:  # the checkpoint's own config: quality/model_overrides are not needed
+            self.model = load_codec(init_from, init_weights_type)
         else:
+            self.model = build_model(quality, model_overrides)
             log.warning("stage 2 without init_from: post-training a randomly initialised codec")
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         if freeze_type == "encoder":
