@@ -31,6 +31,8 @@ def test_registry_lists_the_full_reference_metrics():
     assert {"psnr", "ms_ssim", "ssimulacra2", "lpips", "dists"} <= set(available_metrics())
     with pytest.raises(ConfigError, match="unknown metric"):
         get_metric("no_such_metric")
+    with pytest.raises(ConfigError, match="get_distribution_metric"):
+        get_metric("fid")
 
 
 def test_psnr_matches_hand_computation(pair):

@@ -176,4 +176,8 @@ def test_buffer_restores_from_disk_and_ignores_a_torn_line(tmp_path):
     restored = {p.pair_id: p for p in again.active_pairs}[stored.pair_id]
     assert torch.equal(restored.a, stored.a) and torch.equal(restored.reference, stored.reference)
     assert again.submit(["p0"], images[0][:1], images[1][:1], images[2][:1], step=1, round=0) == 0
+    assert again.submit(["p3"], images[0][:1], images[1][:1], images[2][:1], step=1, round=0) == 1
     again.close()
+    third = PreferenceBuffer(_AlwaysA(), tmp_path, capacity=8, worker_type="inline")
+    assert third.restore() == 4  # the line written after the torn one is intact
+    third.close()

@@ -34,6 +34,14 @@ from compressai_vlic.errors import ConfigError
 JUDGE_URL_ENV = "COMPRESSAI_VLIC_JUDGE_BASE_URL"
 JUDGE_MODEL_ENV = "COMPRESSAI_VLIC_JUDGE_MODEL"
 PRESETS = ("full", "smoke")
+# The "test" codec with wider transformers: at width 32 the codec barely learns in minutes on a
+# CPU (sampled PSNR ~10 dB after 2,000 steps); width 96 reaches ~16 dB in the same time.
+DEMO_MODEL_OVERRIDES = {
+    "encoder_width": 96,
+    "encoder_heads": 4,
+    "decoder_width": 96,
+    "decoder_heads": 4,
+}
 EVAL_PHOTOS = ("chelsea", "flower")
 
 
@@ -57,7 +65,7 @@ class DemoPlan:
     @classmethod
     def preset(cls, name: str) -> DemoPlan:
         if name == "full":
-            return cls(2000, 400, 16, 1e-3, 2e-5, 256, 50, 128, 16, 2500.0, 256, 32)
+            return cls(3000, 400, 16, 1e-3, 2e-5, 256, 50, 128, 16, 2500.0, 256, 32)
         if name == "smoke":
             return cls(6, 4, 4, 1e-3, 2e-5, 16, 2, 8, 4, 2500.0, 256, 4)
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -463,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
     data = PhotosDataModule(crop_size=32, batch_size=plan.batch_size, samples_per_epoch=256)
     stage1 = Stage1Module(
         quality="test",
+        model_overrides=DEMO_MODEL_OVERRIDES,
         lr=plan.stage1_lr,
         warmup_steps=min(50, plan.stage1_steps // 10),
         perceptual_weight=0.2,

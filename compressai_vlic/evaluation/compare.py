@@ -313,9 +313,9 @@ class ComparisonRunner:
         points = self._aggregate(rows, list(metrics))
         distribution = self._build_distribution()
         if distribution:
-            points = self._add_distribution(points, rows, sources, distribution)
+            points = self._add_distribution(points, sources, distribution)
         if self.settings.judge_type:
-            points = self._add_judge(points, rows, sources)
+            points = self._add_judge(points, sources)
         return ComparisonResult(
             rows=rows,
             points=points,
@@ -412,7 +412,6 @@ class ComparisonRunner:
     def _add_distribution(
         self,
         points: list[CurvePoint],
-        rows: list[ImageRow],
         sources: list[_Source],
         metrics: dict[str, Any],
     ) -> list[CurvePoint]:
@@ -425,9 +424,12 @@ class ComparisonRunner:
             for name, metric in metrics.items():
                 if name in failed:
                     continue
+                options = json.dumps(
+                    self.settings.metric_options.get(name, {}), sort_keys=True, default=str
+                )
                 cache = (
                     self._entry(codec, point.rate_point, sources[0]).parent
-                    / f"_{name}-p{self.settings.patch_size}-{image_ids}.json"
+                    / f"_{name}-p{self.settings.patch_size}-{image_ids}-{_digest(options, 8)}.json"
                 )
                 if cache.is_file():
                     values[name] = float(json.loads(cache.read_text())["value"])
@@ -450,9 +452,7 @@ class ComparisonRunner:
             out.append(CurvePoint(**{**_shallow(point), "distribution": values}))
         return out
 
-    def _add_judge(
-        self, points: list[CurvePoint], rows: list[ImageRow], sources: list[_Source]
-    ) -> list[CurvePoint]:
+    def _add_judge(self, points: list[CurvePoint], sources: list[_Source]) -> list[CurvePoint]:
         from compressai_vlic.judges.factory import make_judge
         from compressai_vlic.judges.types import Choice, JudgeRequest
 

@@ -74,5 +74,10 @@ def get_metric(name: str, device: DeviceLike = "cpu", **kwargs: object) -> PairM
     """Build a metric by name; raises MetricUnavailableError when its weights are missing."""
     key = name.lower().replace("-", "_")
     if key not in _REGISTRY:
-        raise ConfigError(f"unknown metric {name!r}; choose from {', '.join(available_metrics())}")
+        hint = ""
+        if key in ("fid", "kid", "fd_dino"):
+            hint = " (a distribution metric: use get_distribution_metric)"
+        raise ConfigError(
+            f"unknown metric {name!r}{hint}; choose from {', '.join(available_metrics())}"
+        )
     return _REGISTRY[key](device=device, **kwargs)

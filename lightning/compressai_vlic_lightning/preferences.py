@@ -131,6 +131,22 @@ def _append_line(handle: Any, record: dict[str, Any]) -> None:
     os.fsync(handle.fileno())
 
 
+def _open_for_append(path: Path) -> Any:
+    """Append handle after cutting a torn last line (a killed writer), so new lines stay whole."""
+    if path.is_file():
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning(
+                "%s: dropping a torn last line (%d bytes) from an interrupted run",
+                path,
+                len(data) - end,
+            )
+            with path.open("r+b") as fh:
+                fh.truncate(end)
+    return path.open("a", encoding="utf-8")
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every complete line; a torn last line (killed mid-write) is ignored."""
     if not path.is_file():
@@ -201,8 +217,8 @@ class PreferenceBuffer:
         self.judge_batch_size = max(1, judge_batch_size)
         self.call_type = call_type
         self.keep_rounds = keep_rounds
-        self._pending_fh = (self.directory / "pending.jsonl").open("a", encoding="utf-8")
-        self._judged_fh = (self.directory / "judged.jsonl").open("a", encoding="utf-8")
+        self._pending_fh = _open_for_append(self.directory / "pending.jsonl")
+        self._judged_fh = _open_for_append(self.directory / "judged.jsonl")
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._pairs: dict[str, PreferencePair] = {}  # every pair whose images are in memory
