@@ -48,3 +48,22 @@ def photo_folder(tmp_path_factory, photos) -> os.PathLike[str]:
     for name, img in photos.items():
         Image.fromarray(img).save(folder / f"{name}.png")
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory) -> os.PathLike[str]:
+    """A tiny random DINOv2 saved by transformers: the real local-loading path, no download."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+    )
+    path = tmp_path_factory.mktemp("dinov2")
+    Dinov2Model(config).save_pretrained(path)
+    return path

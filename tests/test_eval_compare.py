@@ -17,25 +17,6 @@ from compressai_vlic.evaluation.plots import plot_crop_grid, plot_rate_quality
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    import torch
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=28,
-        patch_size=14,
-    )
-    path = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(config).save_pretrained(path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def _no_weights(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))

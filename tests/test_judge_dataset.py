@@ -106,6 +106,14 @@ def make_folders(root: Path, photos: dict, n: int, nested: bool = False) -> tupl
     return orig, a_dir, b_dir
 
 
+def folder_args(orig: Path, a_dir: Path, b_dir: Path, out: Path) -> list[str]:
+    """The judge CLI's input and output flags for the folders of ``make_folders``."""
+    return [
+        "--originals", str(orig), "--recon-a", str(a_dir), "--recon-b", str(b_dir),
+        "--output", str(out),
+    ]  # fmt: skip
+
+
 def test_pairs_from_folders_matches_by_relative_stem(tmp_path, photos):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 6, nested=True)
     pairs, missing = pairs_from_folders(orig, a_dir, b_dir)
@@ -200,8 +208,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, photos)
     orig, a_dir, b_dir = make_folders(tmp_path, photos, n_pairs)
     calls, out = tmp_path / "calls.txt", tmp_path / "prefs.jsonl"
     args = [
-        "--originals", str(orig), "--recon-a", str(a_dir), "--recon-b", str(b_dir),
-        "--output", str(out), "--judge-type", "test_judge_dataset:CountingJudge",
+        *folder_args(orig, a_dir, b_dir, out), "--judge-type", "test_judge_dataset:CountingJudge",
         "--judge-arg", f"count_file={calls}", "--concurrency", "3",
     ]  # fmt: skip
     proc = _cli(*args, env_extra={"COUNTING_JUDGE_HANG_AFTER": str(hang_after)})
@@ -239,17 +246,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, photos)
 def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 4)
     out = tmp_path / "prefs.jsonl"
-    base = [
-        "judge",
-        "--originals",
-        str(orig),
-        "--recon-a",
-        str(a_dir),
-        "--recon-b",
-        str(b_dir),
-        "--output",
-        str(out),
-    ]
+    base = ["judge", *folder_args(orig, a_dir, b_dir, out)]
     rc = main(
         [
             *base,
@@ -292,21 +289,7 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
 def test_default_judge_is_ssimulacra2(tmp_path, photos, capsys):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 2)
     out = tmp_path / "prefs.jsonl"
-    rc = main(
-        [
-            "judge",
-            "--originals",
-            str(orig),
-            "--recon-a",
-            str(a_dir),
-            "--recon-b",
-            str(b_dir),
-            "--output",
-            str(out),
-            "--progress-type",
-            "none",
-        ]
-    )
+    rc = main(["judge", *folder_args(orig, a_dir, b_dir, out), "--progress-type", "none"])
     assert rc == 0
     rows = read_preference_dataset(out)
     assert {r.judge for r in rows} == {"ssimulacra2"}

@@ -62,17 +62,8 @@ def test_honest_vlm_unanimous_with_metric_cached_and_faults_abstain(folders, tmp
     script = ServerScript(answer_type="closest", default=["ok"])
     with run_server(script) as server:
         out, cache = tmp_path / "prefs.jsonl", tmp_path / "cache.sqlite"
-        args = _args(
-            folders,
-            out,
-            server.base_url,
-            "--symmetrize",
-            "--unanimous-with",
-            "psnr",
-            "--cache",
-            str(cache),
-        )
-        assert main(args) == 0
+        flags = ("--symmetrize", "--unanimous-with", "psnr", "--cache", str(cache))
+        assert main(_args(folders, out, server.base_url, *flags)) == 0
         rows = read_preference_dataset(out)
         assert [r.label.value for r in rows] == ["A"] * 8
         assert all(len(r.votes) == 3 for r in rows)  # AB + BA from the VLM, one from PSNR
@@ -82,21 +73,7 @@ def test_honest_vlm_unanimous_with_metric_cached_and_faults_abstain(folders, tmp
         assert first == 16
         # the same pairs in a new dataset: every VLM answer comes from the cache
         out2 = tmp_path / "again.jsonl"
-        assert (
-            main(
-                _args(
-                    folders,
-                    out2,
-                    server.base_url,
-                    "--symmetrize",
-                    "--unanimous-with",
-                    "psnr",
-                    "--cache",
-                    str(cache),
-                )
-            )
-            == 0
-        )
+        assert main(_args(folders, out2, server.base_url, *flags)) == 0
         assert server.stats()["requests"] == first  # no VLM call: all 16 answers from the cache
         assert [r.label.value for r in read_preference_dataset(out2)] == ["A"] * 8
 

@@ -109,24 +109,6 @@ def test_kernel_distance_matches_hand_computation(sets):
     assert values[0] > 0.01
 
 
-@pytest.fixture(scope="module")
-def tiny_dinov2(tmp_path_factory):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)
-    config = Dinov2Config(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=28,
-        patch_size=14,
-    )
-    path = tmp_path_factory.mktemp("dinov2")
-    Dinov2Model(config).save_pretrained(path)
-    return path
-
-
 def test_fd_dino_loads_a_local_dinov2(tiny_dinov2, sets):
     ref, dist = sets
     same = get_distribution_metric("fd_dino", model_path=tiny_dinov2, resolution=28, patch_size=64)

@@ -54,3 +54,44 @@ def test_demo_smoke_writes_a_complete_report(tmp_path):
         "side_by_side/flower.png",
     ):
         assert (out / name).stat().st_size > 1000, name
+
+
+@pytest.mark.slow
+def test_demo_uses_a_configured_vlm_endpoint(tmp_path):
+    """With an endpoint configured (env var), post-training asks the VLM over real HTTP."""
+    from compressai_vlic.judges.loopback_server import run_server
+
+    out = tmp_path / "report"
+    with run_server() as server:
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}",
+            "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
+            "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
+        }
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "compressai_vlic.cli.main",
+                "demo",
+                "--preset",
+                "smoke",
+                "-o",
+                str(out),
+                "--judge-api-key-env",
+                "",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        stats = server.stats()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["judge"]["judge_type"] == "openai"
+    assert report["judge"]["judge_kwargs"]["model"] == "loopback-vlm"
+    assert report["stage2"]["judged_pairs"] >= 8
+    assert stats["requests"] >= 2 * report["stage2"]["judged_pairs"]  # both orders per pair

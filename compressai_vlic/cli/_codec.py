@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,3 +153,62 @@ def error_text(source: Path, exc: BaseException) -> str:
     """One line for a per-file failure: the typed message, or the type for anything else."""
     text = str(exc) if isinstance(exc, VLICError) else f"{exc.__class__.__name__}: {exc}"
     return text if text.startswith(str(source)) else f"{source}: {text}"
+
+
+@dataclass
+class Batch:
+    """Planned jobs with their model loaded; per-file failures are collected, not raised."""
+
+    jobs: list[Job]
+    model: VLIC
+    refused: list[str]
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        """Jobs that succeeded so far."""
+        return len(self.jobs) - len(self.failed)
+
+    def fail(self, source: Path, exc: BaseException) -> str:
+        """Record one file's failure and return its line (for the progress bar)."""
+        self.failed.append(error_text(source, exc))
+        return self.failed[-1]
+
+    def exit_status(self) -> int:
+        """List every refused or failed input on stderr; 1 if there was any, else 0."""
+        failures = self.refused + self.failed
+        if failures:
+            print(f"{len(failures)} input(s) failed:", file=sys.stderr)
+            for message in failures:
+                print(f"  {message}", file=sys.stderr)
+            return 1
+        return 0
+
+
+def open_batch(
+    args: argparse.Namespace,
+    find: Callable[[Path], list[Path]],
+    suffix: str,
+    verb: str,
+    check: Callable[[VLIC], object] | None = None,
+) -> Batch | None:
+    """Plan ``args.inputs`` -> ``args.output`` and load the model; None (after printing why)
+    when there is nothing to do or no usable model, so no input is read in vain.
+
+    ``check`` runs on the loaded model to reject bad options (e.g. a seed) up front.
+    """
+    plan = plan_jobs(args.inputs, args.output, find, suffix)
+    for message in plan.refused:
+        print(f"error: {message}", file=sys.stderr)
+    if not plan.jobs:
+        print(f"error: nothing to {verb}", file=sys.stderr)
+        return None
+    try:
+        apply_threads(args.threads)
+        model = load_model(args.checkpoint, args.quality)
+        if check is not None:
+            check(model)
+    except VLICError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return Batch(plan.jobs, model, plan.refused)

@@ -12,24 +12,14 @@ rate_quality.png and crops.png. Reruns reuse cached codec runs and metric values
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from compressai_vlic.cli._args import key_value
 from compressai_vlic.errors import ConfigError, VLICError
 
 DEFAULT_CODECS = ["jpeg", "webp"]
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge-type", default=None, help="judge for the win-rate (any judge type)"
     )
     parser.add_argument(
-        "--judge-option", action="append", default=[], type=_kv, metavar="KEY=VALUE"
+        "--judge-option", action="append", default=[], type=key_value, metavar="KEY=VALUE"
     )
     parser.add_argument(
         "--reference-codec", default=None, help="codec name the win-rate and BD-rates are against"
@@ -103,7 +93,7 @@ def _metric_options(items: list[str]) -> dict[str, dict[str, Any]]:
         metric, sep, rest = item.partition(":")
         if not sep:
             raise ConfigError(f"--metric-option {item!r}: expected METRIC:KEY=VALUE")
-        key, value = _kv(rest)
+        key, value = key_value(rest)
         options.setdefault(metric, {})[key] = value
     return options
 

@@ -12,14 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import (
-    add_model_arguments,
-    add_threads_argument,
-    apply_threads,
-    error_text,
-    load_model,
-    plan_jobs,
-)
+from compressai_vlic.cli._codec import add_model_arguments, add_threads_argument, open_batch
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
 from compressai_vlic.image_io import save_png
@@ -46,37 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    plan = plan_jobs(args.inputs, args.output, find_streams, ".png")
-    failures = list(plan.refused)
-    for message in plan.refused:
-        print(f"error: {message}", file=sys.stderr)
-    if not plan.jobs:
-        print("error: nothing to decode", file=sys.stderr)
-        return 1
-    try:
-        apply_threads(args.threads)
-        model = load_model(args.checkpoint, args.quality)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    batch = open_batch(args, find_streams, ".png", "decode")
+    if batch is None:
         return 1
     start = time.perf_counter()
-    bar = tqdm(plan.jobs, unit="img", desc="decode", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(batch.jobs, unit="img", desc="decode", file=sys.stderr, dynamic_ncols=True)
     for job in bar:
         try:
             data = job.source.read_bytes()
-            x_hat = model.decompress([[data]], None)["x_hat"]
+            x_hat = batch.model.decompress([[data]], None)["x_hat"]
             save_png(x_hat, job.target)
         except (VLICError, OSError) as exc:
-            failures.append(error_text(job.source, exc))
-            bar.write(f"error: {failures[-1]}", file=sys.stderr)
+            bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue
         bar.set_postfix(size=f"{x_hat.shape[-1]}x{x_hat.shape[-2]}")
     bar.close()
-    done = len(plan.jobs) - (len(failures) - len(plan.refused))
-    print(f"decoded {done} stream(s) to {args.output} in {time.perf_counter() - start:.1f} s")
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    elapsed = time.perf_counter() - start
+    print(f"decoded {batch.done} stream(s) to {args.output} in {elapsed:.1f} s")
+    return batch.exit_status()

@@ -91,7 +91,10 @@ class DemoReport:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "-o", "--output", default="vlic-demo", help="report folder (default: ./vlic-demo)"
+        "-o",
+        "--output",
+        default="reports/vlic-demo",
+        help="report folder (default: reports/vlic-demo)",
     )
     parser.add_argument(
         "--preset", choices=PRESETS, default="full", help="full (~15 min) or smoke (~1 min)"
@@ -414,6 +417,9 @@ def _mean(values: list[float | None]) -> float | None:
 def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
+    warnings.filterwarnings(
+        "ignore", message=".*module\\(s\\) in eval mode.*"
+    )  # the frozen reference
     import pytorch_lightning as pl
     import torch
 
@@ -573,6 +579,10 @@ def run(args: argparse.Namespace) -> int:
     from compressai_vlic.judges import make_judge
 
     judge = make_judge(judge_type, **judge_kwargs)
+    if judge_compose:
+        from compressai_vlic.judges.compose import ComposeSpec, compose
+
+        judge = compose(judge, ComposeSpec(**judge_compose))
     wins = {"after": 0, "before": 0, "abstain": 0}
     for path in images:
         x = load_image(path).tensor[None]

@@ -12,14 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import (
-    add_model_arguments,
-    add_threads_argument,
-    apply_threads,
-    error_text,
-    load_model,
-    plan_jobs,
-)
+from compressai_vlic.cli._codec import add_model_arguments, add_threads_argument, open_batch
 from compressai_vlic.errors import ImageReadError, VLICError
 from compressai_vlic.image_io import find_images, load_image
 
@@ -45,52 +38,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    plan = plan_jobs(args.inputs, args.output, find_images, STREAM_SUFFIX)
-    failures = list(plan.refused)
-    for message in plan.refused:
-        print(f"error: {message}", file=sys.stderr)
-    if not plan.jobs:
-        print("error: nothing to encode", file=sys.stderr)
-        return 1
-    try:
-        apply_threads(args.threads)
-        model = load_model(args.checkpoint, args.quality)
-        model.sampler_settings(args.seed)  # reject a bad seed before reading anything
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    batch = open_batch(
+        args,
+        find_images,
+        STREAM_SUFFIX,
+        "encode",
+        check=lambda model: model.sampler_settings(args.seed),  # reject a bad seed up front
+    )
+    if batch is None:
         return 1
     total_bytes = total_pixels = converted = 0
     start = time.perf_counter()
-    bar = tqdm(plan.jobs, unit="img", desc="encode", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(batch.jobs, unit="img", desc="encode", file=sys.stderr, dynamic_ncols=True)
     for job in bar:
         try:
             image = load_image(job.source)
             if image.conversions:
                 converted += 1
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
-            out = model.compress(image.tensor[None], seed=args.seed)
+            out = batch.model.compress(image.tensor[None], seed=args.seed)
             data = b"".join(out["strings"][0])
             job.target.parent.mkdir(parents=True, exist_ok=True)
             job.target.write_bytes(data)
         except (ImageReadError, VLICError, OSError) as exc:
-            failures.append(error_text(job.source, exc))
-            bar.write(f"error: {failures[-1]}", file=sys.stderr)
+            bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue
         height, width = image.size
         total_bytes += len(data)
         total_pixels += height * width
         bar.set_postfix(bpp=f"{8 * len(data) / (height * width):.4f}")
     bar.close()
-    done = len(plan.jobs) - (len(failures) - len(plan.refused))
+    done = batch.done
     summary = f"encoded {done} image(s) to {args.output} in {time.perf_counter() - start:.1f} s"
     if done:
         summary += f": {total_bytes} bytes, {8 * total_bytes / total_pixels:.4f} bpp overall"
     if converted:
         summary += f"; {converted} converted (see notices)"
     print(summary)
-    if failures:
-        print(f"{len(failures)} input(s) failed:", file=sys.stderr)
-        for message in failures:
-            print(f"  {message}", file=sys.stderr)
-        return 1
-    return 0
+    return batch.exit_status()

@@ -14,25 +14,14 @@ interruption and it continues where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from compressai_vlic.cli._args import key_value
 from compressai_vlic.errors import ConfigError, VLICError
 
 DEFAULT_JUDGE = "ssimulacra2"
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, booleans, lists)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -63,7 +52,7 @@ def add_judge_arguments(parser: argparse.ArgumentParser, multi: bool = False) ->
         )
     g.add_argument(
         "--judge-arg",
-        type=_kv,
+        type=key_value,
         action="append",
         default=[],
         metavar="[TYPE.]KEY=VALUE",

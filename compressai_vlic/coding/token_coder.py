@@ -37,7 +37,7 @@ its own tokens. Accidental damage never gets this far: the container's CRC32 ref
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -140,6 +140,19 @@ class TokenCoder:
         sizes = [level + 2 for level in self.levels for _ in range(batch)]
         return list(range(count)), sizes, [0] * count
 
+    def _walk(self, prior: ARPrior, tokens: Tensor) -> Iterator[tuple[int, list[Tensor]]]:
+        """Step the prior token by token, yielding (k, CDF table per digit) for position k.
+
+        encode, decode and estimate_bits all walk through here, so they see the same tables.
+        ``tokens[:, k]`` is the prior's next input: the decoder fills it in place before
+        asking for step k + 1. Run it under :func:`deterministic_coding`.
+        """
+        state = prior.start(tokens.shape[0])
+        prev = None
+        for k in range(tokens.shape[1]):
+            yield k, self._tables(prior.step(state, prev))
+            prev = tokens[:, k, :]
+
     def _check_indices(self, indices: Tensor, prior: ARPrior) -> Tensor:
         prior.check_indices(indices)
         if indices.shape[0] < 1:
@@ -151,18 +164,13 @@ class TokenCoder:
         """(B, K, d) indices -> rANS payload (whole 32-bit words)."""
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)
-        batch, num_tokens, _ = indices.shape
-        table_ids, sizes, offsets = self._layout(batch)
+        table_ids, sizes, offsets = self._layout(indices.shape[0])
         encoder = BufferedRansEncoder()
         with deterministic_coding():
-            state = prior.start(batch)
-            prev = None
-            for k in range(num_tokens):
-                tables = self._tables(prior.step(state, prev))
+            for k, tables in self._walk(prior, indices):
                 cdfs = [row for table in tables for row in table.tolist()]
                 symbols = indices[:, k, :].t().reshape(-1).tolist()
                 encoder.encode_with_indexes(symbols, table_ids, cdfs, sizes, offsets)
-                prev = indices[:, k, :]
         encoder.encode_with_indexes([0] * FILLER_SYMBOLS, *_FILLER_ARGS)
         return encoder.flush()
 
@@ -191,14 +199,10 @@ class TokenCoder:
         table_ids, sizes, offsets = self._layout(batch)
         out = torch.empty(batch, num_tokens, d, dtype=torch.long)
         with deterministic_coding():
-            state = prior.start(batch)
-            prev = None
-            for k in range(num_tokens):
-                tables = self._tables(prior.step(state, prev))
+            for k, tables in self._walk(prior, out):
                 cdfs = [row for table in tables for row in table.tolist()]
                 symbols = decoder.decode_stream(table_ids, cdfs, sizes, offsets)
                 out[:, k, :] = torch.tensor(symbols, dtype=torch.long).view(d, batch).t()
-                prev = out[:, k, :]
         limits = torch.tensor(self.levels)
         if (out < 0).any() or (out >= limits).any():  # unreachable with zero-width escapes
             raise CorruptStreamError("token payload decoded to digits outside the FSQ levels")
@@ -213,15 +217,11 @@ class TokenCoder:
         """Ideal code length (bits) under the coder's own integer tables (rANS adds <= 8 bytes)."""
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)
-        batch, num_tokens, _ = indices.shape
         bits = 0.0
         with deterministic_coding():
-            state = prior.start(batch)
-            prev = None
-            for k in range(num_tokens):
-                for j, table in enumerate(self._tables(prior.step(state, prev))):
+            for k, tables in self._walk(prior, indices):
+                for j, table in enumerate(tables):
                     bits += float(cdf_bits(table, indices[:, k, j], self.precision).sum())
-                prev = indices[:, k, :]
         return bits
 
     @staticmethod

@@ -81,9 +81,28 @@ def _overlap(
             f"the curves overlap on only {overlap:.0%} of the shorter {what} range "
             f"([{lo:.4g}, {hi:.4g}]); the Bjontegaard delta is unreliable",
             BDOverlapWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of bd_rate / bd_metric (via _mean_gap)
         )
     return float(lo), float(hi), overlap
+
+
+def _mean_gap(
+    x_anchor: np.ndarray,
+    y_anchor: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    what: str,
+    method: str,
+    min_overlap: float,
+) -> tuple[float, float, float, float]:
+    """Mean of ``y_test - y_anchor`` over the shared ``x`` range (the core of both BD deltas).
+
+    Returns the mean gap, the range (lo, hi) and the overlap fraction.
+    """
+    lo, hi, overlap = _overlap(x_anchor, x_test, what, min_overlap)
+    test = _integral(x_test, y_test, lo, hi, method)
+    anchor = _integral(x_anchor, y_anchor, lo, hi, method)
+    return (test - anchor) / (hi - lo), lo, hi, overlap
 
 
 def _check_method(method: str) -> None:
@@ -107,10 +126,7 @@ def bd_rate(
     _check_method(method)
     log_ra, ma = _prepare(rate_anchor, metric_anchor, "anchor")
     log_rt, mt = _prepare(rate_test, metric_test, "test")
-    lo, hi, overlap = _overlap(ma, mt, "metric", min_overlap)
-    avg_diff = (_integral(mt, log_rt, lo, hi, method) - _integral(ma, log_ra, lo, hi, method)) / (
-        hi - lo
-    )
+    avg_diff, lo, hi, overlap = _mean_gap(ma, log_ra, mt, log_rt, "metric", method, min_overlap)
     return BDResult(float((np.exp(avg_diff) - 1.0) * 100.0), (lo, hi), overlap, method)
 
 
@@ -126,8 +142,5 @@ def bd_metric(
     _check_method(method)
     log_ra, ma = _prepare(rate_anchor, metric_anchor, "anchor")
     log_rt, mt = _prepare(rate_test, metric_test, "test")
-    lo, hi, overlap = _overlap(log_ra, log_rt, "log-rate", min_overlap)
-    avg_diff = (_integral(log_rt, mt, lo, hi, method) - _integral(log_ra, ma, lo, hi, method)) / (
-        hi - lo
-    )
+    avg_diff, lo, hi, overlap = _mean_gap(log_ra, ma, log_rt, mt, "log-rate", method, min_overlap)
     return BDResult(float(avg_diff), (lo, hi), overlap, method)

@@ -8,6 +8,7 @@ with random weights and then filled from a local torchvision weight file (see
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from unittest import mock
@@ -20,29 +21,21 @@ from compressai_vlic.metrics.base import DeviceLike, PairMetric, register_metric
 from compressai_vlic.metrics.weights import (
     TORCHVISION_ALEXNET,
     TORCHVISION_VGG16,
-    WeightSpec,
     load_state_dict_file,
     resolve_weight_file,
+    torchvision_weights,
 )
 
-TORCHVISION_SQUEEZENET = WeightSpec(
-    metric="lpips",
-    env_var="COMPRESSAI_VLIC_LPIPS_WEIGHTS",
-    filename="squeezenet1_1-b8a52dc0.pth",
-    url="https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
-    how="torchvision's ImageNet SqueezeNet 1.1 (LPIPS 'squeeze' backbone)",
+TORCHVISION_SQUEEZENET = torchvision_weights(
+    "lpips",
+    "squeezenet1_1-b8a52dc0.pth",
+    "torchvision's ImageNet SqueezeNet 1.1 (LPIPS 'squeeze' backbone)",
 )
 LPIPS_BACKBONES = {
     "alex": ("alexnet", TORCHVISION_ALEXNET),
     "vgg": (
         "vgg16",
-        WeightSpec(
-            **{
-                **TORCHVISION_VGG16.__dict__,
-                "metric": "lpips",
-                "env_var": "COMPRESSAI_VLIC_LPIPS_WEIGHTS",
-            }
-        ),
+        dataclasses.replace(TORCHVISION_VGG16, metric="lpips", env_var=TORCHVISION_ALEXNET.env_var),
     ),
     "squeeze": ("squeezenet1_1", TORCHVISION_SQUEEZENET),
 }

@@ -28,19 +28,22 @@ class WeightSpec:
     how: str
 
 
-TORCHVISION_ALEXNET = WeightSpec(
-    metric="lpips",
-    env_var="COMPRESSAI_VLIC_LPIPS_WEIGHTS",
-    filename="alexnet-owt-7be5be79.pth",
-    url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-    how="torchvision's ImageNet AlexNet (LPIPS 'alex' backbone)",
+def torchvision_weights(metric: str, filename: str, how: str) -> WeightSpec:
+    """A torchvision ImageNet checkpoint: one download folder, one env var per metric."""
+    return WeightSpec(
+        metric=metric,
+        env_var=f"COMPRESSAI_VLIC_{metric.upper()}_WEIGHTS",
+        filename=filename,
+        url=f"https://download.pytorch.org/models/{filename}",
+        how=how,
+    )
+
+
+TORCHVISION_ALEXNET = torchvision_weights(
+    "lpips", "alexnet-owt-7be5be79.pth", "torchvision's ImageNet AlexNet (LPIPS 'alex' backbone)"
 )
-TORCHVISION_VGG16 = WeightSpec(
-    metric="dists",
-    env_var="COMPRESSAI_VLIC_DISTS_WEIGHTS",
-    filename="vgg16-397923af.pth",
-    url="https://download.pytorch.org/models/vgg16-397923af.pth",
-    how="torchvision's ImageNet VGG16 (DISTS backbone)",
+TORCHVISION_VGG16 = torchvision_weights(
+    "dists", "vgg16-397923af.pth", "torchvision's ImageNet VGG16 (DISTS backbone)"
 )
 INCEPTION_FID = WeightSpec(
     metric="fid/kid",

@@ -1,0 +1,86 @@
+"""Offline post-training reads a preference dataset written by `compressai-vlic judge`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from compressai_vlic_lightning import OfflinePreferences, PhotosDataModule, Stage2Module
+from PIL import Image
+
+from compressai_vlic.cli.main import main as vlic_main
+from compressai_vlic.errors import ConfigError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def judged_dataset(tmp_path, photos):
+    """Originals, a mildly and a strongly noisy reconstruction of each, judged by PSNR."""
+    rng = np.random.default_rng(0)
+    folders = {k: tmp_path / k for k in ("orig", "a", "b")}
+    for f in folders.values():
+        f.mkdir()
+    for i, name in enumerate(("astronaut", "coffee", "rocket")):
+        img = photos[name][100:164, 100:164].astype(np.float64)
+        mild = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+        strong = np.clip(img + rng.normal(0, 30, img.shape), 0, 255).astype(np.uint8)
+        a, b = (mild, strong) if i % 2 == 0 else (strong, mild)  # the better one on both sides
+        Image.fromarray(img.astype(np.uint8)).save(folders["orig"] / f"{name}.png")
+        Image.fromarray(a).save(folders["a"] / f"{name}.png")
+        Image.fromarray(b).save(folders["b"] / f"{name}.png")
+    out = tmp_path / "prefs.jsonl"
+    code = vlic_main(
+        [
+            "judge",
+            "--originals", str(folders["orig"]),
+            "--recon-a", str(folders["a"]),
+            "--recon-b", str(folders["b"]),
+            "--output", str(out),
+            "--judge-type", "psnr",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path):
+    prefs = OfflinePreferences.from_dataset(judged_dataset, crop_size=32)
+    assert len(prefs) == 3 and prefs.abstained == 0
+    batch = prefs.sample(6, torch.Generator().manual_seed(0))
+    assert batch.winner.shape == (6, 3, 32, 32)
+    # PSNR judged: the winner is always the mildly noisy reconstruction, closer to the original
+    err_w = (batch.winner - batch.reference).abs().mean(dim=(1, 2, 3))
+    err_l = (batch.loser - batch.reference).abs().mean(dim=(1, 2, 3))
+    assert bool((err_w < err_l).all())
+
+    module = Stage2Module(
+        quality="test",
+        preference_type="offline",
+        preference_dataset=str(judged_dataset),
+        dpo_batch_size=4,
+        lr=1e-4,
+    )
+    trainer = pl.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=8))
+    metrics = trainer.callback_metrics
+    assert "train/dpo_loss" in metrics and float(metrics["buffer/size"]) == 3
+    assert float(metrics["judge/abstain_rate"]) == 0.0
+    with pytest.raises(ConfigError, match="preference_dataset"):
+        Stage2Module(quality="test", preference_type="offline")
