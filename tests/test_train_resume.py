@@ -118,12 +118,15 @@ def test_kill_and_resume_post_training_loses_no_judged_pair(tmp_path):
     in_flight = set(pending_before) - set(judged_before)
     assert in_flight, "the kill should interrupt pairs waiting for the judge"
 
+    last = root / "checkpoints" / "last.ckpt"
+    resumed_from = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    target_steps = resumed_from + 10
     second = subprocess.run(
         [
             sys.executable,
             str(tmp_path / "run.py"),
             str(root),
-            "20",
+            str(target_steps),
             "--ckpt_path",
             str(root / "checkpoints" / "last.ckpt"),
         ],
@@ -145,7 +148,7 @@ def test_kill_and_resume_post_training_loses_no_judged_pair(tmp_path):
     calls = [json.loads(x)["digest"] for x in (root / "calls.jsonl").read_text().splitlines()]
     assert len(calls) == len(set(calls)), "a judge call was repeated"
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 20
+    assert ckpt["global_step"] == target_steps
 
 
 class _AlwaysA:

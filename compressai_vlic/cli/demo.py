@@ -65,7 +65,7 @@ class DemoPlan:
     @classmethod
     def preset(cls, name: str) -> DemoPlan:
         if name == "full":
-            return cls(3000, 400, 16, 1e-3, 2e-5, 256, 50, 128, 16, 2500.0, 256, 32)
+            return cls(3000, 800, 16, 1e-3, 2e-5, 256, 50, 128, 16, 2500.0, 256, 32)
         if name == "smoke":
             return cls(6, 4, 4, 1e-3, 2e-5, 16, 2, 8, 4, 2500.0, 256, 4)
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -474,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    data = PhotosDataModule(crop_size=32, batch_size=plan.batch_size, samples_per_epoch=256)
+    data = PhotosDataModule(crop_size=32, batch_size=plan.batch_size, samples_per_epoch=2048)
     stage1 = Stage1Module(
         quality="test",
         model_overrides=DEMO_MODEL_OVERRIDES,
