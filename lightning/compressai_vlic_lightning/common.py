@@ -80,3 +80,23 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     b = y.clamp(0, 1).mul(255).round()
     mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
     return 10 * torch.log10(255.0**2 / mse)
+
+
+def fixed_flow_matching(model: Any, batch: Tensor, seed: int) -> tuple[Any, Any]:
+    """Encode ``batch`` and evaluate flow matching at (t, noise) drawn from ``seed``, no code dropout.
+
+    Validation uses it so that every epoch (and both stages) scores the same noisy inputs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    b = batch.shape[0]
+    t = torch.rand(b, generator=gen).to(batch.device)
+    noise = torch.randn(batch.shape, generator=gen).to(batch.device)
+    enc = model.encode(batch)
+    fm = model.flow_matching(
+        batch,
+        enc.codes,
+        t=t,
+        noise=noise,
+        drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
+    )
+    return enc, fm

@@ -19,7 +19,13 @@ import torch
 from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic_lightning.common import adamw, build_model, psnr, read_codec_state_dict
+from compressai_vlic_lightning.common import (
+    adamw,
+    build_model,
+    fixed_flow_matching,
+    psnr,
+    read_codec_state_dict,
+)
 from compressai_vlic_lightning.perceptual import make_perceptual_loss
 
 log = logging.getLogger(__name__)
@@ -156,18 +162,8 @@ class Stage1Module(pl.LightningModule):
     # -------------------------------------------------------------- validation
     def _eval_step(self, batch: Tensor, batch_idx: int, prefix: str) -> None:
         hp = self.hparams
-        gen = torch.Generator().manual_seed(hp.val_seed * 100_003 + batch_idx)
         b = batch.shape[0]
-        t = torch.rand(b, generator=gen).to(batch.device)
-        noise = torch.randn(batch.shape, generator=gen).to(batch.device)
-        enc = self.model.encode(batch)
-        fm = self.model.flow_matching(
-            batch,
-            enc.codes,
-            t=t,
-            noise=noise,
-            drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
-        )
+        enc, fm = fixed_flow_matching(self.model, batch, hp.val_seed * 100_003 + batch_idx)
         bpp = self.model.token_nll_bits(enc.indices).float().mean() / (
             batch.shape[-2] * batch.shape[-1]
         )

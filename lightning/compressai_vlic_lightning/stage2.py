@@ -32,7 +32,13 @@ from compressai_vlic.losses import (
     DEFAULT_WEIGHTING,
     VLMRewardLoss,
 )
-from compressai_vlic_lightning.common import adamw, build_model, load_codec, psnr
+from compressai_vlic_lightning.common import (
+    adamw,
+    build_model,
+    fixed_flow_matching,
+    load_codec,
+    psnr,
+)
 from compressai_vlic_lightning.preferences import (
     JudgeStats,
     OfflinePreferences,
@@ -414,18 +420,8 @@ class Stage2Module(pl.LightningModule):
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
         hp = self.hparams
-        gen = torch.Generator().manual_seed(_seed(hp.seed, "val", batch_idx))
         b = batch.shape[0]
-        t = torch.rand(b, generator=gen).to(batch.device)
-        noise = torch.randn(batch.shape, generator=gen).to(batch.device)
-        enc = self.model.encode(batch)
-        fm = self.model.flow_matching(
-            batch,
-            enc.codes,
-            t=t,
-            noise=noise,
-            drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
-        )
+        enc, fm = fixed_flow_matching(self.model, batch, _seed(hp.seed, "val", batch_idx))
         metrics = {"flow": fm.loss}
         if batch_idx < hp.val_decode_batches:
             x_hat = self.model.decode_codes(enc.indices, seed=hp.seed).to(batch.device)
