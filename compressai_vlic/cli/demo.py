@@ -334,34 +334,34 @@ def _plots(report: DemoReport, out: Path, stage1_csv: Path, stage2_csv: Path) ->
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 3, figsize=(12.6, 3.4))
-    for key, label in (
-        ("train/flow", "flow"),
-        ("train/perceptual", "perceptual"),
-        ("train/bpp_prior", "prior bpp"),
-    ):
-        steps, values = _series(stage1_csv, key)
-        axes[0].plot(steps, values, label=label)
-    axes[0].set_title("stage 1 losses")
-    axes[0].set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    for key, label in (
-        ("train/dpo_loss", "DPO loss"),
-        ("train/implicit_accuracy", "implicit accuracy"),
-    ):
-        steps, values = _series(stage2_csv, key)
-        axes[1].plot(steps, values, label=label)
-    axes[1].set_title("stage 2 Diffusion-DPO")
-    axes[1].set_xlabel("step")
-    axes[1].legend(fontsize=8)
-    for key, label in (
-        ("buffer/staleness", "buffer staleness (steps)"),
-        ("buffer/size", "buffer size"),
-    ):
-        steps, values = _series(stage2_csv, key)
-        axes[2].plot(steps, values, label=label)
-    axes[2].set_title("online preference buffer")
-    axes[2].set_xlabel("step")
-    axes[2].legend(fontsize=8)
+    panels = (
+        (
+            "stage 1 losses",
+            stage1_csv,
+            (
+                ("train/flow", "flow"),
+                ("train/perceptual", "perceptual"),
+                ("train/bpp_prior", "prior bpp"),
+            ),
+        ),
+        (
+            "stage 2 Diffusion-DPO",
+            stage2_csv,
+            (("train/dpo_loss", "DPO loss"), ("train/implicit_accuracy", "implicit accuracy")),
+        ),
+        (
+            "online preference buffer",
+            stage2_csv,
+            (("buffer/staleness", "buffer staleness (steps)"), ("buffer/size", "buffer size")),
+        ),
+    )
+    for ax, (title, csv_path, series) in zip(axes, panels):
+        for key, label in series:
+            steps, values = _series(csv_path, key)
+            ax.plot(steps, values, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     files["training_curves_plot"] = str(out / "training_curves.png")
     fig.savefig(files["training_curves_plot"], dpi=110)
