@@ -10,6 +10,10 @@ import argparse
 import importlib
 import sys
 
+DESCRIPTION = (
+    "VLIC, a diffusion-autoencoder image codec post-trained with VLM judgments, for CompressAI."
+)
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "encode": (
@@ -42,7 +46,7 @@ PASSTHROUGH = {"eval", "update"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="compressai-vlic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="compressai-vlic", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
