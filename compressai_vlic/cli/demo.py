@@ -1,4 +1,4 @@
-"""`compressai-vlic demo`: the main job on a CPU, end to end, in about 15 minutes on 2 cores.
+"""`compressai-vlic demo`: the main job on a CPU, end to end, in about 10 minutes on 2 cores.
 
 1. pre-train the tiny "test" codec on the photos bundled with scikit-image / scikit-learn;
 2. post-train it with Diffusion-DPO on judge preferences (SSIMULACRA 2 offline by default, a VLM
@@ -97,7 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="report folder (default: reports/vlic-demo)",
     )
     parser.add_argument(
-        "--preset", choices=PRESETS, default="full", help="full (~15 min) or smoke (~1 min)"
+        "--preset",
+        choices=PRESETS,
+        default="full",
+        help="full (~10 min on 2 cores) or smoke (~1 min)",
     )
     parser.add_argument("--stage1-steps", type=int, help="override the pre-training steps")
     parser.add_argument("--stage2-steps", type=int, help="override the post-training steps")

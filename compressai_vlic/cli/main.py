@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "compressai_vlic.cli.demo",
-        "the main job: pre-train, post-train, evaluate, report (CPU, ~15 min)",
+        "the main job: pre-train, post-train, evaluate, report (CPU, ~10 min)",
     ),
 }
 
