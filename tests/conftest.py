@@ -67,3 +67,22 @@ def tiny_dinov2(tmp_path_factory) -> os.PathLike[str]:
     path = tmp_path_factory.mktemp("dinov2")
     Dinov2Model(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def quiet_cpu_trainer():
+    """Factory for a CPU ``Trainer`` with no logger, checkpoints, progress bar or summary."""
+
+    def make(**kwargs):
+        import pytorch_lightning as pl
+
+        quiet = {
+            "accelerator": "cpu",
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        }
+        return pl.Trainer(**{**quiet, **kwargs})
+
+    return make

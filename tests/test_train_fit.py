@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from compressai_vlic_lightning import Stage1Module
 from compressai_vlic_lightning.cli import main as train_main
@@ -132,7 +131,7 @@ def test_stage2_fit_through_cli_logs_preference_health(stage1_run, tmp_path):
     assert any(k.startswith("reference.") for k in state["state_dict"])  # frozen reference kept
 
 
-def test_fixed_batch_overfit_lowers_stage1_loss(photos):
+def test_fixed_batch_overfit_lowers_stage1_loss(photos, quiet_cpu_trainer):
     from conftest import photo_tensor
 
     torch.manual_seed(0)
@@ -153,13 +152,8 @@ def test_fixed_batch_overfit_lowers_stage1_loss(photos):
 
     before = fixed_loss()
     loader = DataLoader([batch[i] for i in range(4)] * 10, batch_size=4, shuffle=False)
-    trainer = pl.Trainer(
+    trainer = quiet_cpu_trainer(
         max_steps=40,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, loader)
     after = fixed_loss()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 from compressai_vlic_lightning import OfflinePreferences, PhotosDataModule, Stage2Module
 from PIL import Image
@@ -51,7 +50,7 @@ def judged_dataset(tmp_path, photos):
     return out
 
 
-def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path):
+def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path, quiet_cpu_trainer):
     prefs = OfflinePreferences.from_dataset(judged_dataset, crop_size=32)
     assert len(prefs) == 3 and prefs.abstained == 0
     batch = prefs.sample(6, torch.Generator().manual_seed(0))
@@ -68,13 +67,8 @@ def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path):
         dpo_batch_size=4,
         lr=1e-4,
     )
-    trainer = pl.Trainer(
+    trainer = quiet_cpu_trainer(
         max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         default_root_dir=str(tmp_path),
     )

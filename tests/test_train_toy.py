@@ -38,7 +38,7 @@ class BrighterJudge:
         return self.compare(reference, a, b)
 
 
-def test_post_training_increases_preferred_property(tmp_path):
+def test_post_training_increases_preferred_property(tmp_path, quiet_cpu_trainer):
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -76,13 +76,8 @@ def test_post_training_increases_preferred_property(tmp_path):
         before = sample_brightness()
         threshold = before.median()
         rate_before = float((before > threshold).float().mean())
-        trainer = pl.Trainer(
+        trainer = quiet_cpu_trainer(
             max_steps=20,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             limit_val_batches=0,
         )
         trainer.fit(module, data)
