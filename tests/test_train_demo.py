@@ -13,28 +13,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_demo_smoke_writes_a_complete_report(tmp_path):
+def _run_smoke_demo(
+    tmp_path: Path, env_overrides: dict[str, str], extra_args: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `compressai-vlic demo --preset smoke` from source; returns (process, report folder)."""
     out = tmp_path / "report"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}"}
     env.pop("COMPRESSAI_VLIC_JUDGE_BASE_URL", None)
+    env.update(env_overrides)
+    cmd = [sys.executable, "-m", "compressai_vlic.cli.main", "demo", "--preset", "smoke"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compressai_vlic.cli.main",
-            "demo",
-            "--preset",
-            "smoke",
-            "-o",
-            str(out),
-        ],
+        [*cmd, "-o", str(out), *extra_args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
+    return proc, out
+
+
+@pytest.mark.slow
+def test_demo_smoke_writes_a_complete_report(tmp_path):
+    proc, out = _run_smoke_demo(tmp_path, {})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"report written to {out}" in proc.stdout
     report = json.loads((out / "report.json").read_text())
@@ -61,32 +62,14 @@ def test_demo_uses_a_configured_vlm_endpoint(tmp_path):
     """With an endpoint configured (env var), post-training asks the VLM over real HTTP."""
     from compressai_vlic.judges.loopback_server import run_server
 
-    out = tmp_path / "report"
     with run_server() as server:
-        env = {
-            **os.environ,
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}",
-            "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
-            "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
-        }
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "compressai_vlic.cli.main",
-                "demo",
-                "--preset",
-                "smoke",
-                "-o",
-                str(out),
-                "--judge-api-key-env",
-                "",
-            ],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+        proc, out = _run_smoke_demo(
+            tmp_path,
+            {
+                "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
+                "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
+            },
+            ("--judge-api-key-env", ""),
         )
         stats = server.stats()
     assert proc.returncode == 0, proc.stderr[-3000:]
