@@ -3,7 +3,7 @@
 With latency L and C requests in flight, no client can exceed C / L pairs per second; the table
 puts the measured rate next to that bound so the client's own overhead (PNG encoding, HTTP, JSON)
 is visible. The cached path measures a :class:`CachedJudge` answering every pair from SQLite.
-Used by ``benchmarks/judge_bench.py`` (and callable from ``compressai-vlic bench``).
+Used by ``benchmarks/judge_bench.py``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from compressai_vlic.judges.cache import CachedJudge, JudgmentCache
-from compressai_vlic.judges.loopback_server import ServerScript, run_server
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.types import Choice, JudgeRequest
+from compressai_vlic.testing.loopback_server import ServerScript, run_server
 
 
 @dataclass

@@ -10,7 +10,7 @@ import json
 import platform
 import sys
 
-from compressai_vlic.judges.bench import format_table, run_judge_bench
+from _judge_bench_lib import format_table, run_judge_bench
 
 
 def main(argv: list[str] | None = None) -> int:

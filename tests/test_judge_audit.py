@@ -317,7 +317,7 @@ def test_metric_judge_used_by_audit_is_order_invariant(bapps_root):
 
 def test_audit_of_a_vlm_backend_on_loopback(bapps_root, tmp_path, capsys):
     """The audit drives a real chat-completions client: a position-biased VLM is exposed."""
-    from compressai_vlic.judges.loopback_server import ServerScript, run_server
+    from compressai_vlic.testing.loopback_server import ServerScript, run_server
 
     vlm = [
         "--judge-arg",

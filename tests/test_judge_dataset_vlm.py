@@ -13,7 +13,7 @@ from PIL import Image
 
 from compressai_vlic.cli.main import main
 from compressai_vlic.judges.dataset import read_preference_dataset
-from compressai_vlic.judges.loopback_server import ServerScript, run_server
+from compressai_vlic.testing.loopback_server import ServerScript, run_server
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from compressai_vlic.judges.cache import CachedJudge, JudgmentCache, cache_key, is_cacheable
-from compressai_vlic.judges.loopback_server import ServerScript, run_server
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.types import Choice, JudgeRequest, Judgment, Vote
+from compressai_vlic.testing.loopback_server import ServerScript, run_server
 
 REPO = Path(__file__).resolve().parents[1]
 

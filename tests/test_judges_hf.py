@@ -12,8 +12,8 @@ from conftest import photo_tensor
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.judges.factory import make_judge
 from compressai_vlic.judges.hf_judge import HFJudge
-from compressai_vlic.judges.tiny_vlm import build_tiny_vlm
 from compressai_vlic.judges.types import Choice, JudgeRequest
+from compressai_vlic.testing.tiny_vlm import build_tiny_vlm
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """OpenAI-compatible judge against a real chat-completions server process on loopback.
 
-The server (compressai_vlic.judges.loopback_server) judges by MSE, so a correct client must get
+The server (compressai_vlic.testing.loopback_server) judges by MSE, so a correct client must get
 "A" for pairs whose A is the less noisy reconstruction, and it injects faults by script.
 """
 
@@ -18,9 +18,9 @@ from compressai_vlic.errors import ConfigError, JudgeError
 from compressai_vlic.judges.cache import JudgmentCache
 from compressai_vlic.judges.encoding import image_digest
 from compressai_vlic.judges.factory import make_judge
-from compressai_vlic.judges.loopback_server import ServerScript, pair_key, run_server
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.types import Choice, JudgeRequest
+from compressai_vlic.testing.loopback_server import ServerScript, pair_key, run_server
 
 SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
 KEY_ENV = "VLIC_TEST_JUDGE_KEY"

@@ -60,7 +60,7 @@ def test_demo_smoke_writes_a_complete_report(tmp_path):
 @pytest.mark.slow
 def test_demo_uses_a_configured_vlm_endpoint(tmp_path):
     """With an endpoint configured (env var), post-training asks the VLM over real HTTP."""
-    from compressai_vlic.judges.loopback_server import run_server
+    from compressai_vlic.testing.loopback_server import run_server
 
     with run_server() as server:
         proc, out = _run_smoke_demo(

@@ -20,8 +20,7 @@ from typing import Any
 
 from compressai_vlic.cli._args import key_value
 from compressai_vlic.errors import ConfigError, VLICError
-
-DEFAULT_JUDGE = "ssimulacra2"
+from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
 
 
 def _weight(text: str) -> tuple[str, float]:
@@ -166,68 +165,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     audit = sub.add_parser(
         "audit", help="measure judges against human 2AFC labels (BAPPS layout or CSV)"
     )
-    from compressai_vlic.judges.audit import add_audit_arguments
+    from compressai_vlic.cli.audit import add_audit_arguments
 
     add_audit_arguments(audit)
     add_judge_arguments(audit, multi=True)
-
-
-def compose_spec(args: argparse.Namespace) -> Any:
-    from compressai_vlic.judges.compose import ComposeSpec
-
-    return ComposeSpec(
-        order_type=args.order_type,
-        combine_type=args.combine_type,
-        votes=args.votes,
-        majority_type=args.majority_type,
-        unanimous_with=list(args.unanimous_with),
-        weighted=dict(args.weighted),
-        base_weight=args.base_weight,
-        weighted_type=args.weighted_type,
-    )
-
-
-def judge_kwargs(
-    judge_type: str, pairs: list[tuple[str, Any]], base: bool = True
-) -> dict[str, Any]:
-    """Keywords for one judge: ``TYPE.KEY=VALUE`` goes to that judge type only; a plain
-    ``KEY=VALUE`` goes to the main judge(s) (``base``), not to --unanimous-with/--weighted ones."""
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key.startswith(judge_type + "."):
-            out[key[len(judge_type) + 1 :]] = value
-        elif "." not in key and base:
-            out[key] = value
-    return out
-
-
-def check_judge_arg_prefixes(pairs: list[tuple[str, Any]], judge_types: list[str]) -> None:
-    for key, _ in pairs:
-        if "." in key and not any(key.startswith(t + ".") for t in judge_types):
-            raise ConfigError(
-                f"--judge-arg {key}=...: {key.rpartition('.')[0]!r} is not one of the judges of this "
-                f"run ({', '.join(judge_types)})"
-            )
-
-
-def make_judge_from_args(judge_type: str, args: argparse.Namespace, base: bool = True) -> Any:
-    """A judge with its --judge-arg keywords, wrapped in the cache when --cache is given."""
-    from compressai_vlic.judges.compose import make_base_judge
-
-    judge = make_base_judge(judge_type, **judge_kwargs(judge_type, args.judge_arg, base))
-    return maybe_cached(judge, args.cache)
-
-
-def maybe_cached(judge: Any, cache: str | None) -> Any:
-    if cache is None or not callable(getattr(judge, "cache_identity", None)):
-        return judge
-    from compressai_vlic.judges.cache import CachedJudge
-
-    return CachedJudge(judge, cache)
-
-
-def _make_extra(args: argparse.Namespace):  # extra judges named in --unanimous-with / --weighted
-    return lambda t: make_judge_from_args(t, args, base=False)
 
 
 def _load_codec(args: argparse.Namespace) -> Any:
@@ -262,7 +203,7 @@ def _codec_identity(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from compressai_vlic.judges.compose import compose, describe_judge, public_kwargs
+    from compressai_vlic.judges.compose import describe_judge, public_kwargs
     from compressai_vlic.judges.dataset import (
         CodecPairMaker,
         build_preference_dataset,
@@ -307,12 +248,9 @@ def run_build(args: argparse.Namespace) -> int:
         }
     if args.limit is not None:
         pairs = pairs[: args.limit]
-    check_judge_arg_prefixes(
-        args.judge_arg, [args.judge_type, *args.unanimous_with, *(t for t, _ in args.weighted)]
-    )
-    judge = compose(
-        make_judge_from_args(args.judge_type, args), compose_spec(args), _make_extra(args)
-    )
+    spec = JudgeSpec.from_args(args)
+    check_judge_arg_prefixes(args.judge_arg, spec.judge_types())
+    judge = spec.build()
     config = {
         "judge": describe_judge(judge),
         "judge_type": args.judge_type,
@@ -341,7 +279,7 @@ def run_build(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "judge_command", None) == "audit":
-            from compressai_vlic.judges.audit import run_audit_cli
+            from compressai_vlic.cli.audit import run_audit_cli
 
             return run_audit_cli(args)
         return run_build(args)

@@ -38,7 +38,6 @@ its own tokens. Accidental damage never gets this far: the container's CRC32 ref
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
@@ -50,16 +49,13 @@ from compressai_vlic.coding.cdf import (
     cdf_bits,
     logits_to_cdf,
 )
+from compressai_vlic.coding.context import CodingPrior, deterministic_coding
 from compressai_vlic.errors import (
     ConfigError,
     CorruptStreamError,
     InvalidTokensError,
     TruncatedStreamError,
 )
-from compressai_vlic.models.prior import deterministic_coding
-
-if TYPE_CHECKING:  # pragma: no cover
-    from compressai_vlic.models.prior import ARPrior
 
 __all__ = ["PROBE_SYMBOLS", "TokenCoder"]
 
@@ -100,7 +96,7 @@ def _reference_finish() -> tuple[list[int], list[int]]:
 
 
 class TokenCoder:
-    """Entropy coder for (B, K, d) FSQ indices driven by an :class:`ARPrior`."""
+    """Entropy coder for (B, K, d) FSQ indices driven by a :class:`CodingPrior` (e.g. ``ARPrior``)."""
 
     def __init__(
         self,
@@ -118,7 +114,7 @@ class TokenCoder:
         self._reference = _reference_finish()
 
     # -------------------------------------------------------------- helpers
-    def _check_prior(self, prior: ARPrior) -> None:
+    def _check_prior(self, prior: CodingPrior) -> None:
         if tuple(prior.levels) != self.levels:
             raise ConfigError(f"prior levels {prior.levels} differ from coder levels {self.levels}")
 
@@ -140,7 +136,7 @@ class TokenCoder:
         sizes = [level + 2 for level in self.levels for _ in range(batch)]
         return list(range(count)), sizes, [0] * count
 
-    def _walk(self, prior: ARPrior, tokens: Tensor) -> Iterator[tuple[int, list[Tensor]]]:
+    def _walk(self, prior: CodingPrior, tokens: Tensor) -> Iterator[tuple[int, list[Tensor]]]:
         """Step the prior token by token, yielding (k, CDF table per digit) for position k.
 
         encode, decode and estimate_bits all walk through here, so they see the same tables.
@@ -153,14 +149,14 @@ class TokenCoder:
             yield k, self._tables(prior.step(state, prev))
             prev = tokens[:, k, :]
 
-    def _check_indices(self, indices: Tensor, prior: ARPrior) -> Tensor:
+    def _check_indices(self, indices: Tensor, prior: CodingPrior) -> Tensor:
         prior.check_indices(indices)
         if indices.shape[0] < 1:
             raise InvalidTokensError("need at least one tile of tokens")
         return indices.detach().cpu().long()
 
     # ------------------------------------------------------------------ API
-    def encode(self, indices: Tensor, prior: ARPrior) -> bytes:
+    def encode(self, indices: Tensor, prior: CodingPrior) -> bytes:
         """(B, K, d) indices -> rANS payload (whole 32-bit words)."""
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)
@@ -174,7 +170,7 @@ class TokenCoder:
         encoder.encode_with_indexes([0] * FILLER_SYMBOLS, *_FILLER_ARGS)
         return encoder.flush()
 
-    def decode(self, data: bytes, prior: ARPrior, batch: int, num_tokens: int) -> Tensor:
+    def decode(self, data: bytes, prior: CodingPrior, batch: int, num_tokens: int) -> Tensor:
         """rANS payload -> (B, K, d) long indices; BitstreamError if it is not a valid payload."""
         self._check_prior(prior)
         if num_tokens != prior.num_tokens or batch < 1:
@@ -213,7 +209,7 @@ class TokenCoder:
             )
         return out
 
-    def estimate_bits(self, indices: Tensor, prior: ARPrior) -> float:
+    def estimate_bits(self, indices: Tensor, prior: CodingPrior) -> float:
         """Ideal code length (bits) under the coder's own integer tables (rANS adds <= 8 bytes)."""
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)

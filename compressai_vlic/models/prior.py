@@ -20,36 +20,22 @@ Two paths:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from transformers import DynamicCache, GPT2Config, GPT2Model
 
+from compressai_vlic.coding.context import deterministic_coding
 from compressai_vlic.errors import ConfigError, InvalidTokensError
 
 __all__ = ["ARPrior", "PriorOutput", "PriorState", "deterministic_coding"]
 
 # Probabilities reported to CompressAI must be > 0 (it takes -log2 of them).
 _MIN_LIKELIHOOD = 1e-9
-
-
-@contextlib.contextmanager
-def deterministic_coding() -> Iterator[None]:
-    """One intra-op thread and no autograd; restores the caller's thread count on exit."""
-    previous = torch.get_num_threads()
-    if previous != 1:
-        torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if previous != 1:
-            torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)

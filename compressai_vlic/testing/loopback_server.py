@@ -7,7 +7,7 @@ against 429 (with Retry-After), 5xx, slow replies, malformed JSON, refusals and 
 through its real HTTP stack. Faults are keyed by the pair's image content (see :func:`pair_key`),
 so concurrent clients get the same script whatever the arrival order.
 
-Run: ``python -m compressai_vlic.judges.loopback_server --script script.json [--port 0]``; the
+Run: ``python -m compressai_vlic.testing.loopback_server --script script.json [--port 0]``; the
 first stdout line is ``LISTENING <base_url>``. ``GET /stats`` returns request counts and a log
 (image formats and sizes, ``detail`` values; never headers), ``POST /script`` replaces the
 script and resets the counters.
@@ -353,7 +353,7 @@ def run_server(
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(asdict(script), f)
         script_path = f.name
-    cmd = [sys.executable, "-m", "compressai_vlic.judges.loopback_server", "--script", script_path]
+    cmd = [sys.executable, "-m", "compressai_vlic.testing.loopback_server", "--script", script_path]
     if expect_key_env:
         cmd += ["--expect-key-env", expect_key_env]
     # the child imports the same copy of the package as this process (source tree or install)

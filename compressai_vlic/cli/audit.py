@@ -1,0 +1,100 @@
+"""`compressai-vlic judge audit`: the audit's flags, and the run that prints and writes its report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.audit.scaling import SCALE_TYPES
+from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
+
+
+def add_audit_arguments(parser: Any) -> None:
+    src = parser.add_argument_group("human labels")
+    src.add_argument(
+        "--bapps",
+        type=Path,
+        help="BAPPS 2AFC folder (ref/ p0/ p1/ judge/) or a folder of category folders",
+    )
+    src.add_argument(
+        "--csv",
+        type=Path,
+        help="CSV with reference,a,b,human_b (or human_a) [,n_humans,scene,category]",
+    )
+    src.add_argument("--limit", type=int, default=None, help="audit only the first N pairs")
+    a = parser.add_argument_group("audit")
+    a.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="independent answers per pair and order (default: --votes)",
+    )
+    a.add_argument(
+        "--gap-metric",
+        default=None,
+        help="also bin accuracy by the gap of this metric between A and B (e.g. ssimulacra2)",
+    )
+    a.add_argument(
+        "--scale-type",
+        choices=SCALE_TYPES,
+        default="bradley-terry",
+        help="psychometric scaling for scenes with >= 3 stimuli",
+    )
+    a.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals"
+    )
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument(
+        "--output-dir", type=Path, required=True, help="writes audit.json and audit.png here"
+    )
+    a.add_argument("--progress-type", choices=("bar", "none"), default="bar")
+
+
+def run_audit_cli(args: Any) -> int:
+    from compressai_vlic.judges.audit import (
+        AuditSettings,
+        audit,
+        format_report,
+        load_bapps,
+        load_csv,
+        write_report,
+    )
+
+    if (args.bapps is None) == (args.csv is None):
+        raise ConfigError("judge audit needs exactly one of --bapps DIR or --csv FILE")
+    pairs = load_bapps(args.bapps) if args.bapps is not None else load_csv(args.csv)
+    if args.limit is not None:
+        pairs = pairs[: args.limit]
+    judge_types = args.judge_type or [DEFAULT_JUDGE]
+    spec = JudgeSpec.from_args(args, judge_types[0])
+    check_judge_arg_prefixes(args.judge_arg, [*judge_types, *spec.judge_types()[1:]])
+    # The audit derives orders, votes and unanimity from raw answers; a weighted ensemble is
+    # audited as one judge.
+    judges = [
+        replace(
+            JudgeSpec.from_args(args, t), order_type="as-given", votes=1, unanimous_with=[]
+        ).build()
+        for t in judge_types
+    ]
+    settings = AuditSettings(
+        repeats=args.repeats or args.votes,
+        order_type=args.order_type,
+        votes=args.votes,
+        combine_type=args.combine_type,
+        majority_type=args.majority_type,
+        unanimous_with=list(args.unanimous_with),
+        gap_metric=args.gap_metric,
+        scale_type=args.scale_type,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=args.progress_type == "bar",
+    )
+    report = audit(judges, pairs, settings, str(args.bapps or args.csv), spec.make_extra)
+    print(format_report(report))
+    out_json, out_png = write_report(report, args.output_dir)
+    print(f"\nwrote {out_json} and {out_png}")
+    return 0

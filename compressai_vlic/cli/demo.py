@@ -1,0 +1,51 @@
+"""`compressai-vlic demo`: the main job on a CPU, end to end (see :mod:`compressai_vlic.recipes.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from compressai_vlic.recipes.demo import JUDGE_MODEL_ENV, JUDGE_URL_ENV, PRESETS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="reports/vlic-demo",
+        help="report folder (default: reports/vlic-demo)",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=PRESETS,
+        default="full",
+        help="full (~10 min on 2 cores) or smoke (~1 min)",
+    )
+    parser.add_argument("--stage1-steps", type=int, help="override the pre-training steps")
+    parser.add_argument("--stage2-steps", type=int, help="override the post-training steps")
+    parser.add_argument(
+        "--judge",
+        default=None,
+        help=f"judge type (default: 'openai' when --judge-base-url or ${JUDGE_URL_ENV} is set, else 'ssimulacra2')",
+    )
+    parser.add_argument(
+        "--judge-base-url", default=os.environ.get(JUDGE_URL_ENV), help="OpenAI-compatible endpoint"
+    )
+    parser.add_argument(
+        "--judge-model", default=os.environ.get(JUDGE_MODEL_ENV), help="VLM name at that endpoint"
+    )
+    parser.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the API key",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for training (default 1)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from compressai_vlic.recipes.demo import run
+
+    return run(args)
