@@ -3,41 +3,45 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from compressai_vlic.cli.main import main
 
 
 def _run_smoke_demo(
-    tmp_path: Path, env_overrides: dict[str, str], extra_args: tuple[str, ...] = ()
-) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run `compressai-vlic demo --preset smoke` from source; returns (process, report folder)."""
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    env_overrides: dict[str, str],
+    extra_args: tuple[str, ...] = (),
+) -> tuple[int, str, str, Path]:
+    """Run `compressai-vlic demo --preset smoke` in this process; returns (rc, out, err, folder).
+
+    The demo's own CompressAI evaluation still runs ``python -m compressai.utils.eval_model`` in a
+    fresh interpreter, as a user's would.
+    """
     out = tmp_path / "report"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}"}
-    env.pop("COMPRESSAI_VLIC_JUDGE_BASE_URL", None)
-    env.update(env_overrides)
-    cmd = [sys.executable, "-m", "compressai_vlic.cli.main", "demo", "--preset", "smoke"]
-    proc = subprocess.run(
-        [*cmd, "-o", str(out), *extra_args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return proc, out
+    monkeypatch.delenv("COMPRESSAI_VLIC_JUDGE_BASE_URL", raising=False)
+    for key, value in env_overrides.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["demo", "--preset", "smoke", "-o", str(out), *extra_args])
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err, out
 
 
 @pytest.mark.slow
-def test_demo_smoke_writes_a_complete_report(tmp_path):
-    proc, out = _run_smoke_demo(tmp_path, {})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"report written to {out}" in proc.stdout
+def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
+    rc, stdout, stderr, out = _run_smoke_demo(tmp_path, monkeypatch, capsys, {})
+    assert rc == 0, stderr[-3000:]
+    assert f"report written to {out}" in stdout
     report = json.loads((out / "report.json").read_text())
     results = report["compressai_eval"]["results"]
     assert len(results["bpp"]) == 2 and all(b > 0 for b in results["bpp"])
@@ -58,13 +62,15 @@ def test_demo_smoke_writes_a_complete_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_uses_a_configured_vlm_endpoint(tmp_path):
+def test_demo_uses_a_configured_vlm_endpoint(tmp_path, monkeypatch, capsys):
     """With an endpoint configured (env var), post-training asks the VLM over real HTTP."""
     from compressai_vlic.testing.loopback_server import run_server
 
     with run_server() as server:
-        proc, out = _run_smoke_demo(
+        rc, _stdout, stderr, out = _run_smoke_demo(
             tmp_path,
+            monkeypatch,
+            capsys,
             {
                 "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
                 "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
@@ -72,7 +78,7 @@ def test_demo_uses_a_configured_vlm_endpoint(tmp_path):
             ("--judge-api-key-env", ""),
         )
         stats = server.stats()
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert rc == 0, stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["judge"]["judge_type"] == "openai"
     assert report["judge"]["judge_kwargs"]["model"] == "loopback-vlm"

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 JUDGE_MODULE = textwrap.dedent(
     '''
-    """A slow judge that records every real call (cache hits never reach it)."""
+    """A slow judge that records every real call (cache hits never reach it) and can be held."""
     import hashlib, json, os, time
     from compressai_vlic.judges.types import Choice, Judgment, Vote
 
@@ -34,6 +34,12 @@ JUDGE_MODULE = textwrap.dedent(
             return {"judge": "counting"}
 
         def compare(self, reference, a, b):
+            # The test holds the judge (a "hold" file): the call waits, and says so ("held").
+            folder = os.path.dirname(self.log_path)
+            if os.path.exists(os.path.join(folder, "hold")):
+                open(os.path.join(folder, "held"), "a").close()
+                while os.path.exists(os.path.join(folder, "hold")):
+                    time.sleep(0.01)
             time.sleep(self.delay_s)
             digest = hashlib.sha256(a.numpy().tobytes() + b.numpy().tobytes()).hexdigest()
             with open(self.log_path, "a") as fh:
@@ -107,7 +113,12 @@ def test_kill_and_resume_post_training_loses_no_judged_pair(tmp_path):
         assert first.poll() is None, first.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint at step 10 in time"
         time.sleep(0.2)
-    time.sleep(1.0)  # let training run past the checkpoint with judgments in flight
+    # Hold the judge, and kill once a call is waiting in it: that pair is pending, not judged.
+    (root / "hold").touch()
+    while not (root / "held").exists():
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no judge call after the checkpoint in time"
+        time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=60)
     first.stderr.close()
@@ -118,6 +129,7 @@ def test_kill_and_resume_post_training_loses_no_judged_pair(tmp_path):
     in_flight = set(pending_before) - set(judged_before)
     assert in_flight, "the kill should interrupt pairs waiting for the judge"
 
+    (root / "hold").unlink()
     last = root / "checkpoints" / "last.ckpt"
     resumed_from = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     target_steps = resumed_from + 10

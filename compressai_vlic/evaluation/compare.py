@@ -453,18 +453,19 @@ class ComparisonRunner:
         return out
 
     def _add_judge(self, points: list[CurvePoint], sources: list[_Source]) -> list[CurvePoint]:
-        from compressai_vlic.judges.factory import make_judge
+        from compressai_vlic.judges.spec import JudgeSpec
         from compressai_vlic.judges.types import Choice, JudgeRequest
 
         reference = self.settings.reference_codec
         if not reference:
             raise ConfigError("a judge win-rate needs a reference codec")
-        judge = make_judge(self.settings.judge_type, **self.settings.judge_options)
-        if callable(getattr(judge, "cache_identity", None)):  # VLM judges: never pay twice
-            from compressai_vlic.judges.cache import CachedJudge
-
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            judge = CachedJudge(judge, self.cache_dir / "judgments.sqlite")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # VLM judges are cached: never pay twice for the same question.
+        judge = JudgeSpec(
+            backend=self.settings.judge_type,
+            options=dict(self.settings.judge_options),
+            cache=str(self.cache_dir / "judgments.sqlite"),
+        ).build()
         ref_points = [p for p in points if p.codec == reference]
         out = []
         for point in points:

@@ -1,16 +1,23 @@
 """Build any judge from a type string: ``make_judge("openai", model=..., base_url=...)``.
 
-Two registries: ``_REGISTRY`` holds factories registered at import time with
-``@register_judge(name)``; ``LAZY_JUDGES`` maps a name to ``"module:attr"`` that is imported only
-when that judge is asked for, so this module imports nothing heavy and no judge module has to be
-imported up front (no import cycles). Adding a judge type is a one-line edit of ``LAZY_JUDGES`` or a
-decorator in the judge's own module.
+Where a judge type is looked up, in order: ``_REGISTRY`` (factories registered at import time
+with ``@register_judge(name)``); ``LAZY_JUDGES``, the built-in table (``"module:attr"`` imported
+only when that judge is asked for, so this module imports nothing heavy); the
+``compressai_vlic.judges`` entry-point group, where any installed distribution registers its own
+judges as CompressAI models are registered::
+
+    [project.entry-points."compressai_vlic.judges"]
+    my_vlm = "my_package.judges:MyVLMJudge"
+
+and finally a literal ``"package.module:factory"``. The built-in table also answers when the
+installed metadata predates a judge (e.g. running from a source checkout).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +25,9 @@ from compressai_vlic.errors import ConfigError
 
 JudgeFactory = Callable[..., Any]
 F = TypeVar("F", bound=JudgeFactory)
+
+#: Entry-point group third-party judges register in (name -> class or factory returning a Judge).
+ENTRY_POINT_GROUP = "compressai_vlic.judges"
 
 _REGISTRY: dict[str, JudgeFactory] = {}
 
@@ -45,8 +55,13 @@ def register_judge(name: str) -> Callable[[F], F]:
     return deco
 
 
+def entry_point_judges() -> dict[str, str]:
+    """Judges declared in the ``compressai_vlic.judges`` entry-point group: name -> "module:attr"."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def available_judges() -> list[str]:
-    return sorted(set(_REGISTRY) | set(LAZY_JUDGES))
+    return sorted(set(_REGISTRY) | set(LAZY_JUDGES) | set(entry_point_judges()))
 
 
 def resolve_judge_type(judge_type: str) -> JudgeFactory:
@@ -54,6 +69,8 @@ def resolve_judge_type(judge_type: str) -> JudgeFactory:
     if judge_type in _REGISTRY:
         return _REGISTRY[judge_type]
     target = LAZY_JUDGES.get(judge_type)
+    if target is None:
+        target = entry_point_judges().get(judge_type)
     if target is None and ":" in judge_type:
         target = judge_type  # a user-supplied "package.module:factory"
     if target is None:

@@ -25,29 +25,48 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.spec import JudgeSpec
+from compressai_vlic.recipes.configs import load_config
 
 JUDGE_URL_ENV = "COMPRESSAI_VLIC_JUDGE_BASE_URL"
 JUDGE_MODEL_ENV = "COMPRESSAI_VLIC_JUDGE_MODEL"
 PRESETS = ("full", "smoke")
-# The "test" codec with wider transformers: at width 32 the codec barely learns in minutes on a
-# CPU (sampled PSNR ~10 dB after 2,000 steps); width 96 reaches ~16 dB in the same time.
-DEMO_MODEL_OVERRIDES = {
-    "encoder_width": 96,
-    "encoder_heads": 4,
-    "decoder_width": 96,
-    "decoder_heads": 4,
-}
+#: The trainer's configs the demo runs (``configs/train/``): model, data and trainer settings.
+STAGE1_CONFIG = "tiny_stage1"
+STAGE2_CONFIG = "tiny_stage2"
 EVAL_PHOTOS = ("chelsea", "flower")
+# What the smoke preset changes from the configs (tests: the whole path in about a minute).
+SMOKE_OVERRIDES = {
+    "stage1_steps": 6,
+    "stage2_steps": 4,
+    "batch_size": 4,
+    "buffer_size": 16,
+    "refresh_every": 2,
+    "warmup_pairs": 8,
+    "dpo_batch_size": 4,
+    "duel_crops_per_photo": 4,
+}
+# Trainer settings the demo takes from the configs; the rest (steps, logging, checkpoints, root
+# folder) follow the plan.
+_TRAINER_KEYS = (
+    "accelerator",
+    "devices",
+    "precision",
+    "check_val_every_n_epoch",
+    "limit_val_batches",
+    "num_sanity_val_steps",
+    "gradient_clip_val",
+)
 
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """Steps and sizes of one demo run (``full``: the README run; ``smoke``: tests, ~1 minute)."""
+    """Steps and sizes of one demo run (``full``: the configs as they are; ``smoke``: tests)."""
 
     stage1_steps: int
     stage2_steps: int
@@ -63,12 +82,43 @@ class DemoPlan:
     duel_crops_per_photo: int
 
     @classmethod
-    def preset(cls, name: str) -> DemoPlan:
-        if name == "full":
-            return cls(3000, 800, 16, 1e-3, 2e-5, 256, 50, 128, 16, 2500.0, 256, 32)
-        if name == "smoke":
-            return cls(6, 4, 4, 1e-3, 2e-5, 16, 2, 8, 4, 2500.0, 256, 4)
-        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    def from_configs(cls, stage1: dict[str, Any], stage2: dict[str, Any]) -> DemoPlan:
+        """The plan of the trainer's stage-1 and stage-2 configs (``full`` preset)."""
+        m1, m2 = stage1["model"]["init_args"], stage2["model"]["init_args"]
+        return cls(
+            stage1_steps=stage1["trainer"]["max_steps"],
+            stage2_steps=stage2["trainer"]["max_steps"],
+            batch_size=stage1["data"]["init_args"]["batch_size"],
+            stage1_lr=m1["lr"],
+            stage2_lr=m2["lr"],
+            buffer_size=m2["buffer_size"],
+            refresh_every=m2["refresh_every"],
+            warmup_pairs=m2["warmup_pairs"],
+            dpo_batch_size=m2["dpo_batch_size"],
+            beta=m2["beta"],
+            eval_max_side=stage1["data"]["init_args"].get("max_side") or 256,
+            duel_crops_per_photo=32,
+        )
+
+    @classmethod
+    def preset(cls, name: str, configs: DemoConfigs | None = None) -> DemoPlan:
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        configs = configs or DemoConfigs.load()
+        plan = cls.from_configs(configs.stage1, configs.stage2)
+        return plan if name == "full" else replace(plan, **SMOKE_OVERRIDES)
+
+
+@dataclass(frozen=True)
+class DemoConfigs:
+    """The parsed stage-1 and stage-2 training configs."""
+
+    stage1: dict[str, Any]
+    stage2: dict[str, Any]
+
+    @classmethod
+    def load(cls) -> DemoConfigs:
+        return cls(load_config(STAGE1_CONFIG), load_config(STAGE2_CONFIG))
 
 
 @dataclass
@@ -141,14 +191,16 @@ def _series(csv_path: Path, key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def _trainer(root: Path, steps: int, callbacks: list[Any], log_every: int) -> Any:
+def _trainer(
+    root: Path, steps: int, callbacks: list[Any], log_every: int, config: dict[str, Any]
+) -> Any:
+    """A Trainer with the config's device and validation settings and the plan's step counts."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
     return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+        **{k: config["trainer"][k] for k in _TRAINER_KEYS if k in config["trainer"]},
         max_steps=steps,
         default_root_dir=str(root),
         logger=CSVLogger(str(root), name="", version=""),
@@ -158,13 +210,17 @@ def _trainer(root: Path, steps: int, callbacks: list[Any], log_every: int) -> An
         ],
         log_every_n_steps=log_every,
         val_check_interval=max(1, steps // 4),
-        check_val_every_n_epoch=None,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
         enable_progress_bar=sys.stderr.isatty(),
         enable_model_summary=False,
     )
+
+
+def _callback_args(config: dict[str, Any], class_name: str) -> dict[str, Any] | None:
+    """``init_args`` of the config's callback named ``class_name`` (None when it has none)."""
+    for cb in config["trainer"].get("callbacks") or []:
+        if cb["class_path"].rpartition(".")[2] == class_name:
+            return dict(cb.get("init_args") or {})
+    return None
 
 
 def _eval_images(folder: Path, max_side: int) -> list[Path]:
@@ -380,30 +436,40 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class DemoRun:
+    """The state one demo run hands from step to step."""
+
+    args: argparse.Namespace
+    plan: DemoPlan
+    configs: DemoConfigs
+    judge_spec: JudgeSpec
+    out: Path
+    report: DemoReport
+    t_start: float
+    data: Any = None
+    stage1_ckpt: Path | None = None
+    stage2_ckpt: Path | None = None
+    exported: list[Path] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+
+
+def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
     warnings.filterwarnings("ignore", message=".*treespec.*")
     warnings.filterwarnings(
         "ignore", message=".*module\\(s\\) in eval mode.*"
     )  # the frozen reference
-    import pytorch_lightning as pl
-    import torch
-
     # Lightning's start-up tips and device banners would bury the demo's own progress lines.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    from compressai_vlic_lightning import (
-        EMA,
-        PhotosDataModule,
-        Stage1Module,
-        Stage2Module,
-        export_checkpoint,
-    )
 
-    from compressai_vlic.image_io import load_image
-    from compressai_vlic.metrics import get_metric
-    from compressai_vlic.models import VLIC
 
-    plan = DemoPlan.preset(args.preset)
+def prepare(args: argparse.Namespace) -> DemoRun:
+    """Plan, judge and a clean report folder (earlier runs' stage folders are removed)."""
+    import torch
+
+    configs = DemoConfigs.load()
+    plan = DemoPlan.preset(args.preset, configs)
     if args.stage1_steps is not None or args.stage2_steps is not None:
         plan = DemoPlan(
             **{
@@ -413,6 +479,9 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     judge_type, judge_kwargs, judge_compose = _judge_settings(args)
+    judge_spec = JudgeSpec.from_config(
+        {"judge_type": judge_type, "judge_kwargs": judge_kwargs, "judge_compose": judge_compose}
+    )
     torch.set_num_threads(max(1, args.threads))
     out = Path(args.output).resolve()
     for sub in ("stage1", "stage2", "checkpoints", "eval", "side_by_side"):
@@ -430,66 +499,89 @@ def run(args: argparse.Namespace) -> int:
             "judge_compose": judge_compose,
         },
     )
-    t_start = time.perf_counter()
-    print(f"[demo] report folder: {out}", flush=True)
+    return DemoRun(args, plan, configs, judge_spec, out, report, time.perf_counter())
 
-    # ---------------------------------------------------------------- stage 1
-    pl.seed_everything(args.seed, workers=True, verbose=False)
+
+def pretrain(run: DemoRun) -> Path:
+    """Stage 1: pre-train the tiny codec as ``tiny_stage1.yaml`` says, for the plan's steps."""
+    import pytorch_lightning as pl
+    from compressai_vlic_lightning import EMA, PhotosDataModule, Stage1Module
+
+    plan, out, report, cfg = run.plan, run.out, run.report, run.configs.stage1
+    pl.seed_everything(run.args.seed, workers=True, verbose=False)
     print(
         f"[demo] stage 1: pre-training the tiny codec for {plan.stage1_steps} steps on bundled photos",
         flush=True,
     )
     t0 = time.perf_counter()
-    data = PhotosDataModule(crop_size=32, batch_size=plan.batch_size, samples_per_epoch=2048)
+    run.data = PhotosDataModule(**{**cfg["data"]["init_args"], "batch_size": plan.batch_size})
+    model_args = cfg["model"]["init_args"]
     stage1 = Stage1Module(
-        quality="test",
-        model_overrides=DEMO_MODEL_OVERRIDES,
-        lr=plan.stage1_lr,
-        warmup_steps=min(50, plan.stage1_steps // 10),
-        perceptual_weight=0.2,
+        **{
+            **model_args,
+            "lr": plan.stage1_lr,
+            "warmup_steps": min(model_args.get("warmup_steps", 0), plan.stage1_steps // 10),
+        }
     )
+    ema = _callback_args(cfg, "EMA")
     trainer = _trainer(
         out / "stage1",
         plan.stage1_steps,
-        [EMA(decay=0.99)],
+        [EMA(**ema)] if ema is not None else [],
         log_every=max(1, plan.stage1_steps // 100),
+        config=cfg,
     )
-    trainer.fit(stage1, data)
+    trainer.fit(stage1, run.data)
     report.timings_s["stage1"] = time.perf_counter() - t0
     report.stage1 = {
         "steps": trainer.global_step,
         "perceptual_loss": asdict(stage1.perceptual_choice),
         "last_logged": _last_metrics(out / "stage1" / "metrics.csv"),
     }
-    ckpt1 = out / "stage1" / "checkpoints" / "last.ckpt"
+    run.stage1_ckpt = out / "stage1" / "checkpoints" / "last.ckpt"
     print(f"[demo]   done in {report.timings_s['stage1']:.0f} s", flush=True)
+    return run.stage1_ckpt
 
-    # ---------------------------------------------------------------- stage 2
-    judge_name = judge_type if judge_type != "openai" else f"{judge_type}:{judge_kwargs['model']}"
+
+def posttrain(run: DemoRun) -> Path:
+    """Stage 2: Diffusion-DPO as ``tiny_stage2.yaml`` says, with the run's judge."""
+    import pytorch_lightning as pl
+    from compressai_vlic_lightning import Stage2Module
+
+    plan, out, report, spec = run.plan, run.out, run.report, run.judge_spec
+    judge_name = spec.backend if spec.backend != "openai" else f"{spec.backend}:{spec.model}"
     print(
         f"[demo] stage 2: Diffusion-DPO post-training for {plan.stage2_steps} steps, judge = {judge_name}",
         flush=True,
     )
     t0 = time.perf_counter()
-    pl.seed_everything(args.seed + 1, workers=True, verbose=False)
+    pl.seed_everything(run.args.seed + 1, workers=True, verbose=False)
+    judge = report.judge
     stage2 = Stage2Module(
-        init_from=str(ckpt1),
-        quality="test",
-        lr=plan.stage2_lr,
-        beta=plan.beta,
-        dpo_batch_size=plan.dpo_batch_size,
-        judge_type=judge_type,
-        judge_kwargs=judge_kwargs,
-        judge_compose=judge_compose,
-        buffer_size=plan.buffer_size,
-        refresh_every=plan.refresh_every,
-        warmup_pairs=plan.warmup_pairs,
-        seed=args.seed,
+        **{
+            **run.configs.stage2["model"]["init_args"],
+            "init_from": str(run.stage1_ckpt),
+            "quality": run.configs.stage1["model"]["init_args"].get("quality", "test"),
+            "lr": plan.stage2_lr,
+            "beta": plan.beta,
+            "dpo_batch_size": plan.dpo_batch_size,
+            "judge_type": judge["judge_type"],
+            "judge_kwargs": judge["judge_kwargs"],
+            "judge_compose": judge["judge_compose"],
+            "buffer_size": plan.buffer_size,
+            "refresh_every": plan.refresh_every,
+            "warmup_pairs": plan.warmup_pairs,
+            "seed": run.args.seed,
+        }
     )
     trainer = _trainer(
-        out / "stage2", plan.stage2_steps, [], log_every=max(1, plan.stage2_steps // 100)
+        out / "stage2",
+        plan.stage2_steps,
+        [],
+        log_every=max(1, plan.stage2_steps // 100),
+        config=run.configs.stage2,
     )
-    trainer.fit(stage2, data)
+    trainer.fit(stage2, run.data)
     report.timings_s["stage2"] = time.perf_counter() - t0
     prefs = out / "stage2" / "preferences"
     judged = [
@@ -505,52 +597,67 @@ def run(args: argparse.Namespace) -> int:
         "preferences_folder": str(prefs),
         "last_logged": _last_metrics(out / "stage2" / "metrics.csv"),
     }
-    ckpt2 = out / "stage2" / "checkpoints" / "last.ckpt"
+    run.stage2_ckpt = out / "stage2" / "checkpoints" / "last.ckpt"
     print(
         f"[demo]   done in {report.timings_s['stage2']:.0f} s ({len(judged)} pairs judged)",
         flush=True,
     )
+    return run.stage2_ckpt
 
-    # ---------------------------------------------------------------- export + CompressAI eval
+
+def export_and_evaluate(run: DemoRun) -> dict[str, Any]:
+    """Export both stages as CompressAI checkpoints and run CompressAI's ``eval_model`` on them."""
+    from compressai_vlic_lightning import export_checkpoint
+
+    out = run.out
     t0 = time.perf_counter()
-    exported = [
-        export_checkpoint(ckpt1, out / "checkpoints" / "vlic-test-stage1.pth.tar").path,
-        export_checkpoint(ckpt2, out / "checkpoints" / "vlic-test-stage2.pth.tar").path,
+    run.exported = [
+        export_checkpoint(run.stage1_ckpt, out / "checkpoints" / "vlic-test-stage1.pth.tar").path,
+        export_checkpoint(run.stage2_ckpt, out / "checkpoints" / "vlic-test-stage2.pth.tar").path,
     ]
     images_dir = out / "eval" / "images"
-    images = _eval_images(images_dir, plan.eval_max_side)
+    run.images = _eval_images(images_dir, run.plan.eval_max_side)
     print(
         "[demo] evaluating both checkpoints with python -m compressai.utils.eval_model", flush=True
     )
-    report.compressai_eval = _compressai_eval(exported, images_dir, out / "eval")
-    report.timings_s["compressai_eval"] = time.perf_counter() - t0
+    run.report.compressai_eval = _compressai_eval(run.exported, images_dir, out / "eval")
+    run.report.timings_s["compressai_eval"] = time.perf_counter() - t0
+    return run.report.compressai_eval
 
-    # ---------------------------------------------------------------- per-image metrics, pictures
-    t0 = time.perf_counter()
-    models = {
-        "before": VLIC.from_state_dict(
-            torch.load(exported[0], map_location="cpu", weights_only=True)
-        ).eval(),
-        "after": VLIC.from_state_dict(
-            torch.load(exported[1], map_location="cpu", weights_only=True)
-        ).eval(),
-    }
-    metric_names = ["psnr", "ms_ssim", "ssimulacra2", "lpips"]
+
+def _metrics(report: DemoReport) -> dict[str, Any]:
+    from compressai_vlic.metrics import get_metric
+
     metrics = {}
-    for name in metric_names:
+    for name in ["psnr", "ms_ssim", "ssimulacra2", "lpips"]:
         try:
             metrics[name] = get_metric(name)
         except Exception as exc:  # e.g. LPIPS without its weights: reported, not fatal
             report.summary.setdefault("metrics_unavailable", {})[name] = str(exc).split(". ")[0]
-    from compressai_vlic.judges import make_judge
+    return metrics
 
-    judge = make_judge(judge_type, **judge_kwargs)
-    if judge_compose:
-        from compressai_vlic.judges.compose import ComposeSpec, compose
 
-        judge = compose(judge, ComposeSpec(**judge_compose))
+def compare_stages(run: DemoRun) -> None:
+    """Per-image metrics and judge verdicts (before vs after), side-by-side pictures, crop duel."""
+    import torch
+
+    from compressai_vlic.image_io import load_image
+    from compressai_vlic.models import VLIC
+
+    report, out = run.report, run.out
+    t0 = time.perf_counter()
+    models = {
+        "before": VLIC.from_state_dict(
+            torch.load(run.exported[0], map_location="cpu", weights_only=True)
+        ).eval(),
+        "after": VLIC.from_state_dict(
+            torch.load(run.exported[1], map_location="cpu", weights_only=True)
+        ).eval(),
+    }
+    metrics = _metrics(report)
+    judge = run.judge_spec.build()
     wins = {"after": 0, "before": 0, "abstain": 0}
-    for path in images:
+    for path in run.images:
         x = load_image(path).tensor[None]
         row: dict[str, Any] = {"image": path.name, "size": list(x.shape[-2:])}
         decoded = {}
@@ -568,29 +675,33 @@ def run(args: argparse.Namespace) -> int:
         wins[key] += 1
         row["judge_prefers"] = key
         report.per_image.append(row)
-        stem = path.stem
         _side_by_side(
             [
                 ("original", x),
                 ("before DPO (stage 1)", decoded["before"]),
                 ("after DPO (stage 2)", decoded["after"]),
             ],
-            out / "side_by_side" / f"{stem}.png",
+            out / "side_by_side" / f"{path.stem}.png",
         )
-    report.summary["judge_2afc_crops"] = _crop_duel(models, judge, plan)
+    report.summary["judge_2afc_crops"] = _crop_duel(models, judge, run.plan)
     report.timings_s["report"] = time.perf_counter() - t0
-    report.timings_s["total"] = time.perf_counter() - t_start
     for name in [*metrics, "bpp"]:
         for label in ("before", "after"):
             report.summary[f"{label}_{name}"] = _mean(
                 [r.get(f"{label}_{name}") for r in report.per_image]
             )
     report.summary["judge_2afc_after_vs_before"] = wins
+
+
+def write_report(run: DemoRun) -> Path:
+    """report.json and the plots; prints the summary."""
+    report, out = run.report, run.out
+    report.timings_s["total"] = time.perf_counter() - run.t_start
     report.files = {
         "report": str(out / "report.json"),
         "side_by_side": str(out / "side_by_side"),
-        "stage1_checkpoint": str(exported[0]),
-        "stage2_checkpoint": str(exported[1]),
+        "stage1_checkpoint": str(run.exported[0]),
+        "stage2_checkpoint": str(run.exported[1]),
         "compressai_eval_json": str(out / "eval" / "compressai_eval.json"),
         **_plots(report, out, out / "stage1" / "metrics.csv", out / "stage2" / "metrics.csv"),
     }
@@ -599,6 +710,19 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"[demo] report written to {out} (report.json, rate_quality.png, side_by_side/)", flush=True
     )
+    return out / "report.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole job: prepare, pre-train, post-train, evaluate, compare, report."""
+    _quiet()
+    demo = prepare(args)
+    print(f"[demo] report folder: {demo.out}", flush=True)
+    pretrain(demo)
+    posttrain(demo)
+    export_and_evaluate(demo)
+    compare_stages(demo)
+    write_report(demo)
     return 0
 
 

@@ -205,14 +205,15 @@ class Stage2Module(pl.LightningModule):
     def _make_judge(self) -> Any:
         if self._judge is not None:
             return self._judge
-        from compressai_vlic.judges import make_judge
+        from compressai_vlic.judges.spec import JudgeSpec
 
-        judge = make_judge(self.hparams.judge_type, **(self.hparams.judge_kwargs or {}))
-        if self.hparams.judge_compose:
-            from compressai_vlic.judges.compose import ComposeSpec, compose
-
-            judge = compose(judge, ComposeSpec(**self.hparams.judge_compose))
-        return judge
+        return JudgeSpec.from_config(
+            {
+                "judge_type": self.hparams.judge_type,
+                "judge_kwargs": self.hparams.judge_kwargs,
+                "judge_compose": self.hparams.judge_compose,
+            }
+        ).build()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
