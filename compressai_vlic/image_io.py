@@ -139,10 +139,22 @@ def save_png(tensor: torch.Tensor, path: str | Path) -> Path:
         if tensor.shape[0] != 1:
             raise ValueError("save_png takes a single image")
         tensor = tensor[0]
-    arr = (tensor.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0).round()
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr.astype(np.uint8), "RGB").save(path)
+    Image.fromarray(to_uint8_array(tensor), "RGB").save(path)
     return path
+
+
+def quantize_uint8(tensor: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (any shape) -> uint8 on the CPU, rounded as CompressAI's eval rounds.
+
+    The one float-to-8-bit conversion of the package: what is stored, hashed, judged and saved.
+    """
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+
+
+def to_uint8_array(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) float image in [0, 1] -> a contiguous (H, W, 3) uint8 array (PIL, PNG)."""
+    return np.ascontiguousarray(quantize_uint8(image).numpy().transpose(1, 2, 0))
 
 
 def to_uint8(tensor: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, features
 
 from compressai_vlic.errors import CheckpointError, ConfigError
+from compressai_vlic.image_io import to_uint8_array
 
 PILLOW_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 PILLOW_QUALITY_RANGE = {"jpeg": (1, 95), "webp": (0, 100), "avif": (0, 100)}
@@ -67,10 +68,6 @@ class Codec(ABC):
     @abstractmethod
     def code(self, image: torch.Tensor, rate_point: str) -> CodedImage:
         """Encode and decode a (3, H, W) image in [0, 1] at ``rate_point``."""
-
-
-def _to_uint8_array(image: torch.Tensor) -> np.ndarray:
-    return image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def _from_uint8_array(arr: np.ndarray) -> torch.Tensor:
@@ -168,7 +165,7 @@ class PillowCodec(Codec):
         return best, cache[best]
 
     def code(self, image: torch.Tensor, rate_point: str) -> CodedImage:
-        arr = _to_uint8_array(image)
+        arr = to_uint8_array(image)
         kind, value = _parse_pillow_point(rate_point)
         start = time.perf_counter()
         if kind == "q":

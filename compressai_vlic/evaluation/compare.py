@@ -26,7 +26,7 @@ import torch
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 from compressai_vlic.evaluation.codecs import Codec, CodedImage
-from compressai_vlic.image_io import load_image, save_png
+from compressai_vlic.image_io import load_image, quantize_uint8, save_png
 
 DEFAULT_METRICS = ("psnr", "ms_ssim", "ssimulacra2", "lpips", "dists")
 DEFAULT_DISTRIBUTION_METRICS = ("fid", "kid", "fd_dino")
@@ -165,7 +165,7 @@ def _load_sources(
         for note in loaded.conversions:
             notify(f"{path.name}: {note}")
         tensor = _centre_crop(loaded.tensor, crop)
-        pixels = tensor.mul(255).round().to(torch.uint8).numpy().tobytes()
+        pixels = quantize_uint8(tensor).numpy().tobytes()
         key = f"{_slug(path.stem)}-{hashlib.sha256(pixels).hexdigest()[:12]}"
         sources.append(_Source(path.name, key, tensor))
     if not sources:

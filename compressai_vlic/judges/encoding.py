@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from compressai_vlic import image_io
 from compressai_vlic.errors import JudgeError
 
 
@@ -48,10 +49,8 @@ def check_triplet(
 
 
 def to_uint8_array(image: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) uint8, rounded the way CompressAI's eval rounds."""
-    image = check_image(image)
-    arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(arr.transpose(1, 2, 0))
+    """(H, W, 3) uint8, rounded the way CompressAI's eval rounds (after checking the image)."""
+    return image_io.to_uint8_array(check_image(image))
 
 
 def array_digest(arr: np.ndarray) -> str:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.metrics.base import DeviceLike, check_pair
 from compressai_vlic.metrics.weights import INCEPTION_FID, load_state_dict_file, resolve_weight_file
 
@@ -77,7 +78,7 @@ class InceptionFeatures(nn.Module):
         self.weights_path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        return self.net(quantize_uint8(x).to(x.device))
 
 
 class DinoV2Features(nn.Module):

@@ -25,6 +25,13 @@ def _to_255(x: torch.Tensor) -> torch.Tensor:
     return (x * 255.0).clamp(0, 255).round()
 
 
+def psnr(reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of (B, 3, H, W) images in [0, 1], on 8-bit-rounded values as in
+    CompressAI's eval, computed in float64 (identical images give +inf)."""
+    mse = (_to_255(reference).double() - _to_255(distorted).double()).pow(2).mean(dim=(1, 2, 3))
+    return 20 * np.log10(255.0) - 10 * torch.log10(mse)
+
+
 class PSNR(PairMetric):
     """PSNR in dB on 8-bit-rounded RGB, per image (identical images give +inf)."""
 
@@ -32,8 +39,7 @@ class PSNR(PairMetric):
     higher_is_better = True
 
     def _compute(self, reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
-        mse = (_to_255(reference).double() - _to_255(distorted).double()).pow(2).mean(dim=(1, 2, 3))
-        return 20 * np.log10(255.0) - 10 * torch.log10(mse)
+        return psnr(reference, distorted)
 
 
 def ms_ssim_levels(height: int, width: int, win_size: int = 11) -> int:

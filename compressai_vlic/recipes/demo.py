@@ -298,16 +298,11 @@ def _decode_like_eval_model(model: Any, x: Any) -> tuple[Any, int]:
 def _side_by_side(panels: list[tuple[str, Any]], path: Path) -> Path:
     from PIL import Image, ImageDraw
 
-    from compressai_vlic.image_io import to_uint8
+    from compressai_vlic.image_io import to_uint8_array
 
-    tiles = []
-    for _label, img in panels:
-        arr = (
-            (to_uint8(img[0] if img.dim() == 4 else img).permute(1, 2, 0).numpy() * 255)
-            .round()
-            .astype("uint8")
-        )
-        tiles.append(Image.fromarray(arr))
+    tiles = [
+        Image.fromarray(to_uint8_array(img[0] if img.dim() == 4 else img)) for _, img in panels
+    ]
     w, h = tiles[0].size
     header, gap = 18, 4
     canvas = Image.new("RGB", (len(tiles) * w + (len(tiles) - 1) * gap, h + header), "white")

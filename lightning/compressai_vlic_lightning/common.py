@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,14 @@ def adamw(
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Per-image PSNR on 8-bit-rounded values, like CompressAI's eval."""
-    a = x.clamp(0, 1).mul(255).round()
-    b = y.clamp(0, 1).mul(255).round()
-    mse = (a - b).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return 10 * torch.log10(255.0**2 / mse)
+    """Per-image PSNR on 8-bit-rounded values, like CompressAI's eval (the ``psnr`` metric),
+    in ``x``'s dtype; capped (MSE >= 1e-10) so identical images do not put +inf into the logs."""
+    from compressai_vlic.metrics.fidelity import psnr as psnr_db
+
+    return psnr_db(x, y).clamp(max=_PSNR_CAP_DB).to(x.dtype)
+
+
+_PSNR_CAP_DB = 10 * math.log10(255.0**2 / 1e-10)
 
 
 def fixed_flow_matching(model: Any, batch: Tensor, seed: int) -> tuple[Any, Any]:

@@ -33,17 +33,13 @@ from PIL import Image
 from torch import Tensor
 
 from compressai_vlic.errors import DatasetError, JudgeError
+from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
 
 log = logging.getLogger(__name__)
 
 WORKER_TYPES = ("thread", "inline")
 CALL_TYPES = ("async", "batch")
-
-
-def quantize_uint8(images: Tensor) -> Tensor:
-    """Float images in [0, 1] -> uint8 (what is stored and judged)."""
-    return images.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
 
 
 def to_float(images: Tensor) -> Tensor:
