@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -111,20 +108,24 @@ def test_fd_dino_is_near_zero_for_a_lossless_codec(photo_folder, tmp_path, tiny_
     assert 0 <= point.distribution["fd_dino"] < 1e-2
 
 
-def test_cli_compare(photo_folder, tmp_path):
+def test_cli_compare(photo_folder, tmp_path, capsys):
+    from compressai_vlic.cli.main import main
+
     out = tmp_path / "cli"
-    cmd = [
-        sys.executable, "-m", "compressai_vlic.cli.main", "compare", str(photo_folder),
+    argv = [
+        "compare", str(photo_folder),
         "--codec", "jpeg", "--codec", "webp", "--bpp", "0.4", "0.8",
         "--metrics", "psnr", "ssimulacra2", "dists", "--distribution-metrics", "kid",
         "--crop", "128", "--reference-codec", "jpeg", "--judge-type", "ssimulacra2",
         "--progress-type", "none", "-o", str(out),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the source tree, not an older install
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert "metric dists skipped" in proc.stderr and "COMPRESSAI_VLIC_DISTS_WEIGHTS" in proc.stderr
-    assert "| webp | 0.4 |" in proc.stdout
+    rc = main(argv)
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert (
+        "metric dists skipped" in captured.err and "COMPRESSAI_VLIC_DISTS_WEIGHTS" in captured.err
+    )
+    assert "| webp | 0.4 |" in captured.out
     for name in ("rate_quality.png", "crops.png", "json/jpeg.json", "json/webp.json", "rows.csv"):
         assert (out / name).is_file(), name
 
