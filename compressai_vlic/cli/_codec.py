@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compressai_vlic.errors import CheckpointError, ConfigError, VLICError
+from compressai_vlic.jobs import Job, plan_jobs
 
 if TYPE_CHECKING:
     from compressai_vlic.models.vlic import VLIC
@@ -92,61 +93,6 @@ def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VL
         q: int | str = int(quality) if str(quality).isdigit() else quality
         model = zoo.vlic(q, pretrained=True)
     return model.eval()
-
-
-@dataclass(frozen=True)
-class Job:
-    """One input file and the file its result goes to."""
-
-    source: Path
-    target: Path
-
-
-@dataclass
-class Plan:
-    """Jobs to run, plus inputs refused before any work (missing paths)."""
-
-    jobs: list[Job]
-    refused: list[str]
-
-
-def plan_jobs(
-    inputs: Sequence[Path],
-    output: Path,
-    find: Callable[[Path], list[Path]],
-    suffix: str,
-) -> Plan:
-    """Map inputs to outputs: a single file may name its output file, folders are mirrored.
-
-    With one folder the tree under it is mirrored into ``output``; with several inputs each
-    folder keeps its own name as a sub-folder. Two inputs that would write the same file are
-    refused up front (e.g. ``a.png`` and ``a.jpg``) rather than one silently overwriting the other.
-    """
-    jobs: list[Job] = []
-    refused: list[str] = []
-    single_file = len(inputs) == 1 and Path(inputs[0]).is_file()
-    if single_file and output.suffix.lower() == suffix:
-        return Plan([Job(Path(inputs[0]), output)], refused)
-    for item in map(Path, inputs):
-        if item.is_dir():
-            base = output if len(inputs) == 1 else output / item.name
-            jobs += [Job(p, base / p.relative_to(item).with_suffix(suffix)) for p in find(item)]
-        elif item.is_file():
-            jobs.append(Job(item, output / item.with_suffix(suffix).name))
-        else:
-            refused.append(f"{item}: no such file or folder")
-    seen: dict[Path, Path] = {}
-    kept: list[Job] = []
-    for job in jobs:
-        if job.target in seen:
-            refused.append(
-                f"{job.source}: would overwrite {job.target}, also written from {seen[job.target]}"
-                "; rename one of them or give them separate runs"
-            )
-            continue
-        seen[job.target] = job.source
-        kept.append(job)
-    return Plan(kept, refused)
 
 
 def error_text(source: Path, exc: BaseException) -> str:
