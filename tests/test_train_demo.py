@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,13 @@ def _run_smoke_demo(
     for key, value in env_overrides.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
+    threads, lightning_log = torch.get_num_threads(), logging.getLogger("pytorch_lightning")
+    level = lightning_log.level
     try:
         rc = main(["demo", "--preset", "smoke", "-o", str(out), *extra_args])
-    finally:
+    finally:  # the demo sets both for its own run
         torch.set_num_threads(threads)
+        lightning_log.setLevel(level)
     captured = capsys.readouterr()
     return rc, captured.out, captured.err, out
 

@@ -18,6 +18,7 @@ _EXPORTS = {
     "Vote": "compressai_vlic.judges.types",
     "choice_from_score": "compressai_vlic.judges.types",
     "make_judge": "compressai_vlic.judges.factory",
+    "JudgeSpec": "compressai_vlic.judges.spec",
     "register_judge": "compressai_vlic.judges.factory",
     "available_judges": "compressai_vlic.judges.factory",
     "CachedJudge": "compressai_vlic.judges.cache",
