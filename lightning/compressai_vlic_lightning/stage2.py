@@ -98,7 +98,8 @@ class Stage2Module(pl.LightningModule):
             "lpips", ... or "package.module:factory").
         judge_kwargs: options of that judge (model, base_url, api_key_env, ...).
         judge_compose: VLIC noise control, e.g. {"order_type": "symmetrize", "votes": 3,
-            "unanimous_with": ["lpips"]} (``compressai_vlic.judges.compose.ComposeSpec``).
+            "unanimous_with": ["lpips"]}. The three build one
+            ``compressai_vlic.judges.JudgeSpec`` (``JudgeSpec.from_config``).
         preference_dataset: JSONL written by ``compressai-vlic judge`` (offline mode).
         buffer_size: judged pairs trained on (VLIC: ~2,560).
         refresh_every: steps between buffer refreshes (VLIC: 250).
