@@ -88,7 +88,8 @@ class Stage2Module(pl.LightningModule):
         quality: zoo quality used only without ``init_from``.
         model_overrides: VLIC config overrides used only without ``init_from``.
         lr: learning rate (VLIC: 5e-7 at batch 256).
-        beta: DPO temperature (VLIC's value is unpublished; 2500 = public Diffusion-DPO).
+        beta: DPO temperature (VLIC's value is unpublished; 2500 = the public eps-prediction
+            Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
         weighting_type: w(t) of the velocity errors: "eps" (1-t)^2, "uniform", "x0" t^2.
         lambda_flow: weight of the flow-matching regulariser on the originals.
         label_type: "hard" (default) or "soft": the expected DPO loss under the judge's
