@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from compressai_vlic_lightning import PhotosDataModule, Stage2Module
+from compressai_vlic_lightning import OfflinePreferences, PhotosDataModule, Stage2Module
 from compressai_vlic_lightning.preferences import PreferenceBuffer
 from conftest import photo_tensor
 from PIL import Image
@@ -252,3 +252,25 @@ def test_configs_with_votes_sample_at_a_positive_temperature():
             checked += 1
             assert (args.get("judge_kwargs") or {}).get("temperature", 0) > 0, path.name
     assert checked >= 1
+
+
+def test_whole_image_pairs_train_on_a_whole_tile_with_that_tiles_code(tmp_path, photos, codec_ckpt):
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    img = np.ascontiguousarray(photos["rocket"][200:240, 150:222])  # 40x72: a 2x3 tile grid
+    Image.fromarray(img).save(orig / "rocket.png")
+    out = tmp_path / "prefs.jsonl"
+    args = ["judge", "--originals", str(orig), "--codec-checkpoint", str(codec_ckpt)]
+    args += ["--output", str(out), "--judge-type", "psnr", "--crop-type", "image"]
+    assert vlic_main([*args, "--progress-type", "none"]) == 0
+    (row,) = read_preference_dataset(out)
+    assert row.pair_id == "rocket#s0-s1"
+    codes = PairCodes.load(row.codes)
+    assert (codes.num_tiles, codes.height, codes.width) == (6, 40, 72)
+    assert codes.whole_tiles() == [0, 1]  # the others reach into the padding
+    prefs = OfflinePreferences.from_dataset(out, 32, 16, (8, 5, 5))
+    batch = prefs.sample(8, torch.Generator().manual_seed(0))
+    for i in range(8):
+        ref = quantize(batch.reference[i])
+        k = next(k for k in (0, 1) if np.array_equal(ref, img[codes.window(k)].transpose(2, 0, 1)))
+        assert torch.equal(batch.indices[i], codes.indices[k])
