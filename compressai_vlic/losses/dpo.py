@@ -32,8 +32,8 @@ VLIC's own beta, w(t) and lambda_flow are not published; these are documented de
 
 Soft labels (``label_type="soft"``): a judge that reports P(A) gives P(winner better) = p, and the
 loss is the expected DPO loss under that label, L = p * l(w, l) + (1 - p) * l(l, w) with
-l(w, l) = -log sigmoid(z) and l(l, w) = -log sigmoid(-z) (conservative DPO with a per-pair,
-judge-given flip probability). p = 1 is the hard loss; pairs without a probability use p = 1.
+l(w, l) = -log sigmoid(z), l(l, w) = -log sigmoid(-z), z = -beta * w(t) * (D(x_w) - D(x_l))
+(conservative DPO with a per-pair, judge-given flip probability). p = 1 is the hard loss; pairs without a probability use p = 1.
 """
 
 from __future__ import annotations
