@@ -314,3 +314,29 @@ def test_self_ensemble_through_the_cache_keeps_samples_apart(triplets, tmp_path)
     out = again.compare(*triplets[0])
     assert out.cached and [v.choice for v in out.votes] == [Choice.A, Choice.B, Choice.A]
     assert all(m.judge.calls == 0 for m in again.members)  # every vote from the cache
+
+
+def test_votes_at_temperature_zero_warn(tmp_path):
+    """Self-ensembling a VLM that decodes greedily repeats one answer: the judge says so."""
+    import warnings
+
+    from compressai_vlic.judges.cache import CachedJudge
+    from compressai_vlic.judges.openai_judge import OpenAIJudge
+
+    def vlm(temperature):
+        return OpenAIJudge(
+            model="m", base_url="http://127.0.0.1:9/v1", api_key_env="", temperature=temperature
+        )
+
+    with pytest.warns(UserWarning, match="temperature 0"):
+        SelfEnsembleJudge(vlm(0.0), votes=3)
+    with pytest.warns(UserWarning, match="temperature 0"):  # found through cache and symmetrisation
+        compose(
+            CachedJudge(vlm(0.0), tmp_path / "c.sqlite"),
+            ComposeSpec(order_type="symmetrize", votes=3),
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SelfEnsembleJudge(vlm(0.7), votes=3)  # sampled votes: fine
+        SelfEnsembleJudge(vlm(0.0), votes=1)  # one vote: nothing repeated
+        SelfEnsembleJudge(FakeJudge(lambda r, a, b, k: 1.0), votes=3)  # no temperature to check

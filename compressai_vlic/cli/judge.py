@@ -142,6 +142,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     src.add_argument("--base-seed", type=int, default=0)
     src.add_argument(
+        "--crop-type",
+        choices=("tile", "image"),
+        default="tile",
+        help="codec pairs: tile = tile-size crops coded as one tile (exact samples of the decoder "
+        "given the stored code, what post-training needs); image = whole originals, tile-blended",
+    )
+    src.add_argument(
+        "--tiles-per-image",
+        type=int,
+        default=1,
+        help="codec pairs with --crop-type tile: crops per original, nearest the centre first",
+    )
+    src.add_argument(
         "--init-seed",
         type=int,
         default=0,
@@ -239,12 +252,16 @@ def run_build(args: argparse.Namespace) -> int:
             args.pairs_per_image,
             args.base_seed,
             _codec_identity(args),
+            crop_type=args.crop_type,
+            tiles_per_image=args.tiles_per_image,
         )
         pairs, prepare = maker.plan(args.originals), maker.prepare
         codec = {
             **_codec_identity(args),
             "pairs_per_image": args.pairs_per_image,
             "base_seed": args.base_seed,
+            "crop_type": args.crop_type,
+            "tiles_per_image": args.tiles_per_image,
         }
     if args.limit is not None:
         pairs = pairs[: args.limit]

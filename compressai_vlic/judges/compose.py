@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -295,6 +296,28 @@ def sample_members(judge: Judge, n: int) -> list[Judge]:
     return [judge] * n
 
 
+def sampling_temperatures(judge: Any) -> list[float]:
+    """Sampling temperatures of the backends inside ``judge`` (through caches and composites)."""
+    found: list[float] = []
+    seen: set[int] = set()
+
+    def visit(j: Any) -> None:
+        if j is None or id(j) in seen:
+            return
+        seen.add(id(j))
+        temperature = getattr(j, "temperature", None)
+        if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+            found.append(float(temperature))
+            return
+        for attr in ("judge", "inner"):
+            visit(getattr(j, attr, None))
+        for member in getattr(j, "judges", None) or ():
+            visit(member)
+
+    visit(judge)
+    return found
+
+
 # --------------------------------------------------------------------------- composite judges
 
 
@@ -362,6 +385,14 @@ class SelfEnsembleJudge(_Composite):
                 f"majority_type must be one of {MAJORITY_TYPES}, got {majority_type!r}"
             )
         self.inner, self.votes, self.majority_type = inner, votes, majority_type
+        if votes > 1 and any(t == 0 for t in sampling_temperatures(inner)):
+            warnings.warn(
+                f"{votes} votes from {inner.name} at temperature 0: greedy decoding repeats the "
+                "same answer, so the extra calls are paid for nothing; set a temperature > 0 "
+                "(e.g. judge_kwargs.temperature: 1.0) or use votes: 1",
+                UserWarning,
+                stacklevel=2,
+            )
         self.members = sample_members(inner, votes)
         self.name = f"ensemble{votes}({inner.name})"
 

@@ -35,6 +35,7 @@ from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote
 
 DATASET_VERSION = 1
 MISSING_TYPES = ("error", "skip")
+CROP_TYPES = ("tile", "image")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class PairInputs:
     b: Path
     seeds: tuple[int, int] | None = None  # decode seeds of A and B (codec pairs)
     bitstream: Path | None = None  # the shared bitstream both were decoded from (codec pairs)
+    codes: Path | None = None  # its token indices and tile layout (codec pairs, PairCodes JSON)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class PreferenceRow:
     seeds: tuple[int, int] | None = None
     bitstream: str | None = None
     version: int = DATASET_VERSION
+    codes: str | None = None  # PairCodes JSON: the tokens both decodes were sampled from
 
     @property
     def votes(self) -> list[Vote]:
@@ -96,6 +99,7 @@ class PreferenceRow:
             "prob_a": self.judgment.prob_a,
             "seeds": list(self.seeds) if self.seeds is not None else None,
             "bitstream": self.bitstream,
+            "codes": self.codes,
             "judge": self.judge,
             "judge_config": self.judge_config,
             "judgment": self.judgment.to_dict(),
@@ -118,6 +122,7 @@ class PreferenceRow:
             seeds=tuple(d["seeds"]) if d.get("seeds") is not None else None,  # type: ignore[arg-type]
             bitstream=d.get("bitstream"),
             version=int(d.get("version", DATASET_VERSION)),
+            codes=d.get("codes"),
         )
 
 
@@ -330,6 +335,7 @@ def make_row(
         judge_config=judge_config,
         seeds=pair.seeds,
         bitstream=str(pair.bitstream.resolve()) if pair.bitstream is not None else None,
+        codes=str(pair.codes.resolve()) if pair.codes is not None else None,
     )
 
 
@@ -447,9 +453,21 @@ def build_preference_dataset(
 class CodecPairMaker:
     """Two decodes of the same bitstream with different noise seeds, per original (VLIC pairs).
 
-    Each original is compressed once; the container is re-packed with each decode seed (same
-    tokens, new seed in the header) and decoded. Decodes and the bitstream are written atomically
-    under ``decode_dir`` and reused by a resumed run.
+    Each original (or tile-size crop of it) is compressed once; the container is re-packed with
+    each decode seed (same tokens, new seed in the header) and decoded. The token indices and tile
+    layout are read back from that bitstream and stored beside it (``PairCodes`` JSON, the row's
+    ``codes``), so post-training conditions on exactly the code both decodes were sampled from.
+    Crops, decodes, bitstream and codes are written atomically under ``decode_dir`` and reused by a
+    resumed run.
+
+    Args:
+        crop_type: "tile" (default): each pair is a tile-size crop of an original, coded as one
+            tile, so A and B are exact samples of the decoder given that code, and the judge
+            rates exactly the images training uses. "image": the whole original, decoded with
+            tile blending (what a user of the codec sees; training then takes one whole tile of
+            it with that tile's code, an approximation near the blended margins).
+        tiles_per_image: with "tile", how many crops per original: the non-overlapping tile grid
+            centred in the image, nearest the centre first (default 1, the centre crop).
     """
 
     def __init__(
@@ -459,14 +477,23 @@ class CodecPairMaker:
         pairs_per_image: int = 1,
         base_seed: int = 0,
         identity: dict[str, Any] | None = None,
+        crop_type: str = "tile",
+        tiles_per_image: int = 1,
     ):
         if pairs_per_image < 1:
             raise ConfigError(f"pairs_per_image must be >= 1, got {pairs_per_image}")
+        if crop_type not in CROP_TYPES:
+            raise ConfigError(f"crop_type must be one of {CROP_TYPES}, got {crop_type!r}")
+        if tiles_per_image < 1:
+            raise ConfigError(f"tiles_per_image must be >= 1, got {tiles_per_image}")
         self._check_identity(Path(decode_dir), identity or {})
         self.model = model.eval()
         self.decode_dir = Path(decode_dir)
         self.pairs_per_image = pairs_per_image
         self.base_seed = base_seed
+        self.crop_type = crop_type
+        self.tiles_per_image = tiles_per_image
+        self._crops: dict[str, tuple[Path, int, int]] = {}  # crop reference -> (source, top, left)
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -487,6 +514,32 @@ class CodecPairMaker:
     def seeds(self, i: int) -> tuple[int, int]:
         return self.base_seed + 2 * i, self.base_seed + 2 * i + 1
 
+    def _sources(self, f: Path, key: str) -> list[tuple[str, Path]]:
+        """(key, reference file) of each crop of one original, per ``crop_type``."""
+        if self.crop_type == "image":
+            return [(key, f)]
+        tile = int(self.model.config.image_size)
+        height, width = _image_size(f)
+        if height < tile or width < tile:
+            raise DatasetError(
+                f"{f}: {height}x{width} is smaller than the codec's {tile}-px tile; use larger "
+                "originals or --crop-type image"
+            )
+        if (height, width) == (tile, tile):
+            return [(key, f)]
+        rows, cols = height // tile, width // tile
+        top0, left0 = (height - rows * tile) // 2, (width - cols * tile) // 2
+        cells = [(top0 + r * tile, left0 + c * tile) for r in range(rows) for c in range(cols)]
+        cy, cx = (height - tile) / 2, (width - tile) / 2
+        cells.sort(key=lambda p: ((p[0] - cy) ** 2 + (p[1] - cx) ** 2, p))
+        out = []
+        for top, left in cells[: self.tiles_per_image]:
+            crop_key = f"{key}@y{top}x{left}"
+            ref = self.decode_dir / f"{crop_key}.png"
+            self._crops[str(ref)] = (f, top, left)
+            out.append((crop_key, ref))
+        return out
+
     def plan(self, originals: Path) -> list[PairInputs]:
         """Every pair this run will judge (no decoding yet)."""
         root = Path(originals)
@@ -496,20 +549,41 @@ class CodecPairMaker:
         base = root if root.is_dir() else root.parent
         pairs = []
         for f in files:
-            key = _stem_key(f, base)
-            for i in range(self.pairs_per_image):
-                s1, s2 = self.seeds(i)
-                pairs.append(
-                    PairInputs(
-                        pair_id=f"{key}#s{s1}-s{s2}",
-                        reference=f,
-                        a=self.decode_dir / f"{key}.s{s1}.png",
-                        b=self.decode_dir / f"{key}.s{s2}.png",
-                        seeds=(s1, s2),
-                        bitstream=self.decode_dir / f"{key}.vlic",
+            for key, reference in self._sources(f, _stem_key(f, base)):
+                for i in range(self.pairs_per_image):
+                    s1, s2 = self.seeds(i)
+                    pairs.append(
+                        PairInputs(
+                            pair_id=f"{key}#s{s1}-s{s2}",
+                            reference=reference,
+                            a=self.decode_dir / f"{key}.s{s1}.png",
+                            b=self.decode_dir / f"{key}.s{s2}.png",
+                            seeds=(s1, s2),
+                            bitstream=self.decode_dir / f"{key}.vlic",
+                            codes=self.decode_dir / f"{key}.codes.json",
+                        )
                     )
-                )
         return pairs
+
+    def _reference(self, pair: PairInputs) -> None:
+        """Write the tile-size crop a pair judges (once; a resumed run reuses it)."""
+        crop = self._crops.get(str(pair.reference))
+        if crop is None or pair.reference.is_file():
+            return
+        source, top, left = crop
+        tile = int(self.model.config.image_size)
+        x = load_image(source).tensor[:, top : top + tile, left : left + tile]
+        tmp = pair.reference.with_name(f".tmp-{pair.reference.name}")
+        save_png(x, tmp)
+        os.replace(tmp, pair.reference)
+
+    def _codes(self, pair: PairInputs, data: bytes) -> None:
+        """Store the tokens and layout inside the bitstream (exactly what A and B decode)."""
+        if pair.codes is None or pair.codes.is_file():
+            return
+        from compressai_vlic.judges.pair_codes import codes_from_stream
+
+        codes_from_stream(data, self.model).save(pair.codes)
 
     def _bitstream(self, pair: PairInputs) -> bytes:
         assert pair.bitstream is not None and pair.seeds is not None
@@ -533,17 +607,31 @@ class CodecPairMaker:
         os.replace(tmp, out)
 
     def _make(self, pair: PairInputs) -> None:
+        self._reference(pair)
         data = self._bitstream(pair)
+        self._codes(pair, data)
         assert pair.seeds is not None
         for seed, path in zip(pair.seeds, (pair.a, pair.b)):
             if not path.is_file():
                 self._decode(data, seed, path)
 
     async def prepare(self, pair: PairInputs) -> PairInputs:
-        if not (pair.a.is_file() and pair.b.is_file()):
+        done = [pair.a, pair.b, pair.reference] + ([pair.codes] if pair.codes else [])
+        if not all(p.is_file() for p in done):
             async with self._lock:  # one decode at a time: the codec uses all cores itself
                 await asyncio.to_thread(self._make, pair)
         return pair
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) as ``load_image`` will return it (EXIF rotation applied), without decoding."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
+            width, height = height, width
+    return height, width
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

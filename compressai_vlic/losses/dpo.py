@@ -11,18 +11,36 @@ sample than the frozen reference does, relative to the rejected sample. With vel
 Winner and loser must share the noise and the timestep, otherwise the difference D(x_w) - D(x_l)
 measures the noise draw instead of the preference.
 
-Why ``weighting_type="eps"`` and ``beta=2500`` by default: the eps-prediction error equals
-(1-t)^2 ||v - v_hat||^2, so weighting the velocity error by (1-t)^2 reproduces the public
-Diffusion-DPO objective exactly. That code uses ``beta_dpo=5000`` with a factor 0.5 inside the
-sigmoid (effective 2500) on per-element means. VLIC's own beta, w(t) and lambda_flow are not
-published; these are documented defaults, all configurable.
+How this relates to the public Diffusion-DPO code (SalesforceAIResearch/DiffusionDPO,
+``train.py``): there, D is the per-element mean of ||eps - eps_theta||^2 of Stable Diffusion's
+eps-prediction UNet, and L = -log sigmoid(-0.5 * beta_dpo * (D(x_w) - D(x_l))) with
+``beta_dpo=5000``, no timestep weight, and DDPM timesteps drawn uniformly from 0..999.
+
+What matches: with x_t = (1-t) x + t eps and v = eps - x, the noise estimate is
+eps_hat = x_t + (1-t) v_hat, so ||eps - eps_hat||^2 = (1-t)^2 ||v - v_hat||^2. The velocity form
+with ``weighting_type="eps"`` is therefore the eps form at the same noise level (the weight w(t)
+is the only difference between the parametrisations), and ``beta=2500`` is its 0.5 * 5000.
+
+What does not match, so beta is a value to tune, not one carried over:
+- the noise-level distribution: uniform DDPM steps under SD's scaled-linear schedule weight the
+  noise levels differently from the t drawn here (``Stage2Module.t_sampling_type``);
+- the space: SD's 4-channel VAE latents (scaled to about unit variance) against pixels in
+  [-1, 1] here, so per-element errors, and their differences, have another magnitude;
+- the model and its step: beta multiplies differences of errors whose size depends on how far
+  the policy has moved from the reference, i.e. on the learning rate and the model.
+VLIC's own beta, w(t) and lambda_flow are not published; these are documented defaults.
+
+Soft labels (``label_type="soft"``): a judge that reports P(A) gives P(winner better) = p, and the
+loss is the expected DPO loss under that label, L = p * l(w, l) + (1 - p) * l(l, w) with
+l(w, l) = -log sigmoid(z), l(l, w) = -log sigmoid(-z), z = -beta * w(t) * (D(x_w) - D(x_l))
+(conservative DPO with a per-pair, judge-given flip probability). p = 1 is the hard loss; pairs without a probability use p = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +49,8 @@ from torch import Tensor, nn
 from compressai_vlic.errors import ConfigError
 
 WEIGHTING_TYPES = ("uniform", "eps", "x0")
+LABEL_TYPES = ("hard", "soft")
+LabelType = Literal["hard", "soft"]
 DEFAULT_BETA = 2500.0
 DEFAULT_WEIGHTING = "eps"
 DEFAULT_LAMBDA_FLOW = 1.0
@@ -99,8 +119,20 @@ def diffusion_dpo_loss(
     weighting_type: str = DEFAULT_WEIGHTING,
     flow_loss: Tensor | None = None,
     lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+    label_type: LabelType = "hard",
+    prob_winner: Tensor | None = None,
 ) -> DPOOutput:
-    """DPO loss from per-sample velocity errors (each (B,)) of the trained and reference model."""
+    """DPO loss from per-sample velocity errors (each (B,)) of the trained and reference model.
+
+    Args:
+        label_type: "hard" (default): the winner is preferred for sure; "soft": the expected
+            loss under ``prob_winner`` (the judge's P(winner better); NaN entries count as 1).
+        prob_winner: (B,) probabilities in [0, 1], used only with ``label_type="soft"``.
+    """
+    if label_type not in LABEL_TYPES:
+        raise ConfigError(
+            f"unknown label_type {label_type!r}; choose from {', '.join(LABEL_TYPES)}"
+        )
     shapes = {tuple(x.shape) for x in (err_w, err_l, ref_err_w, ref_err_l)}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ConfigError(
@@ -112,7 +144,16 @@ def diffusion_dpo_loss(
     d_w = err_w - ref_err_w
     d_l = err_l - ref_err_l
     logits = -beta * timestep_weight(t, weighting_type) * (d_w - d_l)
-    dpo = -F.logsigmoid(logits).mean()
+    if label_type == "soft" and prob_winner is not None:
+        p = prob_winner.to(device=logits.device, dtype=logits.dtype).reshape(-1)
+        if p.numel() != logits.numel():
+            raise ConfigError(f"prob_winner has {p.numel()} values for {logits.numel()} pairs")
+        p = torch.where(torch.isnan(p), torch.ones_like(p), p)
+        if bool(((p < 0) | (p > 1)).any()):
+            raise ConfigError("prob_winner must lie in [0, 1]")
+        dpo = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).mean()
+    else:
+        dpo = -F.logsigmoid(logits).mean()
     flow = flow_loss if flow_loss is not None else torch.zeros((), device=dpo.device)
     accuracy = ((logits > 0).float() + 0.5 * (logits == 0).float()).mean()
     return DPOOutput(
@@ -137,7 +178,14 @@ class VLMRewardLoss(nn.Module):
     Call it on four flow-matching outputs of the model (anything with ``v_target``, ``v_pred``
     and ``t``, e.g. ``VLIC.flow_matching`` results or dicts): the trained model and the frozen
     reference, each on the winner and the loser (same noise and t). ``flow`` is the flow-matching
-    regulariser: a loss tensor or an output with ``.loss``.
+    regulariser: a loss tensor or an output with ``.loss``; ``prob_winner`` the judge's
+    P(winner better) per pair for ``label_type="soft"``.
+
+    Args:
+        beta: DPO temperature (default 2500: the public eps-prediction code's 0.5 * 5000; tune it).
+        weighting_type: w(t): "eps" (1-t)^2 (default), "uniform", "x0" t^2.
+        lambda_flow: weight of the flow-matching regulariser (default 1.0).
+        label_type: "hard" (default) or "soft" (expected loss under the judge's P(winner)).
     """
 
     def __init__(
@@ -145,8 +193,14 @@ class VLMRewardLoss(nn.Module):
         beta: float = DEFAULT_BETA,
         weighting_type: str = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+        label_type: LabelType = "hard",
     ) -> None:
         super().__init__()
+        if label_type not in LABEL_TYPES:
+            raise ConfigError(
+                f"unknown label_type {label_type!r}; choose from {', '.join(LABEL_TYPES)}"
+            )
+        self.label_type = label_type
         if beta <= 0:
             raise ConfigError(f"beta must be positive, got {beta}")
         if lambda_flow < 0:
@@ -157,7 +211,10 @@ class VLMRewardLoss(nn.Module):
         self.lambda_flow = float(lambda_flow)
 
     def extra_repr(self) -> str:
-        return f"beta={self.beta}, weighting_type={self.weighting_type!r}, lambda_flow={self.lambda_flow}"
+        return (
+            f"beta={self.beta}, weighting_type={self.weighting_type!r}, "
+            f"lambda_flow={self.lambda_flow}, label_type={self.label_type!r}"
+        )
 
     def forward(
         self,
@@ -166,6 +223,7 @@ class VLMRewardLoss(nn.Module):
         ref_w: Any,
         ref_l: Any,
         flow: Any = None,
+        prob_winner: Tensor | None = None,
     ) -> DPOOutput:
         t = _field(policy_w, "t")
         for name, other in (
@@ -195,6 +253,8 @@ class VLMRewardLoss(nn.Module):
             weighting_type=self.weighting_type,
             flow_loss=flow_loss,
             lambda_flow=self.lambda_flow,
+            label_type=self.label_type,
+            prob_winner=prob_winner,
         )
 
 

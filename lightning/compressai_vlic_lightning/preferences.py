@@ -10,6 +10,11 @@ each line flushed and fsync'ed. After a crash, :meth:`PreferenceBuffer.restore` 
 judged pair and re-queues the pending ones; with the judge cache those re-submissions cost
 nothing when their answer had been received. Images are stored as 8-bit PNG and the judge sees
 exactly those 8-bit pixels, so a resubmitted pair has the same cache key.
+
+Codes: each pair keeps the FSQ indices it was decoded from (``PairCodes``, a JSON file beside its
+PNGs, or the ``codes`` file of an offline dataset row), and training conditions winner and loser on
+exactly that code, not on a re-encoding of the original: with a trainable encoder (or a crop of a
+tiled decode) a re-encoding is another code, and the pair was never a sample given it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from torch import Tensor
 
 from compressai_vlic.errors import DatasetError, JudgeError
 from compressai_vlic.image_io import quantize_uint8
+from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,7 @@ class PreferencePair:
     step: int = 0
     round: int = 0
     judgment: Judgment | None = None
+    codes: PairCodes | None = None  # the code both decodes were sampled from (one tile)
 
     @property
     def usable(self) -> bool:
@@ -70,17 +77,55 @@ class PreferencePair:
         return (self.a, self.b) if self.judgment.choice is Choice.A else (self.b, self.a)
 
 
+def prob_winner(judgment: Judgment | None) -> float | None:
+    """The judge's probability that the chosen winner is the better image (None if not given)."""
+    if judgment is None or judgment.prob_a is None or judgment.abstained:
+        return None
+    p = float(judgment.prob_a)
+    return p if judgment.choice is Choice.A else 1.0 - p
+
+
 @dataclass
 class PreferenceBatch:
-    """Float (N, 3, H, W) originals, winners and losers; ``steps`` = when each pair was made."""
+    """Float (N, 3, H, W) originals, winners and losers; ``steps`` = when each pair was made.
+
+    ``indices`` (N, K, d) are the FSQ indices each pair was decoded from, valid where
+    ``has_codes`` is True (pairs without stored codes, e.g. external reconstructions, are
+    conditioned on the encoding of their original). ``prob_winner`` (N,) is the judge's P(winner
+    better), NaN where the judge gave no probability.
+    """
 
     reference: Tensor
     winner: Tensor
     loser: Tensor
     steps: Tensor
+    indices: Tensor | None = None
+    has_codes: Tensor | None = None
+    prob_winner: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.reference.shape[0])
+
+
+def _batch_codes(
+    codes: Sequence[Tensor | None],
+) -> tuple[Tensor | None, Tensor | None]:
+    """Stack per-pair (K, d) indices; missing ones become zeros with ``has_codes`` False."""
+    known = [c for c in codes if c is not None]
+    if not known:
+        return None, None
+    shape = known[0].shape
+    if any(c.shape != shape for c in known):
+        raise DatasetError(
+            f"pairs carry codes of different shapes ({sorted({tuple(c.shape) for c in known})})"
+        )
+    zeros = torch.zeros(shape, dtype=torch.long)
+    indices = torch.stack([c.long() if c is not None else zeros for c in codes])
+    return indices, torch.tensor([c is not None for c in codes], dtype=torch.bool)
+
+
+def _probs(values: Sequence[float | None]) -> Tensor:
+    return torch.tensor([float("nan") if v is None else v for v in values], dtype=torch.float32)
 
 
 @dataclass
@@ -243,6 +288,9 @@ class PreferenceBuffer:
         folder = self.directory / "pairs" / f"r{pair.round:05d}"
         return {k: folder / f"{pair.pair_id}_{k}.png" for k in ("reference", "a", "b")}
 
+    def _codes_path(self, pair: PreferencePair) -> Path:
+        return self.directory / "pairs" / f"r{pair.round:05d}" / f"{pair.pair_id}_codes.json"
+
     def restore(self) -> int:
         """Reload judged pairs and re-queue pending ones (after a restart); returns pairs reloaded."""
         pending = {r["pair_id"]: r for r in _read_jsonl(self.pending_path)}
@@ -265,6 +313,11 @@ class PreferenceBuffer:
                     log.warning("pair %s: images missing, dropped", pair_id)
                 self._known.add(pair_id)
                 continue
+            codes = None
+            if rec.get("codes"):
+                codes_path = Path(rec["codes"])
+                codes_path = codes_path if codes_path.is_absolute() else self.directory / codes_path
+                codes = PairCodes.load(codes_path)
             pair = PreferencePair(
                 pair_id=pair_id,
                 reference=_load_png(paths["reference"]),
@@ -272,6 +325,7 @@ class PreferenceBuffer:
                 b=_load_png(paths["b"]),
                 step=int(rec["step"]),
                 round=int(rec["round"]),
+                codes=codes,
             )
             self._known.add(pair_id)
             if pair_id in judged:
@@ -306,9 +360,15 @@ class PreferenceBuffer:
         b: Tensor,
         step: int,
         round: int,
+        codes: Sequence[PairCodes] | None = None,
     ) -> int:
-        """Persist candidate pairs (float or uint8 (N, 3, H, W)) and queue them; returns how many."""
+        """Persist candidate pairs (float or uint8 (N, 3, H, W)) and queue them; returns how many.
+
+        ``codes``: per pair, the code both decodes were sampled from (kept for training).
+        """
         self.raise_if_failed()
+        if codes is not None and len(codes) != len(pair_ids):
+            raise JudgeError(f"{len(codes)} codes for {len(pair_ids)} pairs")
         ref_u8, a_u8, b_u8 = (
             x if x.dtype == torch.uint8 else quantize_uint8(x) for x in (reference, a, b)
         )
@@ -317,23 +377,31 @@ class PreferenceBuffer:
             if pair_id in self._known:
                 continue
             pair = PreferencePair(
-                pair_id, ref_u8[i].cpu(), a_u8[i].cpu(), b_u8[i].cpu(), step, round
+                pair_id,
+                ref_u8[i].cpu(),
+                a_u8[i].cpu(),
+                b_u8[i].cpu(),
+                step,
+                round,
+                codes=codes[i] if codes is not None else None,
             )
             paths = self._pair_paths(pair)
             next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
             for key, path in paths.items():
                 _save_png(getattr(pair, key), path)
             rel = {k: str(p.relative_to(self.directory)) for k, p in paths.items()}
-            _append_line(
-                self._pending_fh,
-                {
-                    "pair_id": pair_id,
-                    "step": step,
-                    "round": round,
-                    "paths": rel,
-                    "time": time.time(),
-                },
-            )
+            record: dict[str, Any] = {
+                "pair_id": pair_id,
+                "step": step,
+                "round": round,
+                "paths": rel,
+                "time": time.time(),
+            }
+            if pair.codes is not None:
+                codes_path = self._codes_path(pair)
+                pair.codes.save(codes_path)
+                record["codes"] = str(codes_path.relative_to(self.directory))
+            _append_line(self._pending_fh, record)
             self._known.add(pair_id)
             with self._lock:
                 self._pairs[pair_id] = pair
@@ -512,32 +580,62 @@ class PreferenceBuffer:
                 log.warning("judge close() failed", exc_info=True)
 
 
+def _tile_indices(codes: PairCodes | None) -> Tensor | None:
+    """The (K, d) indices of a single-tile pair (online pairs are one training-size tile)."""
+    if codes is None:
+        return None
+    if codes.num_tiles != 1:
+        raise DatasetError(f"an online pair must be one tile, its code has {codes.num_tiles}")
+    return codes.indices[0]
+
+
 def stack_pairs(pairs: Iterable[PreferencePair]) -> PreferenceBatch:
     """Usable pairs -> a float batch with winners and losers sorted out."""
-    refs, wins, loses, steps = [], [], [], []
+    refs, wins, loses, steps, codes, probs = [], [], [], [], [], []
     for pair in pairs:
         w, lose = pair.winner_loser()
         refs.append(pair.reference)
         wins.append(w)
         loses.append(lose)
         steps.append(pair.step)
+        codes.append(_tile_indices(pair.codes))
+        probs.append(prob_winner(pair.judgment))
+    indices, has_codes = _batch_codes(codes)
     return PreferenceBatch(
         reference=to_float(torch.stack(refs)),
         winner=to_float(torch.stack(wins)),
         loser=to_float(torch.stack(loses)),
         steps=torch.tensor(steps, dtype=torch.long),
+        indices=indices,
+        has_codes=has_codes,
+        prob_winner=_probs(probs),
     )
 
 
 @dataclass
-class OfflinePreferences:
-    """Pairs from a ``compressai-vlic judge`` dataset, cropped at the training resolution.
+class OfflinePair:
+    """One usable offline pair (uint8 (3, H, W) images) with its code and P(winner), if known."""
 
-    Crops are taken at the same window in the original and both reconstructions. Abstentions
-    are dropped (and counted in ``abstained``).
+    reference: Tensor
+    winner: Tensor
+    loser: Tensor
+    codes: PairCodes | None = None
+    prob_winner: float | None = None
+
+
+@dataclass
+class OfflinePreferences:
+    """Pairs from a ``compressai-vlic judge`` dataset, at the training resolution.
+
+    A codec pair (its row has ``codes``) is trained on one whole tile that lies inside the image,
+    conditioned on that tile's stored code; with ``--crop-type tile`` (the default of
+    ``compressai-vlic judge``) the pair *is* that tile and its decodes are exact samples of the
+    decoder given the code. Rows without codes (reconstructions from folders) are cropped at a
+    random window, the same in the original and both reconstructions, and conditioned on the
+    encoding of the original's crop. Abstentions are dropped (and counted in ``abstained``).
     """
 
-    pairs: list[tuple[Tensor, Tensor, Tensor]]
+    pairs: list[OfflinePair]
     crop_size: int
     abstained: int = 0
     disagreed: int = 0
@@ -545,18 +643,27 @@ class OfflinePreferences:
     _order: list[int] = field(default_factory=list)
 
     @classmethod
-    def from_dataset(cls, path: str | Path, crop_size: int) -> OfflinePreferences:
+    def from_dataset(
+        cls,
+        path: str | Path,
+        crop_size: int,
+        num_tokens: int | None = None,
+        fsq_levels: Sequence[int] | None = None,
+    ) -> OfflinePreferences:
+        """Read a dataset; ``num_tokens``/``fsq_levels`` (the model's) check stored codes fit it."""
         from compressai_vlic.image_io import load_image
         from compressai_vlic.judges.dataset import read_preference_dataset
 
         rows = read_preference_dataset(path)
         base = Path(path).parent
-        pairs: list[tuple[Tensor, Tensor, Tensor]] = []
+        pairs: list[OfflinePair] = []
         abstained = disagreed = 0
 
+        def resolve(p: str) -> Path:
+            return Path(p) if Path(p).is_absolute() else base / p
+
         def read(p: str) -> Tensor:
-            file = Path(p) if Path(p).is_absolute() else base / p
-            return quantize_uint8(load_image(file).tensor)
+            return quantize_uint8(load_image(resolve(p)).tensor)
 
         for row in rows:
             disagreed += int(votes_disagree(row.judgment))
@@ -566,8 +673,27 @@ class OfflinePreferences:
             ref, a, b = read(row.reference), read(row.a), read(row.b)
             if not (ref.shape == a.shape == b.shape):
                 raise DatasetError(f"{path}: pair {row.pair_id} has images of different sizes")
+            codes = None
+            if row.codes:
+                codes = PairCodes.load(resolve(row.codes))
+                if num_tokens is not None and fsq_levels is not None:
+                    codes.check_model(crop_size, num_tokens, fsq_levels)
+                elif codes.tile != crop_size:
+                    raise DatasetError(
+                        f"{path}: pair {row.pair_id}: its codes are for {codes.tile}-px tiles, "
+                        f"training uses {crop_size}-px tiles"
+                    )
+                if (codes.height, codes.width) != tuple(ref.shape[1:]):
+                    raise DatasetError(
+                        f"{path}: pair {row.pair_id}: codes describe a {codes.height}x{codes.width} "
+                        f"image, the images are {ref.shape[1]}x{ref.shape[2]}"
+                    )
+                if not codes.whole_tiles():
+                    raise DatasetError(
+                        f"{path}: pair {row.pair_id}: no tile lies wholly inside the image"
+                    )
             w, lose = (a, b) if row.label is Choice.A else (b, a)
-            pairs.append((ref, w, lose))
+            pairs.append(OfflinePair(ref, w, lose, codes, prob_winner(row.judgment)))
         if not pairs:
             raise DatasetError(
                 f"{path}: no usable pairs ({len(rows)} rows, {abstained} abstentions); judge more pairs"
@@ -583,26 +709,41 @@ class OfflinePreferences:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def _window(
+        self, pair: OfflinePair, generator: torch.Generator | None
+    ) -> tuple[tuple[slice, slice, slice], Tensor | None]:
+        """Where to cut the pair, and the code of that window (None: encode the crop)."""
+        size = self.crop_size
+        if pair.codes is not None:
+            whole = pair.codes.whole_tiles()
+            k = whole[int(torch.randint(0, len(whole), (), generator=generator))]
+            rows, cols = pair.codes.window(k)
+            return (slice(None), rows, cols), pair.codes.indices[k]
+        _, h, wd = pair.reference.shape
+        if min(h, wd) < size:
+            raise DatasetError(f"preference images of {h}x{wd} are smaller than the crop {size}")
+        top = int(torch.randint(0, h - size + 1, (), generator=generator))
+        left = int(torch.randint(0, wd - size + 1, (), generator=generator))
+        return (slice(None), slice(top, top + size), slice(left, left + size)), None
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> PreferenceBatch:
         idx = torch.randint(0, len(self.pairs), (n,), generator=generator)
-        refs, wins, loses = [], [], []
-        size = self.crop_size
+        refs, wins, loses, codes, probs = [], [], [], [], []
         for i in idx.tolist():
-            ref, w, lose = self.pairs[i]
-            _, h, wd = ref.shape
-            if min(h, wd) < size:
-                raise DatasetError(
-                    f"preference images of {h}x{wd} are smaller than the crop {size}"
-                )
-            top = int(torch.randint(0, h - size + 1, (), generator=generator))
-            left = int(torch.randint(0, wd - size + 1, (), generator=generator))
-            window = (slice(None), slice(top, top + size), slice(left, left + size))
-            refs.append(ref[window])
-            wins.append(w[window])
-            loses.append(lose[window])
+            pair = self.pairs[i]
+            window, tile_codes = self._window(pair, generator)
+            refs.append(pair.reference[window])
+            wins.append(pair.winner[window])
+            loses.append(pair.loser[window])
+            codes.append(tile_codes)
+            probs.append(pair.prob_winner)
+        indices, has_codes = _batch_codes(codes)
         return PreferenceBatch(
             reference=to_float(torch.stack(refs)),
             winner=to_float(torch.stack(wins)),
             loser=to_float(torch.stack(loses)),
             steps=torch.zeros(n, dtype=torch.long),
+            indices=indices,
+            has_codes=has_codes,
+            prob_winner=_probs(probs),
         )

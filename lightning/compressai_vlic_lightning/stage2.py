@@ -5,8 +5,9 @@ Each step:
    the pair goes to the judge in the background (online mode) and is persisted first;
 2. every ``refresh_every`` steps the newest judged pairs become the training buffer;
 3. a DPO batch is drawn from the buffer: winner and loser are noised with the same eps and t,
-   conditioned on the code of their original (the encoder is trainable), and compared by the
-   trained model and the frozen stage-1 reference (:class:`compressai_vlic.losses.VLMRewardLoss`);
+   conditioned on the stored code they were decoded from (the encoder stays trainable through a
+   straight-through path), and compared by the trained model and the frozen stage-1 reference
+   (:class:`compressai_vlic.losses.VLMRewardLoss`);
 4. the flow-matching loss on the originals keeps long post-training from diverging, and the
    prior keeps following the (slowly changing) tokens.
 """
@@ -19,13 +20,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.losses import (
     DEFAULT_BETA,
     DEFAULT_LAMBDA_FLOW,
@@ -86,9 +88,12 @@ class Stage2Module(pl.LightningModule):
         quality: zoo quality used only without ``init_from``.
         model_overrides: VLIC config overrides used only without ``init_from``.
         lr: learning rate (VLIC: 5e-7 at batch 256).
-        beta: DPO temperature (VLIC's value is unpublished; 2500 = public Diffusion-DPO).
+        beta: DPO temperature (VLIC's value is unpublished; 2500 = the public eps-prediction
+            Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
         weighting_type: w(t) of the velocity errors: "eps" (1-t)^2, "uniform", "x0" t^2.
         lambda_flow: weight of the flow-matching regulariser on the originals.
+        label_type: "hard" (default) or "soft": the expected DPO loss under the judge's
+            P(winner better) where the judge reports answer probabilities (others count as sure).
         prior_weight: weight of the token prior's NLL (bpp), so the prior follows the encoder.
         dpo_batch_size: preference pairs per step.
         t_sampling_type: "uniform" or "logit_normal" timesteps for the DPO pairs.
@@ -131,6 +136,7 @@ class Stage2Module(pl.LightningModule):
         beta: float = DEFAULT_BETA,
         weighting_type: str = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+        label_type: Literal["hard", "soft"] = "hard",
         prior_weight: float = 1.0,
         dpo_batch_size: int = 8,
         t_sampling_type: str = "uniform",
@@ -180,7 +186,7 @@ class Stage2Module(pl.LightningModule):
         if freeze_type == "encoder":
             self.model.encoder.requires_grad_(False)
         self.criterion = VLMRewardLoss(
-            beta=beta, weighting_type=weighting_type, lambda_flow=lambda_flow
+            beta=beta, weighting_type=weighting_type, lambda_flow=lambda_flow, label_type=label_type
         )
         self.pairs_per_step = pairs_per_step or max(1, math.ceil(buffer_size / refresh_every))
         self.warmup_pairs = buffer_size if warmup_pairs is None else warmup_pairs
@@ -222,8 +228,9 @@ class Stage2Module(pl.LightningModule):
             return
         if hp.preference_type == "offline":
             if self.offline is None:
+                cfg = self.model.config
                 self.offline = OfflinePreferences.from_dataset(
-                    hp.preference_dataset, self.model.config.image_size
+                    hp.preference_dataset, cfg.image_size, cfg.num_tokens, cfg.fsq_levels
                 )
             return
         if self.buffer is None:
@@ -303,7 +310,12 @@ class Stage2Module(pl.LightningModule):
             )
         finally:
             self.model.train(was_training)
-        return self.buffer.submit([ids[i] for i in keep], originals, a, b, step=step, round=round_)
+        layout = self.model.layout_for(originals.shape[-2], originals.shape[-1])
+        levels = self.model.config.fsq_levels
+        codes = [PairCodes.from_layout(idx[None], layout, levels) for idx in indices]
+        return self.buffer.submit(
+            [ids[i] for i in keep], originals, a, b, step=step, round=round_, codes=codes
+        )
 
     def _refresh(self) -> None:
         assert self.buffer is not None
@@ -334,6 +346,7 @@ class Stage2Module(pl.LightningModule):
         codes = self.model.encode(ref_img).codes
         with torch.no_grad():
             ref_codes = self.reference.encode(ref_img).codes
+        codes, ref_codes = self._stored_codes(pairs, codes, ref_codes)
         t = self._sample_t(n, device)
         noise = torch.randn_like(winner)
         images = torch.cat([winner, loser])
@@ -356,6 +369,22 @@ class Stage2Module(pl.LightningModule):
         policy_w, policy_l = _split(fm, n)
         ref_w, ref_l = _split(fm_ref, n)
         return policy_w, policy_l, ref_w, ref_l
+
+    def _stored_codes(
+        self, pairs: PreferenceBatch, codes: Tensor, ref_codes: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Condition each pair on the code it was decoded from, where the pair stored one.
+
+        The value is the stored code exactly (a re-encoding differs once the encoder moves);
+        the trained encoder still gets the DPO gradient through a straight-through term.
+        """
+        if pairs.indices is None or pairs.has_codes is None:
+            return codes, ref_codes
+        stored = self.model.fsq.indices_to_codes(pairs.indices.to(codes.device))
+        stored = stored.to(codes.dtype)
+        mask = pairs.has_codes.to(codes.device).view(-1, 1, 1)
+        codes = torch.where(mask, stored + (codes - codes.detach()), codes)
+        return codes, torch.where(mask, stored, ref_codes)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -380,7 +409,9 @@ class Stage2Module(pl.LightningModule):
             loss = hp.lambda_flow * flow.loss
             log.warning("step %d: no usable judged pair yet; flow loss only", step)
         else:
-            out = self.criterion(*self.dpo_losses(pairs), flow=flow.loss)
+            out = self.criterion(
+                *self.dpo_losses(pairs), flow=flow.loss, prob_winner=pairs.prob_winner
+            )
             loss = out.loss
             logs.update(
                 {
