@@ -62,8 +62,16 @@ def test_bench_prior_only(tmp_path):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         status = main(
-            ["bench", "--prior-only", "--prior-tiles", "2", "--isolation", "inline"]
-            + ["--json", str(tmp_path / "r.json")]
+            [
+                "bench",
+                "--prior-only",
+                "--prior-tiles",
+                "2",
+                "--isolation",
+                "inline",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
         )
     assert status == 0
     report = json.loads((tmp_path / "r.json").read_text())
