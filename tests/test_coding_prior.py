@@ -174,3 +174,41 @@ def test_invalid_tokens_are_refused(prior: ARPrior) -> None:
         prior.step(state, idx[:, 0])  # first step takes no previous token
     with pytest.raises(ConfigError):
         ARPrior(LEVELS, K, width=30, depth=1, heads=4)
+
+
+def test_factorized_configs_keep_their_hash_and_causal_changes_it() -> None:
+    """Checkpoints and streams made before ``prior_digits`` existed still match their model."""
+    import hashlib
+    import json
+
+    from compressai_vlic.models.config import _UNHASHED_FIELDS, VLICConfig
+    from compressai_vlic.zoo import quality_config
+
+    for config in (quality_config("test"), quality_config(1)):
+        old = {k: v for k, v in config.to_dict().items() if k not in _UNHASHED_FIELDS}
+        del old["prior_digits"]  # what a config of an older version serialised
+        text = json.dumps(old, sort_keys=True, separators=(",", ":"))
+        assert config.config_hash() == hashlib.sha256(text.encode()).digest()[:4]
+        legacy = {k: v for k, v in config.to_dict().items() if k != "prior_digits"}
+        assert VLICConfig.from_dict(legacy) == config
+        assert config.replace(prior_digits="causal").config_hash() != config.config_hash()
+    with pytest.raises(ConfigError):
+        quality_config("test", prior_digits="joint")
+
+
+def test_vlic_with_a_causal_prior_compresses_and_decompresses(photos) -> None:
+    from compressai_vlic.zoo import vlic
+
+    torch.manual_seed(0)
+    model = vlic("test", prior_digits="causal").eval()
+    assert model.prior.intra is not None
+    x = torch.from_numpy(photos["coffee"][:40, :56].copy()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        out = model.compress(x)
+        again = model.compress(x)
+        rec = model.decompress(out["strings"], out["shape"])["x_hat"]
+    assert out["strings"] == again["strings"] and rec.shape == x.shape
+    layout, enc = model.encode_image(x)
+    payload = model.token_coder.encode(enc.indices, model.prior)
+    decoded = model.token_coder.decode(payload, model.prior, layout.num_tiles, 16)
+    assert torch.equal(decoded, enc.indices.cpu())

@@ -97,6 +97,7 @@ class IntraTokenHead(nn.Module):
         self.levels = tuple(int(v) for v in levels)
         offsets = torch.tensor((0, *self.levels[:-1])).cumsum(0)
         self.register_buffer("digit_offsets", offsets, persistent=False)
+        self._starts = [sum(self.levels[:j]) for j in range(len(self.levels))]
         self.embed = nn.Embedding(sum(self.levels), width)
         self.position = nn.Parameter(torch.zeros(len(self.levels), width))
         self.norm = nn.LayerNorm(width)
@@ -113,10 +114,7 @@ class IntraTokenHead(nn.Module):
         prefix = torch.cat([torch.zeros_like(emb[..., :1, :]), emb.cumsum(dim=-2)], dim=-2)
         z = hidden.unsqueeze(-2) + self.position + prefix[..., :d, :]
         out = self.out(F.gelu(self.fc(self.norm(z))))  # (B, K, d, sum L)
-        return [
-            out[..., j, int(o) : int(o) + n]
-            for j, (o, n) in enumerate(zip(self.digit_offsets.tolist(), self.levels))
-        ]
+        return [out[..., j, o : o + n] for j, (o, n) in enumerate(zip(self._starts, self.levels))]
 
 
 # --------------------------------------------------------------------------- coding path
@@ -279,7 +277,8 @@ class ARPrior(nn.Module):
         self.digits = digits
         offsets = torch.tensor((0, *levels[:-1])).cumsum(0)
         self.register_buffer("digit_offsets", offsets, persistent=False)
-        self._slices = [(int(o), int(o) + n) for o, n in zip(offsets.tolist(), levels)]
+        starts = [sum(levels[:j]) for j in range(len(levels))]  # Python ints: meta-device safe
+        self._slices = [(o, o + n) for o, n in zip(starts, levels)]
         self.digit_embed = nn.Embedding(sum(levels), width)
         self.start_token = nn.Parameter(torch.randn(width) * 0.02)
         config = GPT2Config(
