@@ -46,6 +46,38 @@ def _check_report(report: dict, names: list[str]) -> None:
             assert r[key] > 0
         assert r["sampler_step_ms"] == pytest.approx(r["sampler_ms"] / report["num_steps"])
         assert r["peak_memory_mib"] >= report["rss_after_model_mib"]
+    _check_prior_steps(report, [1, 12])
+
+
+def _check_prior_steps(report: dict, tiles: list[int]) -> None:
+    """The prior step is reported next to its bound and the transformers reference."""
+    assert [t["tiles"] for t in report["prior_steps"]] == tiles
+    for t in report["prior_steps"]:
+        assert t["step_ms"] > 0 and t["bound_ms"] > 0 and t["reference_ms"] > 0
+        assert t["step_over_bound"] == pytest.approx(t["step_ms"] / t["bound_ms"])
+        assert t["device"] == "cpu" and t["digits"] == "factorized"
+
+
+def test_bench_prior_only(tmp_path):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(
+            [
+                "bench",
+                "--prior-only",
+                "--prior-tiles",
+                "2",
+                "--isolation",
+                "inline",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+    assert status == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["images"] == [] and report["model"] == "vlic-test prior"
+    _check_prior_steps(report, [2])
+    assert "2 tile(s)" in out.getvalue() and "bound" in out.getvalue()
 
 
 def test_bench_inline_prints_a_table_and_writes_json(images, tmp_path):

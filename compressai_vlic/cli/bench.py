@@ -7,6 +7,12 @@ end-to-end ``compress``/``decompress`` are timed too, and the component path is 
 the same tokens and image. Peak memory is the process's ``ru_maxrss`` high-water mark, measured
 in a fresh subprocess per run (``--isolation process``) so that nothing else inflates it; on a GPU
 it is ``torch.cuda.max_memory_allocated`` per image.
+
+The prior's coding step is also timed on its own (``--prior-tiles``), next to its float64
+matrix-product bound and the transformers reference step
+(:func:`compressai_vlic.evaluation.prior_timing.time_prior_step`), either for the model's own prior or,
+with ``--prior-size paper``, for a prior of the paper's shape (random weights: timing does not
+depend on them) without loading or running the rest of the codec.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from compressai_vlic.evaluation.codec_bench import (
     _load_inputs,
     _maxrss_mib,
     bench_image,
+    bench_prior,
+    paper_prior,
 )
 
 
@@ -60,6 +68,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="process",
         help="process: measure in a fresh subprocess so peak RSS is this run's alone",
     )
+    parser.add_argument(
+        "--prior-tiles",
+        nargs="*",
+        type=int,
+        default=[1, 12],
+        help="time the prior's coding step for these tile counts (default: 1 12; none: skip)",
+    )
+    parser.add_argument(
+        "--prior-size",
+        choices=("model", "paper"),
+        default="model",
+        help="prior to time: the model's own, or one of the paper's shape (quality 1)",
+    )
+    parser.add_argument(
+        "--prior-digits",
+        choices=("factorized", "causal"),
+        default=None,
+        help="with --prior-size paper: intra-token digits of that prior (default: factorized)",
+    )
+    parser.add_argument(
+        "--prior-only", action="store_true", help="time the prior step only, no images"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
     parser.add_argument("--worker-json", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -69,6 +99,8 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
     import torch
 
     apply_threads(args.threads)
+    if args.prior_only:
+        return run_prior_only(args)
     inputs = _load_inputs(args.images)
     # Import the model's modules first, so the RSS delta below is the model's own.
     import compressai_vlic.models.vlic
@@ -102,7 +134,43 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
     bench_image(model, "warm-up", inputs[0][1][..., :48, :48], args.seed)
     for name, x in inputs:
         report.images.append(bench_image(model, name, x, args.seed, args.repeat))
+    if args.prior_tiles:
+        prior = model.prior if args.prior_size == "model" else paper_prior(args.prior_digits)
+        report.prior_steps = bench_prior(prior, args.prior_tiles, args.repeat, args.device)
     return report
+
+
+def run_prior_only(args: argparse.Namespace) -> BenchReport:
+    """``--prior-only``: the prior step and its bound, no codec run."""
+    import torch
+
+    if args.prior_size == "paper":
+        prior, name, config_hash = paper_prior(args.prior_digits or "factorized"), "paper", ""
+    else:
+        quality = args.quality if args.checkpoint is None and args.quality else None
+        model = load_model(
+            args.checkpoint, quality or ("test" if args.checkpoint is None else None)
+        )
+        prior, name = model.prior, model.config.name
+        config_hash = model.config.config_hash().hex()
+    rss = _maxrss_mib()
+    return BenchReport(
+        model=f"{name} prior",
+        config_hash=config_hash,
+        parameters=sum(p.numel() for p in prior.parameters()),
+        num_steps=0,
+        guidance_scale=0.0,
+        device=args.device,
+        threads=torch.get_num_threads(),
+        repeat=args.repeat,
+        torch_version=torch.__version__,
+        cpu=_cpu_name(),
+        load_average=os.getloadavg()[0],
+        memory_type="process peak RSS",
+        rss_before_model_mib=rss,
+        rss_after_model_mib=rss,
+        prior_steps=bench_prior(prior, args.prior_tiles or [1], args.repeat, args.device),
+    )
 
 
 def run_subprocess(argv: Sequence[str]) -> BenchReport:
@@ -115,8 +183,11 @@ def run_subprocess(argv: Sequence[str]) -> BenchReport:
         if proc.returncode != 0 or not out.is_file():
             raise VLICError(f"benchmark subprocess failed (exit {proc.returncode})")
         data = json.loads(out.read_text())
+    from compressai_vlic.evaluation.prior_timing import PriorStepTiming
+
     images = [ImageBench(**item) for item in data.pop("images")]
-    return BenchReport(**data, images=images)
+    steps = [PriorStepTiming(**item) for item in data.pop("prior_steps", [])]
+    return BenchReport(**data, images=images, prior_steps=steps)
 
 
 def format_report(report: BenchReport) -> str:
@@ -158,6 +229,8 @@ def format_report(report: BenchReport) -> str:
     ]
     for r in report.images:
         lines.append("  ".join(fmt.format(get(r)) for _, fmt, get in columns))
+    if not report.images:
+        lines = []
     notes = []
     if report.images:
         real = sum(r.real_bits for r in report.images)
@@ -166,6 +239,14 @@ def format_report(report: BenchReport) -> str:
         notes.append(
             f"total: {real} real bits / {xent:.0f} cross-entropy bits = {real / xent:.4f}; "
             f"{real / pixels:.4f} bpp"
+        )
+    for t in report.prior_steps:
+        reference = f"; transformers step {t.reference_ms:.1f} ms" if t.reference_ms else ""
+        notes.append(
+            f"prior step ({t.parameters:,}-parameter {t.digits} prior, width {t.width}, "
+            f"depth {t.depth}, {t.device}, position {t.position}): {t.tiles} tile(s) "
+            f"{t.step_ms:.2f} ms per token step, bound {t.bound_ms:.2f} ms "
+            f"(float64 weight products alone) = {t.step_over_bound:.2f}x{reference}"
         )
     bad = [r.name for r in report.images if not r.component_path_matches]
     if bad:
@@ -189,6 +270,11 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     for name in ("seed", "threads", "repeat"):
         if getattr(args, name) is not None:
             argv += [f"--{name}", str(getattr(args, name))]
+    argv += ["--prior-tiles", *map(str, args.prior_tiles), "--prior-size", args.prior_size]
+    if args.prior_digits is not None:
+        argv += ["--prior-digits", args.prior_digits]
+    if args.prior_only:
+        argv.append("--prior-only")
     return [*argv, "--device", args.device]
 
 

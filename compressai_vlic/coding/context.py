@@ -34,15 +34,22 @@ def deterministic_coding() -> Iterator[None]:
 class CodingPrior(Protocol):
     """An autoregressive prior the coder can drive one token at a time, identically at both ends.
 
-    ``step(state, prev)`` returns one (B, L_j) logits tensor per FSQ digit j for the next token,
-    given the previous token's digits ``prev`` (None for the first token).
+    ``advance(state, prev)`` feeds the previous token's digits ``prev`` (None for the first
+    token); ``digit_logits(state, j, prev_digit)`` then gives the (B, L_j) logits of digit j,
+    given digit j - 1 of the same token when the prior is causal within a token (``intra`` is
+    not None). ``step(state, prev)`` does both for a factorised prior.
     """
 
     levels: Sequence[int]
     num_tokens: int
+    intra: Any
 
     def check_indices(self, indices: Tensor) -> None: ...
 
-    def start(self, batch: int) -> Any: ...
+    def start(self, batch: int, device: str | torch.device | None = None) -> Any: ...
+
+    def advance(self, state: Any, prev: Tensor | None) -> None: ...
+
+    def digit_logits(self, state: Any, j: int, prev_digit: Tensor | None = None) -> Tensor: ...
 
     def step(self, state: Any, prev: Tensor | None) -> list[Tensor]: ...

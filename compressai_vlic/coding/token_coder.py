@@ -2,9 +2,13 @@
 
 Symbol order: for token k = 0..K-1, for digit j = 0..d-1, for tile b = 0..B-1. All B tiles of an
 image share one stream, so decoding costs K prior steps (each a batch of B tiles with a KV cache)
-and K ``decode_stream`` calls, each decoding the B * d digits of one token position at once.
+and K ``decode_stream`` calls, each decoding the B * d digits of one token position at once. With
+a causal (intra-token) prior, digit j's tables depend on digit j - 1 of the same token, so the
+coder walks the digits in order: K * d ``decode_stream`` calls of B digits each (same symbol
+order, so the payload layout is the same for both kinds).
 
-Encoder and decoder run the same code: ``prior.step`` (float64, single-threaded) ->
+Encoder and decoder run the same code: ``prior.advance`` / ``prior.digit_logits`` (float64, on
+the prior's GPU or one CPU thread) ->
 :func:`~compressai_vlic.coding.cdf.logits_to_cdf` (integer-only) -> rANS. The encoder does not
 use the parallel teacher-forced pass for coding, so both ends see identical tables.
 
@@ -95,6 +99,18 @@ def _reference_finish() -> tuple[list[int], list[int]]:
     return _finish(decoder)
 
 
+def _cached_layout(
+    cache: dict[int, tuple[list[int], list[int], list[int]]],
+    coder: TokenCoder,
+    batch: int,
+    digits: list[int],
+) -> tuple[list[int], list[int], list[int]]:
+    key = digits[0] if len(digits) == 1 else -1
+    if key not in cache:
+        cache[key] = coder._layout(batch, digits)
+    return cache[key]
+
+
 class TokenCoder:
     """Entropy coder for (B, K, d) FSQ indices driven by a :class:`CodingPrior` (e.g. ``ARPrior``)."""
 
@@ -130,24 +146,37 @@ class TokenCoder:
                 tables[j] = table
         return tables  # type: ignore[return-value]
 
-    def _layout(self, batch: int) -> tuple[list[int], list[int], list[int]]:
-        """Per-step table indexes, table sizes and offsets (digit-major, then tile)."""
-        count = batch * len(self.levels)
-        sizes = [level + 2 for level in self.levels for _ in range(batch)]
+    def _layout(self, batch: int, digits: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+        """Per-group table indexes, table sizes and offsets (digit-major, then tile)."""
+        count = batch * len(digits)
+        sizes = [self.levels[j] + 2 for j in digits for _ in range(batch)]
         return list(range(count)), sizes, [0] * count
 
-    def _walk(self, prior: CodingPrior, tokens: Tensor) -> Iterator[tuple[int, list[Tensor]]]:
-        """Step the prior token by token, yielding (k, CDF table per digit) for position k.
+    def _walk(
+        self, prior: CodingPrior, tokens: Tensor, device: str | torch.device | None = None
+    ) -> Iterator[tuple[int, list[int], list[Tensor]]]:
+        """Step the prior, yielding (k, digits, CDF table per digit) groups in symbol order.
 
-        encode, decode and estimate_bits all walk through here, so they see the same tables.
-        ``tokens[:, k]`` is the prior's next input: the decoder fills it in place before
-        asking for step k + 1. Run it under :func:`deterministic_coding`.
+        A factorised prior yields all d digits of token k at once; a causal one yields one digit
+        at a time, since digit j's table depends on digit j - 1 of the same token. encode,
+        decode and estimate_bits all walk through here, so they see the same tables.
+        ``tokens[:, k, j]`` is read only after its group was yielded: the decoder fills it in
+        place in between. Run it under :func:`deterministic_coding`.
         """
-        state = prior.start(tokens.shape[0])
-        prev = None
+        state = prior.start(tokens.shape[0], device)
+        d = len(self.levels)
+        every = list(range(d))
         for k in range(tokens.shape[1]):
-            yield k, self._tables(prior.step(state, prev))
-            prev = tokens[:, k, :]
+            prior.advance(state, None if k == 0 else tokens[:, k - 1, :])
+            if prior.intra is None:
+                yield k, every, self._tables([prior.digit_logits(state, j) for j in every])
+                continue
+            for j in every:
+                prev = None if j == 0 else tokens[:, k, j - 1]
+                table = logits_to_cdf(
+                    prior.digit_logits(state, j, prev), self.precision, self.logit_step
+                )
+                yield k, [j], [table]
 
     def _check_indices(self, indices: Tensor, prior: CodingPrior) -> Tensor:
         prior.check_indices(indices)
@@ -156,22 +185,40 @@ class TokenCoder:
         return indices.detach().cpu().long()
 
     # ------------------------------------------------------------------ API
-    def encode(self, indices: Tensor, prior: CodingPrior) -> bytes:
-        """(B, K, d) indices -> rANS payload (whole 32-bit words)."""
+    def encode(
+        self, indices: Tensor, prior: CodingPrior, device: str | torch.device | None = None
+    ) -> bytes:
+        """(B, K, d) indices -> rANS payload (whole 32-bit words).
+
+        ``device`` runs the prior there (default: the prior's own when a GPU, else the CPU);
+        the payload decodes on either.
+        """
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)
-        table_ids, sizes, offsets = self._layout(indices.shape[0])
+        batch = indices.shape[0]
+        layouts: dict[int, tuple[list[int], list[int], list[int]]] = {}
         encoder = BufferedRansEncoder()
         with deterministic_coding():
-            for k, tables in self._walk(prior, indices):
+            for k, digits, tables in self._walk(prior, indices, device):
+                table_ids, sizes, offsets = _cached_layout(layouts, self, batch, digits)
                 cdfs = [row for table in tables for row in table.tolist()]
-                symbols = indices[:, k, :].t().reshape(-1).tolist()
+                symbols = indices[:, k, digits].t().reshape(-1).tolist()
                 encoder.encode_with_indexes(symbols, table_ids, cdfs, sizes, offsets)
         encoder.encode_with_indexes([0] * FILLER_SYMBOLS, *_FILLER_ARGS)
         return encoder.flush()
 
-    def decode(self, data: bytes, prior: CodingPrior, batch: int, num_tokens: int) -> Tensor:
-        """rANS payload -> (B, K, d) long indices; BitstreamError if it is not a valid payload."""
+    def decode(
+        self,
+        data: bytes,
+        prior: CodingPrior,
+        batch: int,
+        num_tokens: int,
+        device: str | torch.device | None = None,
+    ) -> Tensor:
+        """rANS payload -> (B, K, d) long indices; BitstreamError if it is not a valid payload.
+
+        ``device`` as for :meth:`encode` (need not be the encoder's).
+        """
         self._check_prior(prior)
         if num_tokens != prior.num_tokens or batch < 1:
             raise ConfigError(
@@ -192,13 +239,14 @@ class TokenCoder:
             )
         decoder = RansDecoder()
         decoder.set_stream(data + _padding(total + FILLER_SYMBOLS + PROBE_SYMBOLS + 2))
-        table_ids, sizes, offsets = self._layout(batch)
+        layouts: dict[int, tuple[list[int], list[int], list[int]]] = {}
         out = torch.empty(batch, num_tokens, d, dtype=torch.long)
         with deterministic_coding():
-            for k, tables in self._walk(prior, out):
+            for k, digits, tables in self._walk(prior, out, device):
+                table_ids, sizes, offsets = _cached_layout(layouts, self, batch, digits)
                 cdfs = [row for table in tables for row in table.tolist()]
                 symbols = decoder.decode_stream(table_ids, cdfs, sizes, offsets)
-                out[:, k, :] = torch.tensor(symbols, dtype=torch.long).view(d, batch).t()
+                out[:, k, digits] = torch.tensor(symbols, dtype=torch.long).view(-1, batch).t()
         limits = torch.tensor(self.levels)
         if (out < 0).any() or (out >= limits).any():  # unreachable with zero-width escapes
             raise CorruptStreamError("token payload decoded to digits outside the FSQ levels")
@@ -209,14 +257,16 @@ class TokenCoder:
             )
         return out
 
-    def estimate_bits(self, indices: Tensor, prior: CodingPrior) -> float:
+    def estimate_bits(
+        self, indices: Tensor, prior: CodingPrior, device: str | torch.device | None = None
+    ) -> float:
         """Ideal code length (bits) under the coder's own integer tables (rANS adds <= 8 bytes)."""
         self._check_prior(prior)
         indices = self._check_indices(indices, prior)
         bits = 0.0
         with deterministic_coding():
-            for k, tables in self._walk(prior, indices):
-                for j, table in enumerate(tables):
+            for k, digits, tables in self._walk(prior, indices, device):
+                for j, table in zip(digits, tables):
                     bits += float(cdf_bits(table, indices[:, k, j], self.precision).sum())
         return bits
 

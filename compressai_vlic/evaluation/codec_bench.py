@@ -69,6 +69,7 @@ class BenchReport:
     rss_before_model_mib: float
     rss_after_model_mib: float
     images: list[ImageBench] = field(default_factory=list)
+    prior_steps: list[Any] = field(default_factory=list)  # PriorStepTiming per tile count
 
 
 def _maxrss_mib() -> float:
@@ -189,3 +190,30 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
         component_path_matches=matches,
         peak_memory_mib=memory,
     )
+
+
+def paper_prior(digits: str = "factorized") -> Any:
+    """A randomly initialised prior of the paper's shape (zoo quality 1), for timing."""
+    import torch
+
+    from compressai_vlic.models.prior import ARPrior
+    from compressai_vlic.zoo import quality_config
+
+    cfg = quality_config(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return ARPrior(
+            cfg.fsq_levels,
+            cfg.num_tokens,
+            cfg.prior_width,
+            cfg.prior_depth,
+            cfg.prior_heads,
+            digits=digits,  # type: ignore[arg-type]
+        ).eval()
+
+
+def bench_prior(prior: Any, tiles: Sequence[int], repeat: int, device: str) -> list[Any]:
+    """Prior step vs its bound for each tile count (see compressai_vlic.evaluation.prior_timing)."""
+    from compressai_vlic.evaluation.prior_timing import time_prior_step
+
+    return [time_prior_step(prior.to(device), b, repeat=max(2, repeat), device=None) for b in tiles]

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from compressai_vlic.errors import ConfigError
 
@@ -33,6 +33,10 @@ _UNHASHED_FIELDS = frozenset(
         "default_seed",
     }
 )
+
+# Fields added after format version 1, with the value that means "as before": at that value they
+# stay out of the hash, so configs (and streams) made before they existed keep their hash.
+_ADDED_FIELDS = {"prior_digits": "factorized"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class VLICConfig:
     prior_width: int = 768
     prior_depth: int = 12
     prior_heads: int = 12
+    # "factorized": a token's digits predicted independently; "causal": each given the earlier.
+    prior_digits: Literal["factorized", "causal"] = "factorized"
     # Sampler defaults (each stream carries the values it was made with).
     num_steps: int = 25
     guidance_scale: float = 1.5
@@ -95,6 +101,10 @@ class VLICConfig:
                     f"{prefix}_width ({width}) must be a positive multiple of {prefix}_heads "
                     f"({heads}) and {prefix}_depth ({depth}) positive"
                 )
+        if self.prior_digits not in ("factorized", "causal"):
+            raise ConfigError(
+                f"prior_digits must be 'factorized' or 'causal', got {self.prior_digits!r}"
+            )
         if self.num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.guidance_scale < 0 or self.time_shift <= 0:
@@ -161,6 +171,9 @@ class VLICConfig:
     def config_hash(self) -> bytes:
         """First 4 bytes of sha256 over the fields that affect weights or the bitstream."""
         hashed = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED_FIELDS}
+        for name, legacy in _ADDED_FIELDS.items():  # added later: old configs keep their hash
+            if hashed.get(name) == legacy:
+                del hashed[name]
         text = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).digest()[:4]
 

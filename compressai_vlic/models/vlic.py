@@ -122,6 +122,7 @@ class VLIC(CompressionModel):
             width=config.prior_width,
             depth=config.prior_depth,
             heads=config.prior_heads,
+            digits=config.prior_digits,
         )
         self.token_coder = TokenCoder(config.fsq_levels)
 

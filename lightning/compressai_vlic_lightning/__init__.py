@@ -8,6 +8,7 @@ from compressai_vlic_lightning.data import ImageFolderDataModule, PhotosDataModu
 from compressai_vlic_lightning.ema import EMA
 from compressai_vlic_lightning.export import export_checkpoint
 from compressai_vlic_lightning.preferences import OfflinePreferences, PreferenceBuffer
+from compressai_vlic_lightning.prior_refit import PriorRefitModule
 from compressai_vlic_lightning.stage1 import Stage1Module
 from compressai_vlic_lightning.stage2 import Stage2Module
 
@@ -17,6 +18,7 @@ __all__ = [
     "OfflinePreferences",
     "PhotosDataModule",
     "PreferenceBuffer",
+    "PriorRefitModule",
     "Stage1Module",
     "Stage2Module",
     "export_checkpoint",
