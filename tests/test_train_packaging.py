@@ -1,12 +1,15 @@
-"""The lightning/ folder must never shadow PyPI's `lightning`; configs must name real options."""
+"""Training packaging: pytorch-lightning only, the lightning/ folder shadows nothing, configs are real."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 from importlib import import_module
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,32 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_code_builds_on_pytorch_lightning_only():
+    """One Lightning distribution: `pytorch-lightning`; nothing imports the `lightning` package."""
+    import ast
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *chain(*project["optional-dependencies"].values())]
+    names = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower() for d in declared}
+    assert "pytorch-lightning" in names and "lightning" not in names
+    offenders = []
+    for path in [*ROOT.glob("compressai_vlic/**/*.py"), *ROOT.glob("lightning/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path}: {m}" for m in mods if m.split(".")[0] == "lightning"]
+    assert not offenders
+
+
 def test_import_lightning_from_repo_root_is_the_pypi_package():
     assert not (ROOT / "lightning" / "__init__.py").exists()
+    if importlib.util.find_spec("lightning") is None:
+        pytest.skip("PyPI's lightning is not installed (it is no dependency)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
         [sys.executable, "-c", "import lightning; print(lightning.__file__)"],

@@ -32,6 +32,7 @@ from compressai_vlic.cli._codec import (
     load_model,
 )
 from compressai_vlic.errors import VLICError
+from compressai_vlic.extras import require
 
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image, shipped offline
 T = TypeVar("T")
@@ -135,11 +136,11 @@ def _load_inputs(images: Sequence[Path] | None) -> list[tuple[str, Any]]:
     from compressai_vlic.image_io import find_images, load_image
 
     if not images:
-        import skimage.data
+        skimage_data = require("skimage.data", "demo", "The bundled sample photos")
 
         out = []
         for name in DEFAULT_PHOTOS:
-            arr = np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
+            arr = np.ascontiguousarray(getattr(skimage_data, name)()[..., :3])
             out.append((name, torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255))
         return out
     out = []

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.extras import require
 
 JUDGE_URL_ENV = "COMPRESSAI_VLIC_JUDGE_BASE_URL"
 JUDGE_MODEL_ENV = "COMPRESSAI_VLIC_JUDGE_MODEL"
@@ -179,7 +180,7 @@ def _series(csv_path: Path, key: str) -> tuple[list[int], list[float]]:
 
 
 def _trainer(root: Path, steps: int, callbacks: list[Any], log_every: int) -> Any:
-    import pytorch_lightning as pl
+    pl = require("pytorch_lightning", "train", "The demo's training")
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -303,8 +304,7 @@ def _side_by_side(panels: list[tuple[str, Any]], path: Path) -> Path:
 
 
 def _plots(report: DemoReport, out: Path, stage1_csv: Path, stage2_csv: Path) -> dict[str, str]:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "The demo's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -423,8 +423,9 @@ def run(args: argparse.Namespace) -> int:
     warnings.filterwarnings(
         "ignore", message=".*module\\(s\\) in eval mode.*"
     )  # the frozen reference
-    import pytorch_lightning as pl
     import torch
+
+    pl = require("pytorch_lightning", "train", "The demo's training")
 
     # Lightning's start-up tips and device banners would bury the demo's own progress lines.
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from compressai_vlic.errors import ConfigError, DatasetError
+from compressai_vlic.extras import require
 from compressai_vlic.image_io import IMAGE_SUFFIXES, load_image
 from compressai_vlic.judges.compose import (
     combine_orders,
@@ -461,7 +462,7 @@ class Agreement:
 
 
 def cohen_kappa(x: Sequence[Choice], y: Sequence[Choice]) -> float:
-    from sklearn.metrics import cohen_kappa_score
+    cohen_kappa_score = require("sklearn.metrics", "judges", "Cohen's kappa").cohen_kappa_score
 
     a, b = [c.value for c in x], [c.value for c in y]
     if len(set(a) | set(b)) < 2:
@@ -482,7 +483,7 @@ def fit_scale(
     ``Phi(s_i - s_j)`` (Thurstone Case V). A small ridge keeps the values finite when one
     stimulus always wins; values are centred to mean 0.
     """
-    from scipy.optimize import minimize
+    minimize = require("scipy.optimize", "judges", "Psychometric scaling").minimize
     from scipy.special import expit, log_expit
     from scipy.stats import norm
 
@@ -535,7 +536,7 @@ def scaling_stats(
     n_boot: int,
     rng: np.random.Generator,
 ) -> ScalingStats | None:
-    from scipy.stats import spearmanr
+    spearmanr = require("scipy.stats", "judges", "Scaling statistics").spearmanr
 
     by_scene: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):
@@ -816,8 +817,7 @@ def plot_report(report: AuditReport, path: Path) -> Path:
 
     Plotted in BAPPS 2AFC-score units so the human and oracle ceilings are comparable lines.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "judges", "The audit plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

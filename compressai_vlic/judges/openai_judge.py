@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import openai
 import torch
 
 from compressai_vlic.errors import ConfigError, JudgeError
+from compressai_vlic.extras import require
 from compressai_vlic.judges.encoding import check_triplet, png_data_url
 from compressai_vlic.judges.parsing import (
     ParsedAnswer,
@@ -44,6 +44,7 @@ from compressai_vlic.judges.parsing import (
 from compressai_vlic.judges.prompts import PromptTemplate, get_template
 from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote
 
+openai = require("openai", "judges", "The OpenAI-compatible judge")
 log = logging.getLogger(__name__)
 
 ResultCallback = Callable[[int, Judgment], None]

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from compressai.registry import register_criterion
 from torch import Tensor, nn
 
 from compressai_vlic.errors import ConfigError
@@ -131,6 +132,7 @@ def _field(output: Any, name: str) -> Any:
     return getattr(output, name)
 
 
+@register_criterion("vlic_dpo")
 class VLMRewardLoss(nn.Module):
     """Diffusion-DPO criterion for VLIC decoders ("VLM-reward loss"), usable without Lightning.
 

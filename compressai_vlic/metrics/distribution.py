@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, check_pair
 from compressai_vlic.metrics.weights import INCEPTION_FID, load_state_dict_file, resolve_weight_file
 
@@ -51,10 +52,8 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as exc:  # pragma: no cover - torchmetrics is a dependency
-            raise MetricUnavailableError("fid/kid need torchmetrics") from exc
+        fid = require("torchmetrics.image.fid", "eval", "fid/kid", MetricUnavailableError)
+        NoTrainInceptionV3 = fid.NoTrainInceptionV3
         path = resolve_weight_file(INCEPTION_FID, weights)
         load_state_dict_file(
             path, "fid/kid"
@@ -245,9 +244,9 @@ class KernelDistance(DistributionMetric):
         super().__init__(features, **kwargs)  # type: ignore[arg-type]
 
     def _build(self, features: nn.Module) -> nn.Module:
-        from torchmetrics.image.kid import KernelInceptionDistance
+        kid = require("torchmetrics.image.kid", "eval", "kid", MetricUnavailableError)
 
-        return KernelInceptionDistance(feature=features, subsets=self.subsets, normalize=True)
+        return kid.KernelInceptionDistance(feature=features, subsets=self.subsets, normalize=True)
 
     def _value(self) -> float:
         self._metric.subset_size = min(1000, self.num_samples)

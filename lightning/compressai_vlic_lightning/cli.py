@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == EXPORT:
         return _export(given[1:])
-    import pytorch_lightning as pl
+    from compressai_vlic.extras import require
+
+    require("jsonargparse", "train", "compressai-vlic-train")
+    pl = require("pytorch_lightning", "train", "compressai-vlic-train")
     from pytorch_lightning.cli import LightningCLI
 
     import compressai_vlic_lightning  # noqa: F401  (registers the classes the configs name)

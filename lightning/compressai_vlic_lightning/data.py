@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from compressai_vlic.errors import DatasetError, ImageReadError
+from compressai_vlic.extras import require
 from compressai_vlic.image_io import load_image
 
 log = logging.getLogger(__name__)
@@ -139,22 +140,19 @@ def bundled_photos(names: Sequence[str] = BUNDLED_PHOTOS) -> dict[str, Tensor]:
     for name in names:
         if name in ("china", "flower"):
             if sklearn_images is None:
-                from sklearn.datasets import load_sample_images
-
-                data = load_sample_images()
+                datasets = require("sklearn.datasets", "demo", "The china/flower photos")
+                data = datasets.load_sample_images()
                 sklearn_images = {
                     Path(f).stem: img for f, img in zip(data.filenames, data.images, strict=True)
                 }
             array = sklearn_images[name]
         elif name in ("motorcycle_left", "motorcycle_right"):
-            import skimage.data
-
-            left, right, _ = skimage.data.stereo_motorcycle()
+            skimage_data = require("skimage.data", "demo", "The motorcycle photos")
+            left, right, _ = skimage_data.stereo_motorcycle()
             array = left if name.endswith("left") else right
         elif name in BUNDLED_PHOTOS:
-            import skimage.data
-
-            array = getattr(skimage.data, name)()
+            skimage_data = require("skimage.data", "demo", "The scikit-image photos")
+            array = getattr(skimage_data, name)()
         else:
             raise DatasetError(
                 f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ class MSSSIMLoss(nn.Module):
 
     def __init__(self, win_size: int = 11, sigma: float = 1.5, eps: float = 1e-4) -> None:
         super().__init__()
-        from pytorch_msssim.ssim import _fspecial_gauss_1d
+        _fspecial_gauss_1d = require(
+            "pytorch_msssim.ssim", "train", "The MS-SSIM loss"
+        )._fspecial_gauss_1d
 
         self.win_size = win_size
         self.eps = eps
@@ -56,7 +59,7 @@ class MSSSIMLoss(nn.Module):
         return levels
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        from pytorch_msssim.ssim import _ssim
+        _ssim = require("pytorch_msssim.ssim", "train", "The MS-SSIM loss")._ssim
 
         x = prediction.float().clamp(0, 1)
         y = target.float().clamp(0, 1)
