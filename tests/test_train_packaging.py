@@ -105,3 +105,32 @@ def test_every_training_config_names_real_classes_and_options(config):
         from compressai_vlic.judges.compose import ComposeSpec
 
         ComposeSpec(**init["judge_compose"])
+
+
+def test_literal_options_are_validated_by_lightning_cli_and_argparse(capsys):
+    from compressai_vlic_lightning import Stage1Module, Stage2Module
+    from compressai_vlic_lightning.cli import main
+    from compressai_vlic_lightning.perceptual import PerceptualType
+    from jsonargparse import ArgumentParser
+
+    from compressai_vlic.errors import ConfigError
+    from compressai_vlic.options import check_option, choices
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Stage1Module, "model")
+    assert (
+        parser.parse_args(["--model.perceptual_type", "ms_ssim"]).model.perceptual_type == "ms_ssim"
+    )
+    with pytest.raises(Exception, match="perceptual_type"):
+        parser.parse_args(["--model.perceptual_type", "bogus"])
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Stage2Module, "model")
+    with pytest.raises(Exception, match="freeze_type"):
+        parser.parse_args(["--model.freeze_type", "decoder"])
+    # argparse gets its choices from the same type
+    with pytest.raises(SystemExit):
+        main(["export", "in.ckpt", "out.pth.tar", "--weights-type", "bogus"])
+    assert "choose from 'ema', 'raw'" in capsys.readouterr().err
+    assert choices(PerceptualType) == ("lpips", "ms_ssim", "none")
+    with pytest.raises(ConfigError, match=r"unknown perceptual_type 'x'; choose from 'lpips'"):
+        check_option("perceptual_type", "x", PerceptualType)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,8 +44,9 @@ from compressai_vlic.judges.compose import (
     unanimous,
 )
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
+from compressai_vlic.options import check_option, choices
 
-SCALE_TYPES = ("bradley-terry", "thurstone")
+ScaleType = Literal["bradley-terry", "thurstone"]
 SEPARABILITY_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
@@ -475,7 +476,7 @@ def cohen_kappa(x: Sequence[Choice], y: Sequence[Choice]) -> float:
 
 
 def fit_scale(
-    wins: np.ndarray, scale_type: str = "bradley-terry", ridge: float = 0.01
+    wins: np.ndarray, scale_type: ScaleType = "bradley-terry", ridge: float = 0.01
 ) -> np.ndarray:
     """Per-stimulus scale values from a win matrix (``wins[i, j]`` = times i was preferred to j).
 
@@ -487,8 +488,7 @@ def fit_scale(
     from scipy.special import expit, log_expit
     from scipy.stats import norm
 
-    if scale_type not in SCALE_TYPES:
-        raise ConfigError(f"scale_type must be one of {SCALE_TYPES}, got {scale_type!r}")
+    check_option("scale_type", scale_type, ScaleType)
     w = np.asarray(wins, dtype=np.float64)
     if w.ndim != 2 or w.shape[0] != w.shape[1] or (w < 0).any():
         raise ConfigError("wins must be a square matrix of non-negative counts")
@@ -613,7 +613,7 @@ class AuditSettings:
     majority_type: str = "plurality"
     unanimous_with: list[str] = field(default_factory=list)
     gap_metric: str | None = None
-    scale_type: str = "bradley-terry"
+    scale_type: ScaleType = "bradley-terry"
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = 16
@@ -897,7 +897,7 @@ def add_audit_arguments(parser: Any) -> None:
     )
     a.add_argument(
         "--scale-type",
-        choices=SCALE_TYPES,
+        choices=choices(ScaleType),
         default="bradley-terry",
         help="psychometric scaling for scenes with >= 3 stimuli",
     )
@@ -909,7 +909,7 @@ def add_audit_arguments(parser: Any) -> None:
     a.add_argument(
         "--output-dir", type=Path, required=True, help="writes audit.json and audit.png here"
     )
-    a.add_argument("--progress-type", choices=("bar", "none"), default="bar")
+    a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run_audit_cli(args: Any) -> int:
@@ -956,7 +956,7 @@ def run_audit_cli(args: Any) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         batch_size=args.batch_size,
-        progress=args.progress_type == "bar",
+        progress=args.progress,
     )
     report = audit(judges, pairs, settings, str(args.bapps or args.csv), make)
     print(format_report(report))

@@ -25,16 +25,17 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from compressai_vlic.errors import ConfigError, DatasetError
 from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image, save_png
 from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote
+from compressai_vlic.options import check_option
 
 DATASET_VERSION = 1
-MISSING_TYPES = ("error", "skip")
+MissingType = Literal["error", "skip"]
 
 
 @dataclass(frozen=True)
@@ -243,12 +244,11 @@ def _index(root: Path) -> dict[str, list[Path]]:
 
 
 def pairs_from_folders(
-    originals: Path, recon_a: Path, recon_b: Path, missing_type: str = "error"
+    originals: Path, recon_a: Path, recon_b: Path, missing_type: MissingType = "error"
 ) -> tuple[list[PairInputs], list[str]]:
     """Match originals with reconstructions by relative path without suffix (``sub/x.png`` <->
     ``sub/x.webp``). Returns the pairs and the keys that had no match (``missing_type="skip"``)."""
-    if missing_type not in MISSING_TYPES:
-        raise ConfigError(f"missing_type must be one of {MISSING_TYPES}, got {missing_type!r}")
+    check_option("missing_type", missing_type, MissingType)
     for label, folder in (("originals", originals), ("A", recon_a), ("B", recon_b)):
         if not Path(folder).is_dir():
             raise DatasetError(f"{label} folder {folder} does not exist")

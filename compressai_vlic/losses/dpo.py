@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,28 +30,26 @@ from compressai.registry import register_criterion
 from torch import Tensor, nn
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.options import check_option
 
-WEIGHTING_TYPES = ("uniform", "eps", "x0")
+WeightingType = Literal["uniform", "eps", "x0"]
 DEFAULT_BETA = 2500.0
 DEFAULT_WEIGHTING = "eps"
 DEFAULT_LAMBDA_FLOW = 1.0
 
 
-def timestep_weight(t: Tensor, weighting_type: str) -> Tensor:
+def timestep_weight(t: Tensor, weighting_type: WeightingType) -> Tensor:
     """w(t) that turns a velocity error into the error of another parametrisation.
 
     ``uniform``: the velocity error itself; ``eps``: (1-t)^2 (noise-prediction error);
     ``x0``: t^2 (clean-image error, since x0_hat = x_t - t v_hat).
     """
+    check_option("weighting_type", weighting_type, WeightingType)
     if weighting_type == "uniform":
         return torch.ones_like(t)
     if weighting_type == "eps":
         return (1.0 - t) ** 2
-    if weighting_type == "x0":
-        return t**2
-    raise ConfigError(
-        f"unknown weighting_type {weighting_type!r}; choose from {', '.join(WEIGHTING_TYPES)}"
-    )
+    return t**2
 
 
 def per_sample_error(target: Tensor, prediction: Tensor) -> Tensor:
@@ -97,7 +95,7 @@ def diffusion_dpo_loss(
     ref_err_l: Tensor,
     t: Tensor,
     beta: float = DEFAULT_BETA,
-    weighting_type: str = DEFAULT_WEIGHTING,
+    weighting_type: WeightingType = DEFAULT_WEIGHTING,
     flow_loss: Tensor | None = None,
     lambda_flow: float = DEFAULT_LAMBDA_FLOW,
 ) -> DPOOutput:
@@ -145,7 +143,7 @@ class VLMRewardLoss(nn.Module):
     def __init__(
         self,
         beta: float = DEFAULT_BETA,
-        weighting_type: str = DEFAULT_WEIGHTING,
+        weighting_type: WeightingType = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
     ) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ from compressai_vlic.errors import ConfigError, MetricUnavailableError
 from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, check_pair
 from compressai_vlic.metrics.weights import INCEPTION_FID, load_state_dict_file, resolve_weight_file
+from compressai_vlic.options import check_option
 
-PATCH_TYPES = ("hific", "whole")
+PatchType = Literal["hific", "whole"]
 DINOV2_ENV = "COMPRESSAI_VLIC_DINOV2"
 DINOV2_DEFAULT = "facebook/dinov2-large"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,12 +128,11 @@ class DistributionMetric(ABC):
         self,
         features: nn.Module,
         device: DeviceLike = "cpu",
-        patch_type: str = "hific",
+        patch_type: PatchType = "hific",
         patch_size: int = 256,
         batch_size: int = 16,
     ) -> None:
-        if patch_type not in PATCH_TYPES:
-            raise ConfigError(f"patch_type must be one of {PATCH_TYPES}")
+        check_option("patch_type", patch_type, PatchType)
         self.device = torch.device(device)
         self.features = features.eval().to(self.device)
         self.patch_type = patch_type

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,9 +18,10 @@ from PIL import Image
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, PairMetric, register_metric
+from compressai_vlic.options import check_option
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SMALL_IMAGE_TYPES = ("reduce_scales", "error")
+SmallImageType = Literal["reduce_scales", "error"]
 
 
 def _to_255(x: torch.Tensor) -> torch.Tensor:
@@ -57,10 +59,11 @@ class MSSSIM(PairMetric):
     name = "ms_ssim"
     higher_is_better = True
 
-    def __init__(self, device: DeviceLike = "cpu", small_image_type: str = "reduce_scales") -> None:
+    def __init__(
+        self, device: DeviceLike = "cpu", small_image_type: SmallImageType = "reduce_scales"
+    ) -> None:
         super().__init__(device)
-        if small_image_type not in SMALL_IMAGE_TYPES:
-            raise ConfigError(f"small_image_type must be one of {SMALL_IMAGE_TYPES}")
+        check_option("small_image_type", small_image_type, SmallImageType)
         self.small_image_type = small_image_type
 
     def _compute(self, reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
