@@ -106,8 +106,8 @@ def weights_file(
         )
     except Exception as exc:  # offline, missing repo or file, auth: one typed error
         raise CheckpointError(
-            f"cannot get {WEIGHTS_NAME} of Hub model {os.fspath(location)!r}: "
-            f"{exc.__class__.__name__}: {exc}"
+            f"cannot get {WEIGHTS_NAME} of Hub model {os.fspath(location)!r} (no local folder "
+            f"of that name either): {exc.__class__.__name__}: {exc}"
         ) from exc
 
 
