@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from compressai_vlic.extras import require
 from compressai_vlic.judges.cache import CachedJudge, JudgmentCache
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.types import Choice, JudgeRequest
@@ -40,9 +41,9 @@ class JudgeBenchRow:
 
 def bench_pairs(n: int, size: int = 64) -> list[JudgeRequest]:
     """n distinct pairs from a real photo (scikit-image), A less noisy than B."""
-    import skimage.data
+    skimage_data = require("skimage.data", "demo", "The judge benchmark's photo")
 
-    photo = torch.from_numpy(skimage.data.astronaut()[:size, 100 : 100 + size].copy())
+    photo = torch.from_numpy(skimage_data.astronaut()[:size, 100 : 100 + size].copy())
     ref = photo.permute(2, 0, 1).float() / 255.0
     gen = torch.Generator().manual_seed(0)
     out = []

@@ -1,8 +1,8 @@
 """The VLIC container: a fixed 20-byte header, the rANS payload, and a CRC32 trailer.
 
-Deviation from docs/model-spec: the header stores no tile rows/cols and no tile size and uses
-fixed fields instead of varints, to keep header + CRC + rANS flush <= 32 bytes in every case
-(reasons below); ``StreamHeader.tile_layout(tile)`` gives the grid.
+The header stores no tile rows/cols and no tile size (the model's tile size and the image size
+determine the grid: ``StreamHeader.tile_layout(tile)``) and uses fixed fields instead of varints,
+to keep header + CRC + rANS flush <= 32 bytes in every case (reasons below; docs/entropy-coding.md).
 
 Everything the decoder needs besides the weights travels in the stream (CompressAI's bpp counts
 only the bytes in ``strings``), and a stream that is not exactly what an encoder wrote is refused

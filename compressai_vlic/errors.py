@@ -55,6 +55,10 @@ class JudgeError(VLICError):
     """A judge backend failed in a way that is not a per-pair abstention (e.g. misconfiguration)."""
 
 
+class MissingDependencyError(VLICError, ImportError):
+    """An optional package is not installed; the message names the extra that installs it."""
+
+
 class MetricUnavailableError(VLICError):
     """A metric needs weights or packages that are not present on this machine."""
 

@@ -6,7 +6,6 @@ and 16-bit inputs are converted, and the conversion is reported (never silent).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,25 +68,27 @@ def _png_bit_depth(path: Path) -> int:
 
 
 def _read_16bit_png(path: Path, notes: list[str]) -> np.ndarray:
-    """Pillow reads 16-bit-per-channel RGB(A)/LA PNGs as 8-bit; pypng keeps all 16 bits."""
-    import png  # pypng: small, pure Python
+    """Pillow reads 16-bit-per-channel RGB(A)/LA PNGs as 8-bit; torchvision keeps all 16 bits."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        arr = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
-    except (png.Error, ValueError, zlib.error) as exc:
+        decoded = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as exc:
         raise ImageReadError(
             f"{path}: not a readable PNG ({exc.__class__.__name__}: {exc})"
         ) from exc
-    planes = int(info["planes"])
-    arr = arr.reshape(height, width, planes).astype(np.float64) / float(2 ** info["bitdepth"] - 1)
-    color = arr[..., : planes - 1] if info["alpha"] else arr
-    kind = "grayscale" if info["greyscale"] else "RGB"
-    if info["greyscale"]:
+    planes = int(decoded.shape[0])
+    # uint16 tensors support few operations: widen before leaving torch.
+    arr = decoded.to(torch.int32).numpy().transpose(1, 2, 0).astype(np.float64) / 65535.0
+    alpha = planes in (2, 4)
+    grayscale = planes in (1, 2)
+    color = arr[..., : planes - 1] if alpha else arr
+    kind = "grayscale" if grayscale else "RGB"
+    if grayscale:
         color = np.repeat(color, 3, axis=-1)
-    if info["alpha"]:
-        alpha = arr[..., planes - 1 :]
-        color = color * alpha + (1.0 - alpha)
+    if alpha:
+        a = arr[..., planes - 1 :]
+        color = color * a + (1.0 - a)
         notes.append(f"16-bit {kind} with alpha composited on white")
     notes.append(
         f"16-bit {kind} PNG scaled to [0, 1]"

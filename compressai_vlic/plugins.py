@@ -71,8 +71,17 @@ def _entries(group: str) -> list[EntryPoint]:
     return list(entry_points(group=group))
 
 
-def _is_ours(obj: Any) -> bool:
-    return isinstance(obj, LazyEntryPoint)
+def _is_ours(obj: Any, ep: EntryPoint) -> bool:
+    """A proxy of ours, or the very object the entry point names (already imported)."""
+    if isinstance(obj, LazyEntryPoint):
+        return True
+    module = getattr(obj, "__module__", None) or ""
+    if not (module == ep.module or module.startswith(ep.module + ".")):
+        return False  # not from the plugin's package: a clash (loads nothing)
+    try:
+        return ep.load() is obj  # that package is imported already: cheap
+    except Exception:
+        return False
 
 
 def register_entry_points() -> dict[str, list[str]]:
@@ -88,7 +97,7 @@ def register_entry_points() -> dict[str, list[str]]:
     added: dict[str, list[str]] = {ZOO_GROUP: [], ARCHITECTURE_GROUP: [], CRITERION_GROUP: []}
     for ep in _entries(ZOO_GROUP):
         if ep.name in zoo.image_models:
-            if not _is_ours(zoo.image_models[ep.name]):
+            if not _is_ours(zoo.image_models[ep.name], ep):
                 _warn_clash(ep)
             continue
         proxy = LazyEntryPoint(ep)
@@ -97,20 +106,22 @@ def register_entry_points() -> dict[str, list[str]]:
         added[ZOO_GROUP].append(ep.name)
     for ep in _entries(ARCHITECTURE_GROUP):
         if ep.name in zoo_image.model_architectures:
-            if not _is_ours(zoo_image.model_architectures[ep.name]):
+            if not _is_ours(zoo_image.model_architectures[ep.name], ep):
                 _warn_clash(ep)
             continue
         # eval_model/update_model want the class (update_model calls non-classes with no
-        # arguments to get it); the registry wants a constructor, so it gets a plain proxy.
+        # arguments to get it); the registry wants a constructor, so it gets a plain proxy
+        # (unless the class is already imported: it registers itself with @register_model).
         zoo_image.model_architectures[ep.name] = LazyArchitecture(ep)
-        registry.MODELS.setdefault(ep.name, LazyEntryPoint(ep))
+        if ep.name not in registry.MODELS:
+            registry.register_model(ep.name)(LazyEntryPoint(ep))
         added[ARCHITECTURE_GROUP].append(ep.name)
     for ep in _entries(CRITERION_GROUP):
         if ep.name in registry.CRITERIONS:
-            if not _is_ours(registry.CRITERIONS[ep.name]):
+            if not _is_ours(registry.CRITERIONS[ep.name], ep):
                 _warn_clash(ep)
             continue
-        registry.CRITERIONS[ep.name] = LazyEntryPoint(ep)
+        registry.register_criterion(ep.name)(LazyEntryPoint(ep))
         added[CRITERION_GROUP].append(ep.name)
     return added
 

@@ -8,9 +8,10 @@ Encoder depth 8 / decoder depth 16 / patch 4 / 256 tokens are from the paper; wi
 heads of 64 -> ~1.0B parameters for encoder + decoder), FSQ levels, prior size and sampler
 defaults are not published and are our defaults.
 
-No weights are downloadable: ``pretrained=True`` loads a file the user points to and checks the
-sha256 prefix in its name (CompressAI's ``NAME-<sha256[:8]>.pth.tar`` convention, as written by
-``compressai.utils.update_model``).
+No public weights exist. ``pretrained`` loads weights the user points to: a file whose name
+carries its sha256 prefix (CompressAI's ``NAME-<sha256[:8]>.pth.tar`` convention, as written by
+``compressai.utils.update_model``), a folder holding one, a ``VLIC.save_pretrained`` folder, or
+a Hugging Face Hub repository id (``owner/name``).
 """
 
 from __future__ import annotations
@@ -93,20 +94,29 @@ def _sha256_prefix(path: Path, length: int = 8) -> str:
     return digest.hexdigest()[:length]
 
 
+def _how() -> str:
+    return (
+        "No public VLIC weights exist. Train a model (compressai-vlic-train), export it with "
+        "`compressai-vlic update --architecture vlic CKPT -n vlic-<quality>` (writes "
+        "vlic-<quality>-<sha8>.pth.tar) or VLIC.save_pretrained(folder), then pass "
+        f"pretrained=PATH_OR_HUB_ID, weights=PATH_OR_HUB_ID or set {WEIGHTS_ENV}."
+    )
+
+
+def _location(weights: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    location = weights if weights is not None else os.environ.get(WEIGHTS_ENV)
+    if not location:
+        raise CheckpointError(f"pretrained=True needs a weights location. {_how()}")
+    return location
+
+
 def resolve_weights(quality: int | str, weights: str | os.PathLike[str] | None = None) -> Path:
-    """Find the checkpoint file for ``quality`` from ``weights`` or $COMPRESSAI_VLIC_WEIGHTS.
+    """Find the hashed checkpoint file for ``quality`` from ``weights`` or $COMPRESSAI_VLIC_WEIGHTS.
 
     Either may be a file or a directory holding ``vlic-<quality>-<sha8>.pth.tar``.
     """
-    location = weights if weights is not None else os.environ.get(WEIGHTS_ENV)
-    how = (
-        "No public VLIC weights exist. Train a model (compressai-vlic-train), export it with "
-        "`compressai-vlic update --architecture vlic CKPT -n vlic-<quality>` (writes vlic-<quality>-<sha8>.pth.tar), "
-        f"then pass weights=PATH or set {WEIGHTS_ENV} to that file or its folder."
-    )
-    if not location:
-        raise CheckpointError(f"pretrained=True needs a weights location. {how}")
-    path = Path(location).expanduser()
+    how = _how()
+    path = Path(_location(weights)).expanduser()
     if path.is_dir():
         pattern = re.compile(rf"^vlic-{re.escape(str(quality))}-[0-9a-f]{{8}}\.pth(\.tar)?$")
         matches = sorted(p for p in path.iterdir() if pattern.match(p.name))
@@ -149,24 +159,43 @@ def load_checked(path: Path) -> dict[str, torch.Tensor]:
 def vlic(
     quality: int | str = 1,
     metric: str = "mse",
-    pretrained: bool = False,
+    pretrained: bool | str | os.PathLike[str] = False,
     progress: bool = True,
     weights: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ):
     """Build a VLIC model of a quality level (CompressAI zoo signature).
 
-    ``metric`` is accepted for CompressAI compatibility; VLIC models are perceptual ("mse" and
-    "vlm" name the same weights). ``progress`` is unused (nothing is downloaded).
+    Args:
+        quality: ``"test"``, ``1`` or ``2`` (see the quality table); default 1.
+        metric: accepted for CompressAI compatibility; VLIC models are perceptual ("mse",
+            "ms-ssim" and "vlm" name the same weights). Default "mse".
+        pretrained: False (random weights, default), True (weights from ``weights`` or
+            $COMPRESSAI_VLIC_WEIGHTS), or the weights location itself: a hashed
+            ``.pth.tar`` file or its folder, a ``save_pretrained`` folder, or a Hub id.
+        progress: unused (CompressAI's signature).
+        weights: the weights location when ``pretrained=True``.
+        **overrides: config fields to change (e.g. ``num_steps=10``).
+
+    The weights must match the quality's architecture (``CheckpointError`` otherwise).
     """
+    from compressai_vlic.models.hub import (
+        is_hub_id,
+        is_pretrained_folder,
+        load_weights,
+        weights_file,
+    )
     from compressai_vlic.models.vlic import VLIC
 
     if metric not in ("mse", "ms-ssim", "vlm"):
         raise ConfigError(f"unknown metric {metric!r}; VLIC accepts 'mse', 'ms-ssim' or 'vlm'")
     config = quality_config(quality, **overrides)
-    if not pretrained:
+    if pretrained is False:
         return VLIC(config)
-    state = load_checked(resolve_weights(quality, weights))
+    location = _location(weights if pretrained is True else pretrained)
     net = VLIC(config)
+    if is_hub_id(location) or is_pretrained_folder(Path(location).expanduser()):
+        return load_weights(net, weights_file(location))  # checks the config hash
+    state = load_checked(resolve_weights(quality, location))
     net.load_state_dict(state)  # raises CheckpointError if made for another architecture
     return net

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install compressai-vlic with its test extras.
+# Create .venv (if missing) and install compressai-vlic with every extra and the test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,4 +11,4 @@ python -m pip install --quiet --upgrade pip
 # torch and torchvision must come from the same build (a CPU torch beside PyPI's CUDA torchvision
 # fails to import): resolve them together first.
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install --quiet ".[test]"
+python -m pip install --quiet ".[all,test]"

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import png
 import pytest
 import torch
 from PIL import Image
+from png16 import write_png16
 
 from compressai_vlic import zoo
 from compressai_vlic.cli._codec import load_model
@@ -51,7 +51,7 @@ def inputs(tmp_path_factory, photos) -> Path:
     rgba[:, :20, 3] = 0
     Image.fromarray(rgba, "RGBA").save(root / "alpha.png")
     deep = astronaut[200:236, 100:144].astype(np.uint16) * 257
-    png.from_array(deep.reshape(36, -1), "RGB;16").save(str(root / "deep" / "deep16.png"))
+    write_png16(root / "deep" / "deep16.png", deep)
     Image.fromarray(photos["coffee"][100:148, 300:340]).save(root / "deep" / "coffee.jpg")
     Image.fromarray(photos["rocket"][150:190, 250:306]).save(root / "deep" / "rocket.webp")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")

@@ -28,7 +28,7 @@ def _settings(tiny_dinov2, **kw) -> CompareSettings:
         metric_options={"fd_dino": {"model_path": str(tiny_dinov2), "resolution": 28}},
         patch_size=64,
         crop=192,
-        progress_type="none",
+        progress=False,
     )
     return CompareSettings(**{**base, **kw})
 
@@ -117,7 +117,7 @@ def test_cli_compare(photo_folder, tmp_path, capsys):
         "--codec", "jpeg", "--codec", "webp", "--bpp", "0.4", "0.8",
         "--metrics", "psnr", "ssimulacra2", "dists", "--distribution-metrics", "kid",
         "--crop", "128", "--reference-codec", "jpeg", "--judge-type", "ssimulacra2",
-        "--progress-type", "none", "-o", str(out),
+        "--no-progress", "-o", str(out),
     ]  # fmt: skip
     rc = main(argv)
     captured = capsys.readouterr()
@@ -133,7 +133,7 @@ def test_cli_compare(photo_folder, tmp_path, capsys):
 def test_cli_errors_are_clear(photo_folder, tmp_path):
     from compressai_vlic.cli.main import main
 
-    base = ["compare", str(photo_folder), "--progress-type", "none", "-o", str(tmp_path / "x")]
+    base = ["compare", str(photo_folder), "--no-progress", "-o", str(tmp_path / "x")]
     assert main([*base, "--codec", "gif"]) == 2
     assert main([*base, "--judge-type", "psnr"]) == 2  # no reference codec
     assert main([*base, "--reference-codec", "avif9"]) == 2
@@ -149,7 +149,7 @@ def test_vlic_next_to_jpeg(photo_folder, tmp_path):
             metrics=["psnr", "ssimulacra2"],
             distribution_metrics=[],
             crop=64,
-            progress_type="none",
+            progress=False,
             judge_type="ssimulacra2",
             reference_codec="jpeg",
         ),

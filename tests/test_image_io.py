@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import png
 import pytest
 import torch
 from PIL import Image
+from png16 import write_png16
 
 from compressai_vlic.errors import ImageReadError
 from compressai_vlic.image_io import find_images, load_image, save_png, to_uint8
@@ -60,7 +60,7 @@ def test_palette_with_transparency_is_composited(tmp_path, crop):
 def test_16bit_rgb_png_keeps_all_bits(tmp_path, crop):
     rng = np.random.default_rng(0)
     deep = crop.astype(np.uint16) * 256 + rng.integers(0, 256, crop.shape, dtype=np.uint16)
-    png.from_array(deep.reshape(48, -1), "RGB;16").save(str(tmp_path / "d.png"))
+    write_png16(tmp_path / "d.png", deep)
     loaded = load_image(tmp_path / "d.png")
     assert loaded.conversions == ["16-bit RGB PNG scaled to [0, 1]"]
     expected = torch.from_numpy(deep.transpose(2, 0, 1) / 65535.0).float()
@@ -73,7 +73,7 @@ def test_16bit_grayscale_alpha_png(tmp_path, crop):
     gray = np.asarray(Image.fromarray(crop).convert("L")).astype(np.uint16) * 257
     alpha = np.full_like(gray, 65535)
     alpha[:10] = 0
-    png.from_array(np.dstack([gray, alpha]).reshape(48, -1), "LA;16").save(str(tmp_path / "la.png"))
+    write_png16(tmp_path / "la.png", np.dstack([gray, alpha]))
     loaded = load_image(tmp_path / "la.png")
     assert "16-bit grayscale with alpha composited on white" in loaded.conversions
     assert torch.equal(loaded.tensor[:, :10], torch.ones(3, 10, 64))
@@ -122,9 +122,7 @@ def test_unreadable_files_raise_the_typed_error(tmp_path, crop):
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match=r"cut\.jpg"):
         load_image(tmp_path / "cut.jpg")
-    png.from_array((crop.astype(np.uint16) * 257).reshape(48, -1), "RGB;16").save(
-        str(tmp_path / "deep.png")
-    )
+    write_png16(tmp_path / "deep.png", crop.astype(np.uint16) * 257)
     data = (tmp_path / "deep.png").read_bytes()
     (tmp_path / "cut16.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match=r"cut16\.png: not a readable PNG"):

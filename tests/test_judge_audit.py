@@ -101,8 +101,7 @@ def test_bapps_audit_gives_the_accuracy_computed_by_hand(bapps_root, tmp_path, c
             str(out),
             "--bootstrap",
             "300",
-            "--progress-type",
-            "none",
+            "--no-progress",
         ]
     )
     assert rc == 0
@@ -262,8 +261,7 @@ def test_csv_audit_with_scene_scaling(tmp_path, photos, capsys):
             str(out),
             "--bootstrap",
             "200",
-            "--progress-type",
-            "none",
+            "--no-progress",
         ]
     )
     assert rc == 0
@@ -350,8 +348,7 @@ def test_audit_of_a_vlm_backend_on_loopback(bapps_root, tmp_path, capsys):
                 str(out),
                 "--bootstrap",
                 "50",
-                "--progress-type",
-                "none",
+                "--no-progress",
             ]
         )
         assert rc == 0

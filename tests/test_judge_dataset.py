@@ -238,7 +238,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, photos)
     judged = calls.read_text().split()
     assert len(judged) == len(set(judged)) == n_pairs  # nothing judged twice
 
-    assert main(["judge", *args, "--progress-type", "none"]) == 0  # once more, in-process
+    assert main(["judge", *args, "--no-progress"]) == 0  # once more, in-process
     assert len(read_preference_dataset(out)) == n_pairs
     assert len(calls.read_text().split()) == n_pairs
 
@@ -257,8 +257,7 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
             "ms_ssim",
             "--judge-arg",
             "ms_ssim.scale=0.05",
-            "--progress-type",
-            "none",
+            "--no-progress",
         ]
     )
     assert rc == 0
@@ -275,7 +274,7 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
         assert r.judge_config["judge"]["members"][1]["scale"] == 0.05  # ms_ssim.scale=0.05
     assert "4 judged now" in capsys.readouterr().out
     # resuming with other judge options is refused with a clear message
-    assert main([*base, "--judge-type", "psnr", "--progress-type", "none"]) == 2
+    assert main([*base, "--judge-type", "psnr", "--no-progress"]) == 2
     assert "different judge configuration" in capsys.readouterr().err
     # a judge argument addressed to a judge that is not in the run is refused
     assert main([*base, "--judge-type", "psnr", "--judge-arg", "lpips.net_type=vgg"]) == 2
@@ -289,7 +288,7 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
 def test_default_judge_is_ssimulacra2(tmp_path, photos, capsys):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 2)
     out = tmp_path / "prefs.jsonl"
-    rc = main(["judge", *folder_args(orig, a_dir, b_dir, out), "--progress-type", "none"])
+    rc = main(["judge", *folder_args(orig, a_dir, b_dir, out), "--no-progress"])
     assert rc == 0
     rows = read_preference_dataset(out)
     assert {r.judge for r in rows} == {"ssimulacra2"}
@@ -316,8 +315,7 @@ def test_codec_pairs_two_seeds_same_tokens(tmp_path, photos, capsys):
         "test",
         "--output",
         str(out),
-        "--progress-type",
-        "none",
+        "--no-progress",
     ]
     assert main([*args, "--limit", "1"]) == 0
     assert main(args) == 0  # resumes: only the second image is decoded and judged now

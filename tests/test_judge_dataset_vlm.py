@@ -34,7 +34,7 @@ def folders(tmp_path_factory, photos):
 def _args(root, out, base_url, *extra):
     return [
         "judge", "--originals", str(root / "orig"), "--recon-a", str(root / "a"),
-        "--recon-b", str(root / "b"), "--output", str(out), "--progress-type", "none",
+        "--recon-b", str(root / "b"), "--output", str(out), "--no-progress",
         "--judge-type", "openai", "--judge-arg", "model=loopback-vlm",
         "--judge-arg", f"base_url={base_url}", "--judge-arg", "api_key_env=",
         "--judge-arg", "prompt_type=ab-choice", "--judge-arg", "timeout_s=5",

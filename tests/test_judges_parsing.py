@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from compressai_vlic.judges.parsing import (
     parse_score,
     prob_a_from_logprobs,
 )
-from compressai_vlic.judges.prompts import ATTRIBUTES, PROMPT_TYPES, get_template
+from compressai_vlic.judges.prompts import ATTRIBUTES, PromptType, get_template
 from compressai_vlic.judges.types import Choice
 
 # ---------------------------------------------------------------- prompts
@@ -34,13 +35,13 @@ from compressai_vlic.judges.types import Choice
 
 def test_templates_are_versioned_and_distinct():
     versions = set()
-    for prompt_type in PROMPT_TYPES:
+    for prompt_type in get_args(PromptType):
         for attribute in ATTRIBUTES:
             t = get_template(prompt_type, attribute)
             assert t.version.startswith(f"{prompt_type}.{attribute}.v1-")
             assert [p.image_index for p in t.parts() if p.kind == "image"] == [0, 1, 2]
             versions.add(t.version)
-    assert len(versions) == len(PROMPT_TYPES) * len(ATTRIBUTES)
+    assert len(versions) == len(get_args(PromptType)) * len(ATTRIBUTES)
     score = get_template("vlic-score")
     assert "Score: <integer from -5 to 5>" in score.instructions
     assert "describe" in score.instructions.lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import sys
+import warnings
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -65,11 +66,26 @@ def test_register_is_idempotent_and_fills_every_compressai_dict():
     }
     assert isinstance(zoo.image_models["vlic"], plugins.LazyEntryPoint)
     assert isinstance(zoo_image.model_architectures["vlic"], plugins.LazyArchitecture)
-    assert isinstance(registry.MODELS["vlic"], plugins.LazyEntryPoint)
+    # The registry holds a constructor: a plain proxy, or the class once it is imported.
     assert not isinstance(registry.MODELS["vlic"], plugins.LazyArchitecture)
     assert "vlic_dpo" in registry.CRITERIONS
     # CompressAI's own models are untouched.
     assert not isinstance(zoo.image_models["mbt2018"], plugins.LazyEntryPoint)
+
+
+def test_imported_classes_register_themselves_with_compressai_registry():
+    from compressai import registry
+
+    from compressai_vlic.losses import VLMRewardLoss
+    from compressai_vlic.models.vlic import VLIC
+
+    assert registry.MODELS["vlic"] is VLIC
+    assert registry.CRITERIONS["vlic_dpo"] is VLMRewardLoss
+    # The entry-point loader sees them as its own: no clash warning, nothing replaced.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plugins.register_entry_points()
+    assert registry.MODELS["vlic"] is VLIC
 
 
 def test_clashing_plugin_is_skipped_with_a_warning(monkeypatch):

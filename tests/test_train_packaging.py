@@ -1,12 +1,15 @@
-"""The lightning/ folder must never shadow PyPI's `lightning`; configs must name real options."""
+"""Training packaging: pytorch-lightning only, the lightning/ folder shadows nothing, configs are real."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 from importlib import import_module
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,32 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_code_builds_on_pytorch_lightning_only():
+    """One Lightning distribution: `pytorch-lightning`; nothing imports the `lightning` package."""
+    import ast
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *chain(*project["optional-dependencies"].values())]
+    names = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower() for d in declared}
+    assert "pytorch-lightning" in names and "lightning" not in names
+    offenders = []
+    for path in [*ROOT.glob("compressai_vlic/**/*.py"), *ROOT.glob("lightning/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module or ""]
+            else:
+                continue
+            offenders += [f"{path}: {m}" for m in mods if m.split(".")[0] == "lightning"]
+    assert not offenders
+
+
 def test_import_lightning_from_repo_root_is_the_pypi_package():
     assert not (ROOT / "lightning" / "__init__.py").exists()
+    if importlib.util.find_spec("lightning") is None:
+        pytest.skip("PyPI's lightning is not installed (it is no dependency)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run(
         [sys.executable, "-c", "import lightning; print(lightning.__file__)"],
@@ -78,3 +105,32 @@ def test_every_training_config_names_real_classes_and_options(config):
         from compressai_vlic.judges.compose import ComposeSpec
 
         ComposeSpec(**init["judge_compose"])
+
+
+def test_literal_options_are_validated_by_lightning_cli_and_argparse(capsys):
+    from compressai_vlic_lightning import Stage1Module, Stage2Module
+    from compressai_vlic_lightning.cli import main
+    from compressai_vlic_lightning.perceptual import PerceptualType
+    from jsonargparse import ArgumentParser
+
+    from compressai_vlic.errors import ConfigError
+    from compressai_vlic.options import check_option, choices
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Stage1Module, "model")
+    assert (
+        parser.parse_args(["--model.perceptual_type", "ms_ssim"]).model.perceptual_type == "ms_ssim"
+    )
+    with pytest.raises(Exception, match="perceptual_type"):
+        parser.parse_args(["--model.perceptual_type", "bogus"])
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(Stage2Module, "model")
+    with pytest.raises(Exception, match="freeze_type"):
+        parser.parse_args(["--model.freeze_type", "decoder"])
+    # argparse gets its choices from the same type
+    with pytest.raises(SystemExit):
+        main(["export", "in.ckpt", "out.pth.tar", "--weights-type", "bogus"])
+    assert "choose from 'ema', 'raw'" in capsys.readouterr().err
+    assert choices(PerceptualType) == ("lpips", "ms_ssim", "none")
+    with pytest.raises(ConfigError, match=r"unknown perceptual_type 'x'; choose from 'lpips'"):
+        check_option("perceptual_type", "x", PerceptualType)

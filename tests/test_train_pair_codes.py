@@ -69,7 +69,7 @@ def test_codec_dataset_stores_the_codes_and_offline_dpo_trains_on_them(
     out = tmp_path / "prefs.jsonl"
     args = ["judge", "--originals", str(orig), "--codec-checkpoint", str(codec_ckpt)]
     args += ["--output", str(out), "--judge-type", "psnr", "--tiles-per-image", "2"]
-    assert vlic_main([*args, "--progress-type", "none"]) == 0
+    assert vlic_main([*args, "--no-progress"]) == 0
     rows = read_preference_dataset(out)
     assert len(rows) == 4 and all(r.codes for r in rows)
     assert rows[0].judge_config["codec"]["crop_type"] == "tile"
@@ -176,7 +176,7 @@ def test_tile_crops_need_images_at_least_one_tile(tmp_path, photos, codec_ckpt):
     Image.fromarray(np.ascontiguousarray(photos["coffee"][:20, :40])).save(orig / "small.png")
     args = ["judge", "--originals", str(orig), "--codec-checkpoint", str(codec_ckpt)]
     args += ["--output", str(tmp_path / "p.jsonl"), "--judge-type", "psnr"]
-    assert vlic_main([*args, "--progress-type", "none"]) == 2  # a clear error, nothing written
+    assert vlic_main([*args, "--no-progress"]) == 2  # a clear error, nothing written
     assert not (tmp_path / "p.jsonl").exists() or (tmp_path / "p.jsonl").read_text() == ""
 
 
@@ -262,7 +262,7 @@ def test_whole_image_pairs_train_on_a_whole_tile_with_that_tiles_code(tmp_path, 
     out = tmp_path / "prefs.jsonl"
     args = ["judge", "--originals", str(orig), "--codec-checkpoint", str(codec_ckpt)]
     args += ["--output", str(out), "--judge-type", "psnr", "--crop-type", "image"]
-    assert vlic_main([*args, "--progress-type", "none"]) == 0
+    assert vlic_main([*args, "--no-progress"]) == 0
     (row,) = read_preference_dataset(out)
     assert row.pair_id == "rocket#s0-s1"
     codes = PairCodes.load(row.codes)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.audit.scaling import SCALE_TYPES
+from compressai_vlic.judges.audit.scaling import ScaleType
 from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
+from compressai_vlic.options import choices
 
 
 def add_audit_arguments(parser: Any) -> None:
@@ -38,7 +39,7 @@ def add_audit_arguments(parser: Any) -> None:
     )
     a.add_argument(
         "--scale-type",
-        choices=SCALE_TYPES,
+        choices=choices(ScaleType),
         default="bradley-terry",
         help="psychometric scaling for scenes with >= 3 stimuli",
     )
@@ -50,7 +51,7 @@ def add_audit_arguments(parser: Any) -> None:
     a.add_argument(
         "--output-dir", type=Path, required=True, help="writes audit.json and audit.png here"
     )
-    a.add_argument("--progress-type", choices=("bar", "none"), default="bar")
+    a.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run_audit_cli(args: Any) -> int:
@@ -91,7 +92,7 @@ def run_audit_cli(args: Any) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         batch_size=args.batch_size,
-        progress=args.progress_type == "bar",
+        progress=args.progress,
     )
     report = audit(judges, pairs, settings, str(args.bapps or args.csv), spec.make_extra)
     print(format_report(report))

@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressai_vlic.evaluation.compare import (
         DEFAULT_DISTRIBUTION_METRICS,
         DEFAULT_METRICS,
-        PROGRESS_TYPES,
     )
 
     parser.add_argument("images", type=Path, help="folder of images (or one image file)")
@@ -81,7 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop", type=int, default=None, help="centre-crop images to this size")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images")
     parser.add_argument("--device", default="cpu", help="torch device for models and metrics")
-    parser.add_argument("--progress-type", choices=PROGRESS_TYPES, default="bar")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
     parser.add_argument("--plot-type", choices=("all", "none"), default="all")
     parser.add_argument("--grid-crop", type=int, default=128, help="crop size in crops.png")
     parser.add_argument("--output-dir", "-o", type=Path, required=True)
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         reference_codec=reference,
         device=args.device,
         crop=args.crop,
-        progress_type=args.progress_type,
+        progress=args.progress,
     )
     result = run_comparison(images, codecs, args.output_dir, settings)
     out = args.output_dir

@@ -170,7 +170,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--output", type=Path, help="preference dataset (JSONL); rerun to resume")
     out.add_argument("--concurrency", type=int, default=4, help="pairs in flight at once")
     out.add_argument("--limit", type=int, default=None, help="judge at most the first N pairs")
-    out.add_argument("--progress-type", choices=("bar", "none"), default="bar")
+    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_judge_arguments(parser)
 
     sub = parser.add_subparsers(dest="judge_command", metavar="{audit}")
@@ -281,7 +281,7 @@ def run_build(args: argparse.Namespace) -> int:
         args.output,
         config,
         concurrency=args.concurrency,
-        progress=args.progress_type == "bar",
+        progress=args.progress,
         prepare=prepare,
     )
     if summary.repaired_bytes:

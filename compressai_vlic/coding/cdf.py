@@ -1,7 +1,7 @@
 """Integer CDF tables for compressai.ans, built so encoder and decoder agree bit for bit.
 
-Deviation from docs/model-spec: the escape slot of each table has zero width (every real
-symbol still has frequency >= 1); see "Escape convention" below for why.
+The escape slot of each table has zero width (every real symbol still has frequency >= 1); see
+"Escape convention" below for why.
 
 CompressAI users hit decode failures when the decoder recomputes a prior in floating point and
 lands on a slightly different table than the encoder (CompressAI issues #279 and #309): one unit

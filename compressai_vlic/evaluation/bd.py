@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.extras import require
 
 BD_METHODS = ("pchip", "cubic")
 
@@ -60,9 +61,9 @@ def _integral(x: np.ndarray, y: np.ndarray, lo: float, hi: float, method: str) -
             raise ConfigError("method='cubic' needs at least 4 points per curve; use 'pchip'")
         poly = np.polyint(np.polyfit(x, y, 3))
         return float(np.polyval(poly, hi) - np.polyval(poly, lo))
-    from scipy.interpolate import PchipInterpolator
+    interpolate = require("scipy.interpolate", "eval", "BD metrics with method='pchip'")
 
-    return float(PchipInterpolator(x, y).integrate(lo, hi))
+    return float(interpolate.PchipInterpolator(x, y).integrate(lo, hi))
 
 
 def _overlap(

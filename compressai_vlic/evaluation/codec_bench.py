@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from compressai_vlic.extras import require
+
 DEFAULT_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image, shipped offline
 T = TypeVar("T")
 
@@ -96,11 +98,11 @@ def _load_inputs(images: Sequence[Path] | None) -> list[tuple[str, Any]]:
     from compressai_vlic.image_io import find_images, load_image
 
     if not images:
-        import skimage.data
+        skimage_data = require("skimage.data", "demo", "The bundled sample photos")
 
         out = []
         for name in DEFAULT_PHOTOS:
-            arr = np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
+            arr = np.ascontiguousarray(getattr(skimage_data, name)()[..., :3])
             out.append((name, torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255))
         return out
     out = []

@@ -32,7 +32,6 @@ DEFAULT_METRICS = ("psnr", "ms_ssim", "ssimulacra2", "lpips", "dists")
 DEFAULT_DISTRIBUTION_METRICS = ("fid", "kid", "fd_dino")
 # CompressAI's eval_model / plot name these two this way.
 JSON_NAMES = {"psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
-PROGRESS_TYPES = ("bar", "none")
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class CompareSettings:
     reference_codec: str | None = None
     device: str = "cpu"
     crop: int | None = None
-    progress_type: str = "bar"
+    progress: bool = True
     bpp_tolerance: float = 0.15
 
 
@@ -177,11 +176,9 @@ def _load_sources(
 
 
 class _Progress:
-    def __init__(self, total: int, progress_type: str) -> None:
-        if progress_type not in PROGRESS_TYPES:
-            raise ConfigError(f"progress_type must be one of {PROGRESS_TYPES}")
+    def __init__(self, total: int, progress: bool) -> None:
         self.bar = None
-        if progress_type == "bar":
+        if progress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
@@ -291,7 +288,7 @@ class ComparisonRunner:
         sources = _load_sources(paths, self.settings.crop, self._notify)
         metrics = self._build_metrics()
         total = len(sources) * sum(len(c.rate_points) for c in self.codecs.values())
-        progress = _Progress(total, self.settings.progress_type)
+        progress = _Progress(total, self.settings.progress)
         rows: list[ImageRow] = []
         recon: dict[tuple[str, str, str], Path] = {}
         computed = 0

@@ -10,6 +10,7 @@ import torch
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.evaluation.compare import ComparisonResult
+from compressai_vlic.extras import require
 from compressai_vlic.image_io import load_image
 
 LABELS = {
@@ -26,8 +27,7 @@ LABELS = {
 
 
 def _pyplot():
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "Rate-distortion plots")
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 

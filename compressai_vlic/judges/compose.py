@@ -19,7 +19,7 @@ import importlib
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -32,11 +32,12 @@ from compressai_vlic.judges.types import (
     Vote,
     choice_from_score,
 )
+from compressai_vlic.options import check_option
 
-ORDER_TYPES = ("as-given", "symmetrize")
-COMBINE_ORDER_TYPES = ("sum", "agree")
-MAJORITY_TYPES = ("plurality", "strict")
-WEIGHTED_TYPES = ("choice", "score")
+OrderType = Literal["as-given", "symmetrize"]
+CombineOrderType = Literal["sum", "agree"]
+MajorityType = Literal["plurality", "strict"]
+WeightedType = Literal["choice", "score"]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -109,7 +110,7 @@ def _rationale(parts: Sequence[Judgment], labels: Sequence[str], note: str = "")
 
 
 def combine_orders(
-    ab: Judgment, ba: Judgment, combine_type: str = "sum", margin: float = 0.0
+    ab: Judgment, ba: Judgment, combine_type: CombineOrderType = "sum", margin: float = 0.0
 ) -> Judgment:
     """Combine a judgment of (A, B) with one of (B, A) (``ba`` as returned, NOT yet mapped back).
 
@@ -117,10 +118,7 @@ def combine_orders(
     that abstained contributes 0, a failed order makes the pair abstain. ``agree``: both orders must
     decide the same way. A pure position bias cancels to 0 in both rules.
     """
-    if combine_type not in COMBINE_ORDER_TYPES:
-        raise ConfigError(
-            f"combine_type must be one of {COMBINE_ORDER_TYPES}, got {combine_type!r}"
-        )
+    check_option("combine_type", combine_type, CombineOrderType)
     back = mapped_back(ba)
     parts = [ab, back]
     votes = _tag(ab.votes, "AB") + _tag(back.votes, "BA")
@@ -155,15 +153,14 @@ def combine_orders(
     return Judgment(score, choice, prob, votes, _rationale(parts, ("AB", "BA"), note), **meta)
 
 
-def majority(parts: Sequence[Judgment], majority_type: str = "plurality") -> Judgment:
+def majority(parts: Sequence[Judgment], majority_type: MajorityType = "plurality") -> Judgment:
     """Majority over repeated votes. ``plurality``: more A than B among decided votes wins;
     ``strict``: a choice needs more than half of ALL votes. Ties abstain; failures are abstentions.
 
     The score is the normalised vote margin (n_A - n_B) / n (0 on abstention), so its sign always
     matches the choice.
     """
-    if majority_type not in MAJORITY_TYPES:
-        raise ConfigError(f"majority_type must be one of {MAJORITY_TYPES}, got {majority_type!r}")
+    check_option("majority_type", majority_type, MajorityType)
     if not parts:
         raise ConfigError("majority() needs at least one judgment")
     n = len(parts)
@@ -217,14 +214,13 @@ def weighted(
     parts: Sequence[Judgment],
     names: Sequence[str],
     weights: Sequence[float],
-    combine_type: str = "choice",
+    combine_type: WeightedType = "choice",
     margin: float = 0.0,
 ) -> Judgment:
     """Weighted ensemble. ``choice``: weighted sum of +1 (A) / -1 (B) / 0 (abstain), scale-free;
     ``score``: weighted mean of the members' scores (only meaningful if their scales match).
     Failed members are left out of the normalisation."""
-    if combine_type not in WEIGHTED_TYPES:
-        raise ConfigError(f"combine_type must be one of {WEIGHTED_TYPES}, got {combine_type!r}")
+    check_option("combine_type", combine_type, WeightedType)
     votes = [v for name, p in zip(names, parts) for v in _tag(p.votes, name)]
     live = [(p, w) for p, w in zip(parts, weights) if not failed(p)]
     meta = _meta(parts, "weighted")
@@ -339,11 +335,8 @@ class _Composite:
 class SymmetrizedJudge(_Composite):
     """Judge (A, B) and (B, A) and combine (VLIC noise control 1: cancels position bias)."""
 
-    def __init__(self, inner: Judge, combine_type: str = "sum", margin: float = 0.0):
-        if combine_type not in COMBINE_ORDER_TYPES:
-            raise ConfigError(
-                f"combine_type must be one of {COMBINE_ORDER_TYPES}, got {combine_type!r}"
-            )
+    def __init__(self, inner: Judge, combine_type: CombineOrderType = "sum", margin: float = 0.0):
+        check_option("combine_type", combine_type, CombineOrderType)
         self.inner, self.combine_type, self.margin = inner, combine_type, margin
         self.name = f"symmetrize({inner.name})"
 
@@ -377,13 +370,10 @@ class SymmetrizedJudge(_Composite):
 class SelfEnsembleJudge(_Composite):
     """n votes from the same judge, majority decides, ties abstain (VLIC noise control 2)."""
 
-    def __init__(self, inner: Judge, votes: int = 3, majority_type: str = "plurality"):
+    def __init__(self, inner: Judge, votes: int = 3, majority_type: MajorityType = "plurality"):
         if votes < 1:
             raise ConfigError(f"votes must be >= 1, got {votes}")
-        if majority_type not in MAJORITY_TYPES:
-            raise ConfigError(
-                f"majority_type must be one of {MAJORITY_TYPES}, got {majority_type!r}"
-            )
+        check_option("majority_type", majority_type, MajorityType)
         self.inner, self.votes, self.majority_type = inner, votes, majority_type
         if votes > 1 and any(t == 0 for t in sampling_temperatures(inner)):
             warnings.warn(
@@ -466,15 +456,14 @@ class WeightedJudge(_Composite):
         self,
         judges: Sequence[Judge],
         weights: Sequence[float],
-        combine_type: str = "choice",
+        combine_type: WeightedType = "choice",
         margin: float = 0.0,
     ):
         if len(judges) != len(weights) or not judges:
             raise ConfigError("weighted ensemble needs one weight per judge")
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-        if combine_type not in WEIGHTED_TYPES:
-            raise ConfigError(f"combine_type must be one of {WEIGHTED_TYPES}, got {combine_type!r}")
+        check_option("combine_type", combine_type, WeightedType)
         self.judges, self.weights = list(judges), [float(w) for w in weights]
         self.combine_type, self.margin = combine_type, margin
         self.names = _unique_names(self.judges)
@@ -555,18 +544,17 @@ class ComposeSpec:
     judge (weight ``base_weight``) and those judges.
     """
 
-    order_type: str = "as-given"
-    combine_type: str = "sum"
+    order_type: OrderType = "as-given"
+    combine_type: CombineOrderType = "sum"
     votes: int = 1
-    majority_type: str = "plurality"
+    majority_type: MajorityType = "plurality"
     unanimous_with: list[str] = field(default_factory=list)
     weighted: dict[str, float] = field(default_factory=dict)
     base_weight: float = 1.0
-    weighted_type: str = "choice"
+    weighted_type: WeightedType = "choice"
 
     def __post_init__(self) -> None:
-        if self.order_type not in ORDER_TYPES:
-            raise ConfigError(f"order_type must be one of {ORDER_TYPES}, got {self.order_type!r}")
+        check_option("order_type", self.order_type, OrderType)
         if self.votes < 1:
             raise ConfigError(f"votes must be >= 1, got {self.votes}")
 

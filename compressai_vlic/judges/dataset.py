@@ -25,17 +25,18 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from compressai_vlic.errors import ConfigError, DatasetError
 from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image, save_png
 from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote
+from compressai_vlic.options import check_option
 
 DATASET_VERSION = 1
-MISSING_TYPES = ("error", "skip")
-CROP_TYPES = ("tile", "image")
+MissingType = Literal["error", "skip"]
+CropType = Literal["tile", "image"]
 
 
 @dataclass(frozen=True)
@@ -248,12 +249,11 @@ def _index(root: Path) -> dict[str, list[Path]]:
 
 
 def pairs_from_folders(
-    originals: Path, recon_a: Path, recon_b: Path, missing_type: str = "error"
+    originals: Path, recon_a: Path, recon_b: Path, missing_type: MissingType = "error"
 ) -> tuple[list[PairInputs], list[str]]:
     """Match originals with reconstructions by relative path without suffix (``sub/x.png`` <->
     ``sub/x.webp``). Returns the pairs and the keys that had no match (``missing_type="skip"``)."""
-    if missing_type not in MISSING_TYPES:
-        raise ConfigError(f"missing_type must be one of {MISSING_TYPES}, got {missing_type!r}")
+    check_option("missing_type", missing_type, MissingType)
     for label, folder in (("originals", originals), ("A", recon_a), ("B", recon_b)):
         if not Path(folder).is_dir():
             raise DatasetError(f"{label} folder {folder} does not exist")
@@ -477,13 +477,12 @@ class CodecPairMaker:
         pairs_per_image: int = 1,
         base_seed: int = 0,
         identity: dict[str, Any] | None = None,
-        crop_type: str = "tile",
+        crop_type: CropType = "tile",
         tiles_per_image: int = 1,
     ):
         if pairs_per_image < 1:
             raise ConfigError(f"pairs_per_image must be >= 1, got {pairs_per_image}")
-        if crop_type not in CROP_TYPES:
-            raise ConfigError(f"crop_type must be one of {CROP_TYPES}, got {crop_type!r}")
+        check_option("crop_type", crop_type, CropType)
         if tiles_per_image < 1:
             raise ConfigError(f"tiles_per_image must be >= 1, got {tiles_per_image}")
         self._check_identity(Path(decode_dir), identity or {})

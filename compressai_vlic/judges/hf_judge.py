@@ -22,17 +22,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from compressai_vlic.errors import CheckpointError, ConfigError, JudgeError
 from compressai_vlic.judges.encoding import check_triplet, to_pil
 from compressai_vlic.judges.parsing import abstain, parse_answer
-from compressai_vlic.judges.prompts import ANSWER_PREFIX, PromptTemplate, get_template
+from compressai_vlic.judges.prompts import ANSWER_PREFIX, PromptTemplate, PromptType, get_template
 from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote, choice_from_score
+from compressai_vlic.options import check_option
 
-DECODE_TYPES = ("logits", "generate")
+DecodeType = Literal["logits", "generate"]
 DTYPES = {
     "auto": "auto",
     "float32": torch.float32,
@@ -73,9 +74,9 @@ class HFJudge:
     def __init__(
         self,
         model: str,
-        prompt_type: str = "ab-choice",
+        prompt_type: PromptType = "ab-choice",
         attribute: str = "fidelity",
-        decode_type: str = "logits",
+        decode_type: DecodeType = "logits",
         device: str = "cpu",
         dtype: str = "auto",
         batch_size: int = 4,
@@ -85,8 +86,7 @@ class HFJudge:
         trust_remote_code: bool = False,
         name: str | None = None,
     ) -> None:
-        if decode_type not in DECODE_TYPES:
-            raise ConfigError(f"decode_type must be one of {DECODE_TYPES}")
+        check_option("decode_type", decode_type, DecodeType)
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {tuple(DTYPES)}")
         if batch_size < 1:

@@ -27,12 +27,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-import openai
 import torch
 
 from compressai_vlic.errors import ConfigError, JudgeError
+from compressai_vlic.extras import require
 from compressai_vlic.judges.encoding import check_triplet, png_data_url
 from compressai_vlic.judges.parsing import (
     ParsedAnswer,
@@ -41,14 +41,16 @@ from compressai_vlic.judges.parsing import (
     parse_answer,
     prob_a_from_logprobs,
 )
-from compressai_vlic.judges.prompts import PromptTemplate, get_template
+from compressai_vlic.judges.prompts import PromptTemplate, PromptType, get_template
 from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote
+from compressai_vlic.options import check_option
 
+openai = require("openai", "judges", "The OpenAI-compatible judge")
 log = logging.getLogger(__name__)
 
 ResultCallback = Callable[[int, Judgment], None]
 
-LOGPROBS_TYPES = ("auto", "on", "off")
+LogprobsType = Literal["auto", "on", "off"]
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 _RETRY_STATUS = {408, 409, 425, 429}
 _FATAL_STATUS = {401, 403, 404}
@@ -114,7 +116,7 @@ class OpenAIJudge:
         model: str,
         base_url: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
-        prompt_type: str = "vlic-score",
+        prompt_type: PromptType = "vlic-score",
         attribute: str = "fidelity",
         temperature: float = 0.0,
         seed: int | None = None,
@@ -126,7 +128,7 @@ class OpenAIJudge:
         max_attempts: int = 4,
         backoff_base_s: float = 1.0,
         backoff_max_s: float = 30.0,
-        logprobs_type: str = "auto",
+        logprobs_type: LogprobsType = "auto",
         top_logprobs: int = 5,
         image_detail: str = "high",
         extra_body: dict[str, Any] | None = None,
@@ -136,8 +138,7 @@ class OpenAIJudge:
             raise ConfigError("model is required (e.g. --model Qwen/Qwen2.5-VL-7B-Instruct)")
         if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
             raise ConfigError("concurrency and max_attempts must be >= 1, timeout_s > 0")
-        if logprobs_type not in LOGPROBS_TYPES:
-            raise ConfigError(f"logprobs_type must be one of {LOGPROBS_TYPES}")
+        check_option("logprobs_type", logprobs_type, LogprobsType)
         if max_tokens_field not in TOKEN_LIMIT_FIELDS:
             raise ConfigError(f"max_tokens_field must be one of {TOKEN_LIMIT_FIELDS}")
         self.template: PromptTemplate = get_template(prompt_type, attribute)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.options import check_option
 
 SCORE_MIN = -5
 SCORE_MAX = 5
@@ -136,13 +138,13 @@ def ab_choice_template(attribute: str = "fidelity") -> PromptTemplate:
     return PromptTemplate("ab-choice", attribute, "choice", "v1", SYSTEM_TEXT, text)
 
 
-PROMPT_TYPES = {"vlic-score": vlic_score_template, "ab-choice": ab_choice_template}
+PromptType = Literal["vlic-score", "ab-choice"]
+_TEMPLATES = {"vlic-score": vlic_score_template, "ab-choice": ab_choice_template}
 
 
-def get_template(prompt_type: str = "vlic-score", attribute: str = "fidelity") -> PromptTemplate:
+def get_template(
+    prompt_type: PromptType = "vlic-score", attribute: str = "fidelity"
+) -> PromptTemplate:
     """Look a template up by its ``prompt_type`` name and attribute."""
-    if prompt_type not in PROMPT_TYPES:
-        raise ConfigError(
-            f"unknown prompt_type {prompt_type!r}; choose one of {', '.join(PROMPT_TYPES)}"
-        )
-    return PROMPT_TYPES[prompt_type](attribute)
+    check_option("prompt_type", prompt_type, PromptType)
+    return _TEMPLATES[prompt_type](attribute)

@@ -44,33 +44,31 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from compressai.registry import register_criterion
 from torch import Tensor, nn
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.options import check_option
 
-WEIGHTING_TYPES = ("uniform", "eps", "x0")
-LABEL_TYPES = ("hard", "soft")
+WeightingType = Literal["uniform", "eps", "x0"]
 LabelType = Literal["hard", "soft"]
 DEFAULT_BETA = 2500.0
 DEFAULT_WEIGHTING = "eps"
 DEFAULT_LAMBDA_FLOW = 1.0
 
 
-def timestep_weight(t: Tensor, weighting_type: str) -> Tensor:
+def timestep_weight(t: Tensor, weighting_type: WeightingType) -> Tensor:
     """w(t) that turns a velocity error into the error of another parametrisation.
 
     ``uniform``: the velocity error itself; ``eps``: (1-t)^2 (noise-prediction error);
     ``x0``: t^2 (clean-image error, since x0_hat = x_t - t v_hat).
     """
+    check_option("weighting_type", weighting_type, WeightingType)
     if weighting_type == "uniform":
         return torch.ones_like(t)
     if weighting_type == "eps":
         return (1.0 - t) ** 2
-    if weighting_type == "x0":
-        return t**2
-    raise ConfigError(
-        f"unknown weighting_type {weighting_type!r}; choose from {', '.join(WEIGHTING_TYPES)}"
-    )
+    return t**2
 
 
 def per_sample_error(target: Tensor, prediction: Tensor) -> Tensor:
@@ -116,7 +114,7 @@ def diffusion_dpo_loss(
     ref_err_l: Tensor,
     t: Tensor,
     beta: float = DEFAULT_BETA,
-    weighting_type: str = DEFAULT_WEIGHTING,
+    weighting_type: WeightingType = DEFAULT_WEIGHTING,
     flow_loss: Tensor | None = None,
     lambda_flow: float = DEFAULT_LAMBDA_FLOW,
     label_type: LabelType = "hard",
@@ -129,10 +127,7 @@ def diffusion_dpo_loss(
             loss under ``prob_winner`` (the judge's P(winner better); NaN entries count as 1).
         prob_winner: (B,) probabilities in [0, 1], used only with ``label_type="soft"``.
     """
-    if label_type not in LABEL_TYPES:
-        raise ConfigError(
-            f"unknown label_type {label_type!r}; choose from {', '.join(LABEL_TYPES)}"
-        )
+    check_option("label_type", label_type, LabelType)
     shapes = {tuple(x.shape) for x in (err_w, err_l, ref_err_w, ref_err_l)}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ConfigError(
@@ -172,6 +167,7 @@ def _field(output: Any, name: str) -> Any:
     return getattr(output, name)
 
 
+@register_criterion("vlic_dpo")
 class VLMRewardLoss(nn.Module):
     """Diffusion-DPO criterion for VLIC decoders ("VLM-reward loss"), usable without Lightning.
 
@@ -191,15 +187,12 @@ class VLMRewardLoss(nn.Module):
     def __init__(
         self,
         beta: float = DEFAULT_BETA,
-        weighting_type: str = DEFAULT_WEIGHTING,
+        weighting_type: WeightingType = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
         label_type: LabelType = "hard",
     ) -> None:
         super().__init__()
-        if label_type not in LABEL_TYPES:
-            raise ConfigError(
-                f"unknown label_type {label_type!r}; choose from {', '.join(LABEL_TYPES)}"
-            )
+        check_option("label_type", label_type, LabelType)
         self.label_type = label_type
         if beta <= 0:
             raise ConfigError(f"beta must be positive, got {beta}")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, PairMetric, register_metric
 from compressai_vlic.metrics.weights import (
     TORCHVISION_ALEXNET,
@@ -81,7 +82,10 @@ class LPIPS(PairMetric):
             raise ConfigError(f"lpips net_type must be one of {sorted(LPIPS_BACKBONES)}")
         arch, spec = LPIPS_BACKBONES[net_type]
         path = resolve_weight_file(spec, weights)
-        from torchmetrics.functional.image.lpips import _LPIPS
+        lpips = require(
+            "torchmetrics.functional.image.lpips", "eval", "lpips", MetricUnavailableError
+        )
+        _LPIPS = lpips._LPIPS
 
         features = load_torchvision_features(arch, path, "lpips")
         # pnet_rand=True: torchmetrics builds the backbone without touching the network.
@@ -118,7 +122,9 @@ class DISTS(PairMetric):
     ) -> None:
         super().__init__(device)
         path = resolve_weight_file(TORCHVISION_VGG16, weights)
-        import torchmetrics.functional.image.dists as dists_module
+        dists_module = require(
+            "torchmetrics.functional.image.dists", "eval", "dists", MetricUnavailableError
+        )
 
         features = load_torchvision_features("vgg16", path, "dists")
 

@@ -13,17 +13,20 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
 from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.metrics.base import DeviceLike, check_pair
 from compressai_vlic.metrics.weights import INCEPTION_FID, load_state_dict_file, resolve_weight_file
+from compressai_vlic.options import check_option
 
-PATCH_TYPES = ("hific", "whole")
+PatchType = Literal["hific", "whole"]
 DINOV2_ENV = "COMPRESSAI_VLIC_DINOV2"
 DINOV2_DEFAULT = "facebook/dinov2-large"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -52,10 +55,8 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, weights: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError as exc:  # pragma: no cover - torchmetrics is a dependency
-            raise MetricUnavailableError("fid/kid need torchmetrics") from exc
+        fid = require("torchmetrics.image.fid", "eval", "fid/kid", MetricUnavailableError)
+        NoTrainInceptionV3 = fid.NoTrainInceptionV3
         path = resolve_weight_file(INCEPTION_FID, weights)
         load_state_dict_file(
             path, "fid/kid"
@@ -128,12 +129,11 @@ class DistributionMetric(ABC):
         self,
         features: nn.Module,
         device: DeviceLike = "cpu",
-        patch_type: str = "hific",
+        patch_type: PatchType = "hific",
         patch_size: int = 256,
         batch_size: int = 16,
     ) -> None:
-        if patch_type not in PATCH_TYPES:
-            raise ConfigError(f"patch_type must be one of {PATCH_TYPES}")
+        check_option("patch_type", patch_type, PatchType)
         self.device = torch.device(device)
         self.features = features.eval().to(self.device)
         self.patch_type = patch_type
@@ -246,9 +246,9 @@ class KernelDistance(DistributionMetric):
         super().__init__(features, **kwargs)  # type: ignore[arg-type]
 
     def _build(self, features: nn.Module) -> nn.Module:
-        from torchmetrics.image.kid import KernelInceptionDistance
+        kid = require("torchmetrics.image.kid", "eval", "kid", MetricUnavailableError)
 
-        return KernelInceptionDistance(feature=features, subsets=self.subsets, normalize=True)
+        return kid.KernelInceptionDistance(feature=features, subsets=self.subsets, normalize=True)
 
     def _value(self) -> float:
         self._metric.subset_size = min(1000, self.num_samples)

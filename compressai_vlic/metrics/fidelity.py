@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,10 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, PairMetric, register_metric
+from compressai_vlic.options import check_option
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-SMALL_IMAGE_TYPES = ("reduce_scales", "error")
+SmallImageType = Literal["reduce_scales", "error"]
 
 
 def _to_255(x: torch.Tensor) -> torch.Tensor:
@@ -62,14 +65,15 @@ class MSSSIM(PairMetric):
     name = "ms_ssim"
     higher_is_better = True
 
-    def __init__(self, device: DeviceLike = "cpu", small_image_type: str = "reduce_scales") -> None:
+    def __init__(
+        self, device: DeviceLike = "cpu", small_image_type: SmallImageType = "reduce_scales"
+    ) -> None:
         super().__init__(device)
-        if small_image_type not in SMALL_IMAGE_TYPES:
-            raise ConfigError(f"small_image_type must be one of {SMALL_IMAGE_TYPES}")
+        check_option("small_image_type", small_image_type, SmallImageType)
         self.small_image_type = small_image_type
 
     def _compute(self, reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
-        from pytorch_msssim import ms_ssim
+        ms_ssim = require("pytorch_msssim", "eval", "The ms_ssim metric").ms_ssim
 
         x, y = _to_255(reference), _to_255(distorted)
         levels = ms_ssim_levels(*x.shape[-2:])
@@ -94,7 +98,8 @@ def ms_ssim_reduced(x: torch.Tensor, y: torch.Tensor, levels: int) -> torch.Tens
     loop is repeated here on top of its own ``_ssim`` kernel; with ``levels=5`` it equals
     ``pytorch_msssim.ms_ssim`` (tested).
     """
-    from pytorch_msssim.ssim import _fspecial_gauss_1d, _ssim
+    ssim = require("pytorch_msssim.ssim", "eval", "The ms_ssim metric")
+    _fspecial_gauss_1d, _ssim = ssim._fspecial_gauss_1d, ssim._ssim
 
     weights = x.new_tensor(MS_SSIM_WEIGHTS[:levels])
     if levels < len(MS_SSIM_WEIGHTS):  # the published 5 weights sum to 1.0001: keep them as is
@@ -125,13 +130,8 @@ class SSIMULACRA2(PairMetric):
 
     def __init__(self, device: DeviceLike = "cpu") -> None:
         super().__init__("cpu")  # pure NumPy implementation
-        try:
-            from ssimulacra2 import compute_ssimulacra2
-        except ImportError as exc:
-            raise MetricUnavailableError(
-                "ssimulacra2 needs the PyPI package 'ssimulacra2' (pip install ssimulacra2)"
-            ) from exc
-        self._fn = compute_ssimulacra2
+        module = require("ssimulacra2", "eval", "The ssimulacra2 metric", MetricUnavailableError)
+        self._fn = module.compute_ssimulacra2
 
     def _compute(self, reference: torch.Tensor, distorted: torch.Tensor) -> torch.Tensor:
         if min(reference.shape[-2:]) < 8:

@@ -3,8 +3,10 @@
 Two faces:
 - typed methods for training (``encode``, ``velocity``, ``flow_matching``, ``token_nll_bits``,
   ``decode_codes``) that work on training-resolution tiles;
-- CompressAI's contract (``forward``, ``compress``, ``decompress``, ``update``,
-  ``from_state_dict``, ``load_state_dict``) on images of any size, tiled with ``TileLayout``.
+- CompressAI's contract (``forward``, ``compress``, ``decompress``, ``update``, ``aux_loss``,
+  ``from_state_dict``, ``load_state_dict``) on images of any size, tiled with ``TileLayout``;
+- the Hugging Face Hub's (``save_pretrained``, ``from_pretrained``, ``push_to_hub``: safetensors
+  weights, ``config.json`` and a generated model card), from ``PyTorchModelHubMixin``.
 
 ``compress`` puts everything the decoder needs (image size, tiling, decode seed, sampler settings,
 config hash) in the container bytes, so ``decompress`` reproduces exactly the image that
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from compressai.models import CompressionModel
+from compressai.registry import register_model
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from compressai_vlic.bitstream import StreamHeader, pack, unpack
@@ -33,6 +38,12 @@ from compressai_vlic.models.config import VLICConfig
 from compressai_vlic.models.decoder import VelocityDecoder
 from compressai_vlic.models.encoder import TokenEncoder
 from compressai_vlic.models.fsq import FSQ
+from compressai_vlic.models.hub import (
+    MODEL_CARD_TEMPLATE,
+    load_weights,
+    stored_config_json,
+    weights_file,
+)
 from compressai_vlic.models.prior import ARPrior
 from compressai_vlic.sampling import RectifiedFlowSampler, cfg_combine, seeded_noise
 from compressai_vlic.tiling import TileLayout
@@ -103,15 +114,34 @@ def _to_image_space(x: Tensor) -> Tensor:
     return (x + 1.0) / 2.0
 
 
-class VLIC(CompressionModel):
-    """Diffusion-autoencoder image codec (VLIC / FlowMo style) with real rANS bitstreams."""
+@register_model("vlic")
+class VLIC(
+    CompressionModel,
+    PyTorchModelHubMixin,
+    library_name="compressai-vlic",
+    paper_url="https://arxiv.org/abs/2512.15701",
+    license="apache-2.0",
+    tags=["image-compression", "compressai", "vlic"],
+    model_card_template=MODEL_CARD_TEMPLATE,
+):
+    """Diffusion-autoencoder image codec (VLIC / FlowMo style) with real rANS bitstreams.
 
-    def __init__(self, config: VLICConfig | None = None, **overrides: Any):
+    Args:
+        config: the model's :class:`VLICConfig` (or its dict, as in ``config.json``); default
+            ``VLICConfig()``.
+        **overrides: config fields to change (e.g. ``num_steps=10``).
+    """
+
+    def __init__(self, config: VLICConfig | Mapping[str, Any] | None = None, **overrides: Any):
         super().__init__()
-        config = config if config is not None else VLICConfig()
+        if config is None:
+            config = VLICConfig()
+        elif isinstance(config, Mapping):
+            config = VLICConfig.from_dict(config)
         if overrides:
             config = config.replace(**overrides)
         self.config = config
+        self._hub_mixin_config = config  # what save_pretrained writes to config.json
         self.register_buffer(CONFIG_KEY, config_to_tensor(config))
         self.encoder = TokenEncoder(config)
         self.fsq = FSQ(config.fsq_levels)
@@ -400,6 +430,13 @@ class VLIC(CompressionModel):
         """Nothing to rebuild: CDFs are computed from the prior, in integers, at coding time."""
         return False
 
+    def aux_loss(self) -> Tensor:
+        """Zero, as a tensor: there is no ``EntropyBottleneck`` whose quantiles need fitting.
+
+        CompressAI's training loop calls ``model.aux_loss().backward()`` and ``.item()``.
+        """
+        return torch.zeros((), device=self._config_json.device, requires_grad=True)
+
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
     ) -> Any:
@@ -435,6 +472,49 @@ class VLIC(CompressionModel):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    # ------------------------------------------------------------ the Hub
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        map_location: str = "cpu",
+        strict: bool = True,
+        **model_kwargs: Any,
+    ) -> VLIC:
+        """Build from ``config.json`` (or the weights' own config) and load strictly."""
+        path = weights_file(
+            model_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            force_download=force_download,
+            local_files_only=local_files_only,
+            token=token,
+        )
+        if "config" not in model_kwargs:  # no config.json: the weights carry their config
+            model_kwargs["config"] = VLICConfig.from_json(stored_config_json(path))
+        return load_weights(cls(**model_kwargs), path, strict=strict, device=map_location)
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> Any:
+        """The Hub model card, filled with this model's configuration."""
+        c = self.config
+        fields = {
+            "model_name": c.name,
+            "repo_id": "FOLDER_OR_HUB_ID",
+            "num_tokens": c.num_tokens,
+            "image_size": c.image_size,
+            "fsq_levels": c.fsq_levels,
+            "bpp": f"{c.bpp_before_entropy_coding:.3f}",
+            "num_steps": c.num_steps,
+            "guidance_scale": c.guidance_scale,
+        }
+        return super().generate_model_card(*args, **{**fields, **kwargs})
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any]) -> VLIC:

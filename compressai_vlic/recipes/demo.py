@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.extras import require
 from compressai_vlic.judges.spec import JudgeSpec
 from compressai_vlic.recipes.configs import load_config
 
@@ -195,7 +196,7 @@ def _trainer(
     root: Path, steps: int, callbacks: list[Any], log_every: int, config: dict[str, Any]
 ) -> Any:
     """A Trainer with the config's device and validation settings and the plan's step counts."""
-    import pytorch_lightning as pl
+    pl = require("pytorch_lightning", "train", "The demo's training")
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -317,8 +318,7 @@ def _side_by_side(panels: list[tuple[str, Any]], path: Path) -> Path:
 
 
 def _plots(report: DemoReport, out: Path, stage1_csv: Path, stage2_csv: Path) -> dict[str, str]:
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "The demo's plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -499,7 +499,7 @@ def prepare(args: argparse.Namespace) -> DemoRun:
 
 def pretrain(run: DemoRun) -> Path:
     """Stage 1: pre-train the tiny codec as ``tiny_stage1.yaml`` says, for the plan's steps."""
-    import pytorch_lightning as pl
+    pl = require("pytorch_lightning", "train", "The demo's training")
     from compressai_vlic_lightning import EMA, PhotosDataModule, Stage1Module
 
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.stage1
@@ -540,7 +540,7 @@ def pretrain(run: DemoRun) -> Path:
 
 def posttrain(run: DemoRun) -> Path:
     """Stage 2: Diffusion-DPO as ``tiny_stage2.yaml`` says, with the run's judge."""
-    import pytorch_lightning as pl
+    pl = require("pytorch_lightning", "train", "The demo's training")
     from compressai_vlic_lightning import Stage2Module
 
     plan, out, report, spec = run.plan, run.out, run.report, run.judge_spec

@@ -1,7 +1,7 @@
 """`compressai-vlic-train`: LightningCLI (fit / validate / test) plus `export`.
 
     compressai-vlic-train fit --config configs/train/tiny_stage1.yaml
-    compressai-vlic-train fit --config configs/train/tiny_stage2_metric.yaml \\
+    compressai-vlic-train fit --config configs/train/tiny_stage2.yaml \\
         --model.init_from runs/tiny_stage1/checkpoints/last.ckpt
     compressai-vlic-train fit --config CONFIG --ckpt_path runs/X/checkpoints/last.ckpt   # resume
     compressai-vlic-train export runs/X/checkpoints/last.ckpt vlic-test.pth.tar
@@ -16,6 +16,8 @@ EXPORT = "export"
 
 
 def _export(argv: list[str]) -> int:
+    from compressai_vlic.options import choices
+    from compressai_vlic_lightning.common import WeightsType
     from compressai_vlic_lightning.export import export_checkpoint
 
     parser = argparse.ArgumentParser(
@@ -25,7 +27,10 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("checkpoint", help="Lightning .ckpt (or a CompressAI state dict)")
     parser.add_argument("output", help="output .pth.tar")
     parser.add_argument(
-        "--weights-type", choices=("ema", "raw"), default="ema", help="EMA (default) or raw weights"
+        "--weights-type",
+        choices=choices(WeightsType),
+        default="ema",
+        help="EMA (default) or raw weights",
     )
     args = parser.parse_args(argv)
     result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
@@ -41,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == EXPORT:
         return _export(given[1:])
-    import pytorch_lightning as pl
+    from compressai_vlic.extras import require
+
+    require("jsonargparse", "train", "compressai-vlic-train")
+    pl = require("pytorch_lightning", "train", "compressai-vlic-train")
     from pytorch_lightning.cli import LightningCLI
 
     import compressai_vlic_lightning  # noqa: F401  (registers the classes the configs name)

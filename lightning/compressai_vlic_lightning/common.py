@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
+from compressai_vlic.options import check_option
 
-WEIGHTS_TYPES = ("ema", "raw")
+WeightsType = Literal["ema", "raw"]
 
 
 def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | None = None) -> Any:
@@ -24,12 +25,9 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
     return vlic(quality, **overrides)
 
 
-def read_codec_state_dict(path: str | Path, weights_type: str = "ema") -> dict[str, Tensor]:
+def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
     """The codec's bare state dict from a Lightning checkpoint (EMA or raw) or a CompressAI one."""
-    if weights_type not in WEIGHTS_TYPES:
-        raise ConfigError(
-            f"unknown weights_type {weights_type!r}; choose from {', '.join(WEIGHTS_TYPES)}"
-        )
+    check_option("weights_type", weights_type, WeightsType, ConfigError)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -55,7 +53,7 @@ def read_codec_state_dict(path: str | Path, weights_type: str = "ema") -> dict[s
     return state
 
 
-def load_codec(path: str | Path, weights_type: str = "ema") -> Any:
+def load_codec(path: str | Path, weights_type: WeightsType = "ema") -> Any:
     """A VLIC built from the config stored in a checkpoint."""
     from compressai_vlic.models import VLIC
 

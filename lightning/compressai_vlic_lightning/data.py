@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -18,12 +19,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from compressai_vlic.errors import DatasetError, ImageReadError
+from compressai_vlic.extras import require
 from compressai_vlic.image_io import load_image
+from compressai_vlic.options import check_option
 
 log = logging.getLogger(__name__)
 
 TRAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-CROP_TYPES = ("random", "center")
+CropType = Literal["random", "center"]
 
 # Photos that ship inside scikit-image / scikit-learn (no download). Scientific images left out.
 BUNDLED_PHOTOS = (
@@ -39,8 +42,9 @@ BUNDLED_PHOTOS = (
 DEFAULT_VAL_PHOTOS = ("chelsea", "flower")
 
 
-def crop_image(image: Tensor, size: int, crop_type: str) -> Tensor:
+def crop_image(image: Tensor, size: int, crop_type: CropType) -> Tensor:
     """A (3, size, size) crop; images smaller than ``size`` are first upscaled (shorter side)."""
+    check_option("crop_type", crop_type, CropType, DatasetError)
     _, h, w = image.shape
     if min(h, w) < size:
         scale = size / min(h, w)
@@ -53,10 +57,8 @@ def crop_image(image: Tensor, size: int, crop_type: str) -> Tensor:
     if crop_type == "random":
         top = int(torch.randint(0, h - size + 1, ()).item())
         left = int(torch.randint(0, w - size + 1, ()).item())
-    elif crop_type == "center":
+    else:  # "center"
         top, left = (h - size) // 2, (w - size) // 2
-    else:
-        raise DatasetError(f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}")
     return image[:, top : top + size, left : left + size].contiguous()
 
 
@@ -87,14 +89,11 @@ class ImageFolderDataset(Dataset):
         self,
         root: str | Path,
         crop_size: int,
-        crop_type: str = "random",
+        crop_type: CropType = "random",
         length: int | None = None,
         suffixes: Sequence[str] = TRAIN_SUFFIXES,
     ) -> None:
-        if crop_type not in CROP_TYPES:
-            raise DatasetError(
-                f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}"
-            )
+        check_option("crop_type", crop_type, CropType, DatasetError)
         if crop_size <= 0:
             raise DatasetError(f"crop_size must be positive, got {crop_size}")
         self.root = Path(root)
@@ -139,22 +138,19 @@ def bundled_photos(names: Sequence[str] = BUNDLED_PHOTOS) -> dict[str, Tensor]:
     for name in names:
         if name in ("china", "flower"):
             if sklearn_images is None:
-                from sklearn.datasets import load_sample_images
-
-                data = load_sample_images()
+                datasets = require("sklearn.datasets", "demo", "The china/flower photos")
+                data = datasets.load_sample_images()
                 sklearn_images = {
                     Path(f).stem: img for f, img in zip(data.filenames, data.images, strict=True)
                 }
             array = sklearn_images[name]
         elif name in ("motorcycle_left", "motorcycle_right"):
-            import skimage.data
-
-            left, right, _ = skimage.data.stereo_motorcycle()
+            skimage_data = require("skimage.data", "demo", "The motorcycle photos")
+            left, right, _ = skimage_data.stereo_motorcycle()
             array = left if name.endswith("left") else right
         elif name in BUNDLED_PHOTOS:
-            import skimage.data
-
-            array = getattr(skimage.data, name)()
+            skimage_data = require("skimage.data", "demo", "The scikit-image photos")
+            array = getattr(skimage_data, name)()
         else:
             raise DatasetError(
                 f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
@@ -173,15 +169,12 @@ class PhotoDataset(Dataset):
         self,
         photos: Sequence[Tensor],
         crop_size: int,
-        crop_type: str = "random",
+        crop_type: CropType = "random",
         length: int | None = None,
     ):
         if not photos:
             raise DatasetError("PhotoDataset needs at least one photo")
-        if crop_type not in CROP_TYPES:
-            raise DatasetError(
-                f"unknown crop_type {crop_type!r}; choose from {', '.join(CROP_TYPES)}"
-            )
+        check_option("crop_type", crop_type, CropType, DatasetError)
         self.photos = list(photos)
         self.crop_size = crop_size
         self.crop_type = crop_type

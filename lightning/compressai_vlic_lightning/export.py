@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from compressai_vlic_lightning.common import read_codec_state_dict
+from compressai_vlic_lightning.common import WeightsType, read_codec_state_dict
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ExportResult:
 
 
 def export_checkpoint(
-    checkpoint: str | Path, output: str | Path, weights_type: str = "ema"
+    checkpoint: str | Path, output: str | Path, weights_type: WeightsType = "ema"
 ) -> ExportResult:
     """Write the codec weights of a Lightning (or CompressAI) checkpoint as a bare state dict.
 

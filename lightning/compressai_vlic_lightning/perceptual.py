@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.extras import require
+from compressai_vlic.options import check_option
 
 log = logging.getLogger(__name__)
 
-PERCEPTUAL_TYPES = ("lpips", "ms_ssim", "none")
-FALLBACK_TYPES = ("ms_ssim", "none", "error")
+PerceptualType = Literal["lpips", "ms_ssim", "none"]
+PerceptualFallbackType = Literal["ms_ssim", "none", "error"]
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
@@ -43,7 +46,9 @@ class MSSSIMLoss(nn.Module):
 
     def __init__(self, win_size: int = 11, sigma: float = 1.5, eps: float = 1e-4) -> None:
         super().__init__()
-        from pytorch_msssim.ssim import _fspecial_gauss_1d
+        _fspecial_gauss_1d = require(
+            "pytorch_msssim.ssim", "train", "The MS-SSIM loss"
+        )._fspecial_gauss_1d
 
         self.win_size = win_size
         self.eps = eps
@@ -56,7 +61,7 @@ class MSSSIMLoss(nn.Module):
         return levels
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:
-        from pytorch_msssim.ssim import _ssim
+        _ssim = require("pytorch_msssim.ssim", "train", "The MS-SSIM loss")._ssim
 
         x = prediction.float().clamp(0, 1)
         y = target.float().clamp(0, 1)
@@ -97,20 +102,14 @@ class LPIPSLoss(nn.Module):
 
 
 def make_perceptual_loss(
-    perceptual_type: str = "lpips",
-    fallback_type: str = "ms_ssim",
+    perceptual_type: PerceptualType = "lpips",
+    fallback_type: PerceptualFallbackType = "ms_ssim",
     lpips_net_type: str = "alex",
     lpips_weights: str | None = None,
 ) -> tuple[nn.Module | None, PerceptualChoice]:
     """Build the stage-1 perceptual loss; returns (loss or None, what was chosen and why)."""
-    if perceptual_type not in PERCEPTUAL_TYPES:
-        raise ConfigError(
-            f"unknown perceptual_type {perceptual_type!r}; choose from {', '.join(PERCEPTUAL_TYPES)}"
-        )
-    if fallback_type not in FALLBACK_TYPES:
-        raise ConfigError(
-            f"unknown perceptual_fallback_type {fallback_type!r}; choose from {', '.join(FALLBACK_TYPES)}"
-        )
+    check_option("perceptual_type", perceptual_type, PerceptualType, ConfigError)
+    check_option("perceptual_fallback_type", fallback_type, PerceptualFallbackType, ConfigError)
     if perceptual_type == "none":
         return None, PerceptualChoice("none", "none")
     if perceptual_type == "ms_ssim":

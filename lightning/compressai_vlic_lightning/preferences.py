@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -41,11 +41,12 @@ from compressai_vlic.errors import DatasetError, JudgeError
 from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
+from compressai_vlic.options import check_option
 
 log = logging.getLogger(__name__)
 
-WORKER_TYPES = ("thread", "inline")
-CALL_TYPES = ("async", "batch")
+WorkerType = Literal["thread", "inline"]
+CallType = Literal["async", "batch"]
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -233,20 +234,14 @@ class PreferenceBuffer:
         judge: Judge,
         directory: str | Path,
         capacity: int = 2560,
-        worker_type: str = "thread",
+        worker_type: WorkerType = "thread",
         judge_batch_size: int = 8,
         cache_path: str | Path | None = None,
         keep_rounds: int | None = None,
-        call_type: str = "async",
+        call_type: CallType = "async",
     ) -> None:
-        if call_type not in CALL_TYPES:
-            raise JudgeError(
-                f"unknown call_type {call_type!r}; choose from {', '.join(CALL_TYPES)}"
-            )
-        if worker_type not in WORKER_TYPES:
-            raise JudgeError(
-                f"unknown worker_type {worker_type!r}; choose from {', '.join(WORKER_TYPES)}"
-            )
+        check_option("call_type", call_type, CallType, JudgeError)
+        check_option("worker_type", worker_type, WorkerType, JudgeError)
         if capacity <= 0:
             raise JudgeError(f"buffer capacity must be positive, got {capacity}")
         self.judge = wrap_with_cache(judge, cache_path)

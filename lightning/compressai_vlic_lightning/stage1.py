@@ -26,7 +26,11 @@ from compressai_vlic_lightning.common import (
     psnr,
     read_codec_state_dict,
 )
-from compressai_vlic_lightning.perceptual import make_perceptual_loss
+from compressai_vlic_lightning.perceptual import (
+    PerceptualFallbackType,
+    PerceptualType,
+    make_perceptual_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,8 @@ class Stage1Module(pl.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 0,
-        perceptual_type: str = "lpips",
-        perceptual_fallback_type: str = "ms_ssim",
+        perceptual_type: PerceptualType = "lpips",
+        perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
         perceptual_weight: float = 1.0,
         lpips_net_type: str = "alex",
         lpips_weights: str | None = None,

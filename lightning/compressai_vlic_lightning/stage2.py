@@ -33,8 +33,11 @@ from compressai_vlic.losses import (
     DEFAULT_LAMBDA_FLOW,
     DEFAULT_WEIGHTING,
     VLMRewardLoss,
+    WeightingType,
 )
+from compressai_vlic.options import check_option
 from compressai_vlic_lightning.common import (
+    WeightsType,
     adamw,
     build_model,
     fixed_flow_matching,
@@ -42,17 +45,19 @@ from compressai_vlic_lightning.common import (
     psnr,
 )
 from compressai_vlic_lightning.preferences import (
+    CallType,
     JudgeStats,
     OfflinePreferences,
     PreferenceBatch,
     PreferenceBuffer,
+    WorkerType,
 )
 
 log = logging.getLogger(__name__)
 
-PREFERENCE_TYPES = ("online", "offline")
-FREEZE_TYPES = ("none", "encoder")
-T_SAMPLING_TYPES = ("uniform", "logit_normal")
+PreferenceType = Literal["online", "offline"]
+FreezeType = Literal["none", "encoder"]
+TSamplingType = Literal["uniform", "logit_normal"]
 
 
 @dataclass
@@ -126,7 +131,7 @@ class Stage2Module(pl.LightningModule):
     def __init__(
         self,
         init_from: str | None = None,
-        init_weights_type: str = "ema",
+        init_weights_type: WeightsType = "ema",
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
         lr: float = 5e-7,
@@ -134,14 +139,14 @@ class Stage2Module(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 0,
         beta: float = DEFAULT_BETA,
-        weighting_type: str = DEFAULT_WEIGHTING,
+        weighting_type: WeightingType = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
         label_type: Literal["hard", "soft"] = "hard",
         prior_weight: float = 1.0,
         dpo_batch_size: int = 8,
-        t_sampling_type: str = "uniform",
-        freeze_type: str = "none",
-        preference_type: str = "online",
+        t_sampling_type: TSamplingType = "uniform",
+        freeze_type: FreezeType = "none",
+        preference_type: PreferenceType = "online",
         judge_type: str = "ssimulacra2",
         judge_kwargs: dict[str, Any] | None = None,
         judge_compose: dict[str, Any] | None = None,
@@ -152,9 +157,9 @@ class Stage2Module(pl.LightningModule):
         warmup_pairs: int | None = None,
         buffer_dir: str | None = None,
         judge_cache: str | None = None,
-        judge_worker_type: str = "thread",
+        judge_worker_type: WorkerType = "thread",
         judge_batch_size: int = 8,
-        judge_call_type: str = "async",
+        judge_call_type: CallType = "async",
         keep_rounds: int | None = None,
         decode_num_steps: int | None = None,
         decode_guidance_scale: float | None = None,
@@ -163,13 +168,9 @@ class Stage2Module(pl.LightningModule):
         judge: Any = None,
     ) -> None:
         super().__init__()
-        for name, value, allowed in (
-            ("preference_type", preference_type, PREFERENCE_TYPES),
-            ("freeze_type", freeze_type, FREEZE_TYPES),
-            ("t_sampling_type", t_sampling_type, T_SAMPLING_TYPES),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(allowed)}")
+        check_option("preference_type", preference_type, PreferenceType)
+        check_option("freeze_type", freeze_type, FreezeType)
+        check_option("t_sampling_type", t_sampling_type, TSamplingType)
         if preference_type == "offline" and not preference_dataset:
             raise ConfigError(
                 "preference_type='offline' needs preference_dataset=PATH (made by `compressai-vlic judge`)"

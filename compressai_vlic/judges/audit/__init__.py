@@ -35,7 +35,7 @@ from compressai_vlic.judges.audit.report import (
 )
 from compressai_vlic.judges.audit.run import AuditSettings, audit
 from compressai_vlic.judges.audit.scaling import (
-    SCALE_TYPES,
+    ScaleType,
     ScalingStats,
     SceneScale,
     fit_scale,
@@ -62,7 +62,6 @@ from compressai_vlic.judges.audit.statistics import (
 )
 
 __all__ = [
-    "SCALE_TYPES",
     "SEPARABILITY_EDGES",
     "AccuracyStats",
     "Agreement",
@@ -75,6 +74,7 @@ __all__ = [
     "JudgeReport",
     "PositionBias",
     "RawAnswers",
+    "ScaleType",
     "ScalingStats",
     "SceneScale",
     "SelfConsistency",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from compressai_vlic.extras import require
 from compressai_vlic.judges.audit.scaling import ScalingStats
 from compressai_vlic.judges.audit.statistics import (
     AccuracyStats,
@@ -122,8 +123,7 @@ def plot_report(report: AuditReport, path: Path) -> Path:
 
     Plotted in BAPPS 2AFC-score units so the human and oracle ceilings are comparable lines.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "eval", "The audit plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -12,7 +12,7 @@ from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.audit.collect import collect, derive
 from compressai_vlic.judges.audit.readers import HumanPair, _load
 from compressai_vlic.judges.audit.report import AuditReport, JudgeReport
-from compressai_vlic.judges.audit.scaling import scaling_stats
+from compressai_vlic.judges.audit.scaling import ScaleType, scaling_stats
 from compressai_vlic.judges.audit.statistics import (
     SEPARABILITY_EDGES,
     AccuracyStats,
@@ -43,7 +43,7 @@ class AuditSettings:
     majority_type: str = "plurality"
     unanimous_with: list[str] = field(default_factory=list)
     gap_metric: str | None = None
-    scale_type: str = "bradley-terry"
+    scale_type: ScaleType = "bradley-terry"
     bootstrap: int = 1000
     seed: int = 0
     batch_size: int = 16

@@ -5,19 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.extras import require
 from compressai_vlic.judges.audit.readers import HumanPair
 from compressai_vlic.judges.audit.statistics import Estimate, bootstrap_mean
 from compressai_vlic.judges.types import Choice, Judgment
+from compressai_vlic.options import check_option
 
-SCALE_TYPES = ("bradley-terry", "thurstone")
+ScaleType = Literal["bradley-terry", "thurstone"]
 
 
 def fit_scale(
-    wins: np.ndarray, scale_type: str = "bradley-terry", ridge: float = 0.01
+    wins: np.ndarray, scale_type: ScaleType = "bradley-terry", ridge: float = 0.01
 ) -> np.ndarray:
     """Per-stimulus scale values from a win matrix (``wins[i, j]`` = times i was preferred to j).
 
@@ -25,12 +28,11 @@ def fit_scale(
     ``Phi(s_i - s_j)`` (Thurstone Case V). A small ridge keeps the values finite when one
     stimulus always wins; values are centred to mean 0.
     """
-    from scipy.optimize import minimize
+    minimize = require("scipy.optimize", "judges", "Psychometric scaling").minimize
     from scipy.special import expit, log_expit
     from scipy.stats import norm
 
-    if scale_type not in SCALE_TYPES:
-        raise ConfigError(f"scale_type must be one of {SCALE_TYPES}, got {scale_type!r}")
+    check_option("scale_type", scale_type, ScaleType)
     w = np.asarray(wins, dtype=np.float64)
     if w.ndim != 2 or w.shape[0] != w.shape[1] or (w < 0).any():
         raise ConfigError("wins must be a square matrix of non-negative counts")
@@ -65,7 +67,7 @@ class SceneScale:
 class ScalingStats:
     """Per-stimulus scale values and their rank agreement with the human scale."""
 
-    scale_type: str
+    scale_type: ScaleType
     n_scenes: int
     spearman: Estimate  # mean per-scene Spearman, scene-bootstrap interval
     scenes: list[SceneScale]
@@ -74,11 +76,11 @@ class ScalingStats:
 def scaling_stats(
     judgments: Sequence[Judgment],
     pairs: Sequence[HumanPair],
-    scale_type: str,
+    scale_type: ScaleType,
     n_boot: int,
     rng: np.random.Generator,
 ) -> ScalingStats | None:
-    from scipy.stats import spearmanr
+    spearmanr = require("scipy.stats", "judges", "Scaling statistics").spearmanr
 
     by_scene: dict[str, list[int]] = {}
     for i, p in enumerate(pairs):

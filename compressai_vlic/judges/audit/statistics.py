@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compressai_vlic.extras import require
 from compressai_vlic.judges.audit.collect import RawAnswers
 from compressai_vlic.judges.audit.readers import HumanPair
 from compressai_vlic.judges.compose import (
@@ -235,7 +236,7 @@ class Agreement:
 
 
 def cohen_kappa(x: Sequence[Choice], y: Sequence[Choice]) -> float:
-    from sklearn.metrics import cohen_kappa_score
+    cohen_kappa_score = require("sklearn.metrics", "judges", "Cohen's kappa").cohen_kappa_score
 
     a, b = [c.value for c in x], [c.value for c in y]
     if len(set(a) | set(b)) < 2:
