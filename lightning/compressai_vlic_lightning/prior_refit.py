@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
-from compressai_vlic_lightning.common import WEIGHTS_TYPES, adamw, read_codec_state_dict
+from compressai_vlic.options import check_option
+from compressai_vlic_lightning.common import WeightsType, adamw, read_codec_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ __all__ = ["PriorRefitModule", "load_for_refit"]
 
 def load_for_refit(
     checkpoint: str | Path,
-    weights_type: str = "ema",
+    weights_type: WeightsType = "ema",
     prior_digits: Literal["factorized", "causal"] | None = None,
 ) -> Any:
     """The codec of ``checkpoint``, optionally with another kind of prior (its new head fresh)."""
@@ -77,7 +78,7 @@ class PriorRefitModule(pl.LightningModule):
     def __init__(
         self,
         checkpoint: str,
-        weights_type: str = "ema",
+        weights_type: WeightsType = "ema",
         prior_digits: Literal["factorized", "causal"] | None = None,
         lr: float = 3e-4,
         weight_decay: float = 0.0,
@@ -86,8 +87,7 @@ class PriorRefitModule(pl.LightningModule):
         export_path: str | None = None,
     ) -> None:
         super().__init__()
-        if weights_type not in WEIGHTS_TYPES:
-            raise ConfigError(f"weights_type must be one of {WEIGHTS_TYPES}, got {weights_type!r}")
+        check_option("weights_type", weights_type, WeightsType)
         if export_path is not None and Path(export_path).exists():
             raise ConfigError(
                 f"export_path {export_path} exists; choose another path or remove it first"
