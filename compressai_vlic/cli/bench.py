@@ -74,6 +74,7 @@ class BenchReport:
     parameters: int
     num_steps: int
     guidance_scale: float
+    evaluations_per_tile: int
     device: str
     threads: int
     repeat: int
@@ -176,7 +177,7 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     x = x.to(device)
-    settings = model.sampler_settings(seed)
+    settings = model.stream_settings(seed)
     with torch.no_grad():
         out, compress_ms = timed(lambda: model.compress(x, seed=seed))
         stream = b"".join(out["strings"][0])
@@ -196,6 +197,9 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
                 guidance_scale=settings.guidance_scale,
                 time_shift=settings.time_shift,
                 layout=layout,
+                schedule=settings.schedule,
+                power=settings.power,
+                cfg_interval=settings.cfg_interval,
             )
         )
         xent = float(prior.nll_bits(enc.indices).double().sum())
@@ -253,6 +257,7 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
         parameters=sum(p.numel() for p in model.parameters()),
         num_steps=model.sampler_settings(args.seed).num_steps,
         guidance_scale=model.sampler_settings(args.seed).guidance_scale,
+        evaluations_per_tile=model.stream_settings(args.seed).sampler().num_evaluations(),
         device=str(device),
         threads=torch.get_num_threads(),
         repeat=args.repeat,
@@ -290,7 +295,8 @@ def format_report(report: BenchReport) -> str:
     """A plain-text table, one row per image, then the totals."""
     head = (
         f"model {report.model} (config {report.config_hash}, {report.parameters:,} parameters), "
-        f"{report.num_steps} sampler steps, CFG {report.guidance_scale:g}\n"
+        f"{report.num_steps} sampler steps, CFG {report.guidance_scale:g}, "
+        f"{report.evaluations_per_tile} network evaluations per tile\n"
         f"device {report.device}, {report.threads} thread(s), best of {report.repeat}, "
         f"torch {report.torch_version}, "
         f"CPU {report.cpu} (load average {report.load_average:.1f})\n"
