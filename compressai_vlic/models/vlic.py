@@ -51,7 +51,7 @@ CONFIG_KEY = "_config_json"
 #: this (4096 x 4096; pass ``max_pixels=None`` to lift it) ...
 DEFAULT_MAX_PIXELS = 1 << 24
 #: ... nor run more network evaluations (tiles x evaluations per tile) than this.
-DEFAULT_MAX_EVALUATIONS = 200_000
+DEFAULT_MAX_EVALUATIONS = 20_000
 #: Modules whose tensors the weights fingerprint covers (what decoding depends on).
 FINGERPRINT_MODULES = ("decoder", "prior", "fsq")
 
@@ -557,7 +557,7 @@ class VLIC(CompressionModel):
             shape: optional (H, W) every stream must hold.
             max_pixels: refuse streams declaring more pixels (default 2**24; None: no limit).
             max_evaluations: refuse streams that need more network evaluations, tiles x
-                evaluations per tile (default 200000; None: no limit).
+                evaluations per tile (default 20000; None: no limit).
             allow_model_mismatch: decode streams written by other weights of the same
                 architecture (default False: ModelMismatchError).
         """
