@@ -466,9 +466,12 @@ class VLIC(CompressionModel):
             for name, tensor in getattr(self, module).state_dict(keep_vars=True).items():
                 tensors.append((f"{module}.{name}", tensor))
         tensors.sort(key=lambda item: item[0])
-        key = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
+        try:
+            key = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            key = None
         cached = getattr(self, "_fingerprint_cache", None)
-        if cached is not None and cached[0] == key:
+        if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         digest = hashlib.sha256()
         for name, tensor in tensors:
