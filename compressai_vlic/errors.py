@@ -32,7 +32,15 @@ class CorruptStreamError(BitstreamError):
 
 
 class ModelMismatchError(BitstreamError):
-    """The stream was written by a model with a different configuration (config hash)."""
+    """The stream was written by a model with another configuration (config hash) or weights."""
+
+
+class StreamLimitError(BitstreamError):
+    """Decoding the stream would exceed a limit given to ``decompress`` (pixels, evaluations)."""
+
+
+class DecompressArgumentError(BitstreamError, ValueError):
+    """``decompress`` was called with arguments that are not a list of VLIC streams."""
 
 
 class InvalidTokensError(VLICError, ValueError):

@@ -33,7 +33,10 @@ HEADER = StreamHeader(
     seed=0xDEADBEEF,
     num_steps=25,
     guidance_scale=1.5,
-    time_shift=3.0,
+    schedule_param=3.0,
+    schedule="shift",
+    cfg_interval=(0.145, 0.505),
+    weights_fingerprint=bytes.fromhex("0badf00d"),
 )
 PAYLOAD = bytes(range(40))  # 10 whole words
 
@@ -49,11 +52,11 @@ def test_round_trip_keeps_every_field() -> None:
     [(1, 1, 0, 1), (16384, 16384, 2**32 - 1, 255), (256, 4096, 12345, 7)],
 )
 def test_size_budget_holds_at_the_extremes(height: int, width: int, seed: int, steps: int) -> None:
-    header = StreamHeader(b"\x00" * 4, height, width, 255, seed, steps, 65504.0, 0.001)
+    header = StreamHeader(b"\x00" * 4, height, width, 255, seed, min(steps, 100), 20.0, 0.0625)
     data = pack(header, PAYLOAD)
     overhead = len(data) - len(PAYLOAD)
-    assert overhead == bitstream.HEADER_BYTES + bitstream.CHECKSUM_BYTES == 24
-    assert overhead + bitstream.RANS_FLUSH_BYTES <= 32
+    assert overhead == bitstream.HEADER_BYTES + bitstream.CHECKSUM_BYTES == 33
+    assert overhead + bitstream.RANS_FLUSH_BYTES == bitstream.FIXED_OVERHEAD_BYTES == 41
     assert unpack(data)[0] == header
 
 
@@ -64,13 +67,23 @@ def test_header_layout_is_the_documented_one() -> None:
     assert packed >> 28 == bitstream.FORMAT_VERSION
     assert ((packed >> 14) & 0x3FFF) + 1 == 333 and (packed & 0x3FFF) + 1 == 517
     assert data[6:10] == HEADER.config_hash
-    assert struct.unpack(">I", data[11:15])[0] == 0xDEADBEEF
-    assert struct.unpack(">e", data[16:18])[0] == 1.5
+    assert data[10:14] == HEADER.weights_fingerprint
+    assert data[14] == 8
+    assert struct.unpack(">I", data[15:19])[0] == 0xDEADBEEF
+    assert data[19] == 25
+    assert struct.unpack(">e", data[20:22])[0] == 1.5
+    assert data[22] == bitstream.SCHEDULE_CODES["shift"]
+    assert struct.unpack(">eee", data[23:29]) == (
+        3.0,
+        HEADER.cfg_interval[0],
+        HEADER.cfg_interval[1],
+    )
     assert struct.unpack(">I", data[-4:])[0] == zlib.crc32(data[:-4])
 
 
 def test_sampler_floats_are_rounded_to_what_the_stream_holds() -> None:
-    header = StreamHeader(b"abcd", 64, 64, 8, 0, 4, 1.37, 0.3)
+    header = StreamHeader(b"abcd", 64, 64, 8, 0, 4, 1.37, 0.3, cfg_interval=(0.1453, 0.505))
+    assert header.cfg_interval == tuple(struct.unpack(">ee", struct.pack(">ee", 0.1453, 0.505)))
     assert header.guidance_scale == struct.unpack(">e", struct.pack(">e", 1.37))[0] != 1.37
     assert unpack(pack(header, PAYLOAD))[0].guidance_scale == header.guidance_scale
 
@@ -87,9 +100,12 @@ def test_sampler_floats_are_rounded_to_what_the_stream_holds() -> None:
         {"tile_overlap": 256},
         {"guidance_scale": float("nan")},
         {"guidance_scale": 1e6},
-        {"time_shift": float("inf")},
-        {"time_shift": -1.0},
+        {"schedule_param": float("inf")},
+        {"schedule_param": -1.0},
         {"config_hash": b"abc"},
+        {"weights_fingerprint": b"abcde"},
+        {"schedule": "cosine"},
+        {"cfg_interval": (0.1,)},
     ],
 )
 def test_unrepresentable_headers_are_refused(changes: dict) -> None:
@@ -121,7 +137,9 @@ def test_truncation_is_reported() -> None:
     with pytest.raises(TruncatedStreamError):
         unpack(data[:1])
     with pytest.raises(TruncatedStreamError):
-        unpack(data[:20])
+        unpack(data[:4])
+    with pytest.raises(TruncatedStreamError):
+        unpack(data[:29])
     with pytest.raises(TruncatedStreamError, match="whole 32-bit words"):
         unpack(data[:-3])
     # Cut by whole words: only the checksum can tell.
@@ -131,23 +149,65 @@ def test_truncation_is_reported() -> None:
 
 def test_unknown_version_with_valid_checksum() -> None:
     data = bytearray(pack(HEADER, PAYLOAD))
-    data[2] = (data[2] & 0x0F) | (2 << 4)
+    data[2] = (data[2] & 0x0F) | (3 << 4)
     body = bytes(data[:-4])
-    with pytest.raises(UnsupportedVersionError, match="version 2"):
+    with pytest.raises(UnsupportedVersionError, match="version 3"):
         unpack(body + struct.pack(">I", zlib.crc32(body)))
 
 
-def test_impossible_values_under_a_valid_checksum() -> None:
-    body = bytearray(pack(HEADER, PAYLOAD)[:-4])
-    body[15] = 0  # num_steps = 0, which no encoder writes
-    with pytest.raises(CorruptStreamError):
-        unpack(bytes(body) + struct.pack(">I", zlib.crc32(bytes(body))))
+def _forge(data: bytes, offset: int, value: bytes) -> bytes:
+    """Overwrite header bytes and recompute the checksum (what a forger would do)."""
+    body = bytearray(data[:-4])
+    body[offset : offset + len(value)] = value
+    return bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+
+
+@pytest.mark.parametrize(
+    ("offset", "value", "match"),
+    [
+        (19, b"\x00", "num_steps"),  # 0 steps
+        (19, b"\xff", "num_steps"),  # 255 steps: over the documented limit of 100
+        (20, struct.pack(">e", 500.0), "guidance_scale"),
+        (22, b"\x07", "schedule"),  # unknown schedule code
+        (23, struct.pack(">e", 0.0), "time_shift"),  # time shift 0
+        (25, struct.pack(">ee", 0.6, 0.2), "cfg_interval"),  # lo > hi
+        (25, struct.pack(">e", float("nan")), "cfg_interval"),
+    ],
+)
+def test_impossible_values_under_a_valid_checksum(offset: int, value: bytes, match: str) -> None:
+    with pytest.raises(CorruptStreamError, match=match):
+        unpack(_forge(pack(HEADER, PAYLOAD), offset, value))
+
+
+def test_writer_refuses_what_the_reader_would_refuse() -> None:
+    for changes in ({"num_steps": 101}, {"schedule_param": 0.0}, {"guidance_scale": 21.0}):
+        with pytest.raises(ConfigError):
+            pack(StreamHeader(**{**HEADER.__dict__, **changes}), PAYLOAD)
+
+
+def test_version_1_headers_are_still_read() -> None:
+    body = struct.pack(
+        ">2sI4sBIBee", b"VL", (1 << 28) | (99 << 14) | 149, b"abcd", 8, 7, 25, 1.5, 0.5
+    ) + bytes(PAYLOAD)
+    header, payload = unpack(body + struct.pack(">I", zlib.crc32(body)))
+    assert payload == PAYLOAD
+    assert (header.version, header.height, header.width, header.seed) == (1, 100, 150, 7)
+    assert (header.schedule, header.time_shift, header.cfg_interval) == ("shift", 0.5, (0.0, 1.0))
+    assert header.sampler_schedule == "shift_v1" and header.weights_fingerprint == bytes(4)
+    with pytest.raises(ConfigError):
+        pack(header, PAYLOAD)  # only the current version is written
 
 
 def test_model_mismatch() -> None:
     HEADER.check_model(bytes.fromhex("a1b2c3d4"))
+    HEADER.check_model(bytes.fromhex("a1b2c3d4"), bytes.fromhex("0badf00d"))
     with pytest.raises(ModelMismatchError, match="a1b2c3d4"):
         HEADER.check_model(b"\x00\x00\x00\x00")
+    with pytest.raises(ModelMismatchError, match="0badf00d"):
+        HEADER.check_model(bytes.fromhex("a1b2c3d4"), b"1234")
+    HEADER.check_model(bytes.fromhex("a1b2c3d4"), b"1234", allow_mismatch=True)
+    with pytest.raises(ModelMismatchError):  # never for another architecture
+        HEADER.check_model(b"\x00" * 4, bytes.fromhex("0badf00d"), allow_mismatch=True)
 
 
 def test_tile_layout_follows_from_the_header() -> None:

@@ -220,3 +220,29 @@ def test_name_collisions_are_refused_not_overwritten(inputs, tmp_path):
     assert status == 1
     assert f"{folder / 'a.png'}: would overwrite {out / 'a.vlic'}, also written from" in err
     assert sorted(p.name for p in out.iterdir()) == ["a.vlic", "b.vlic"]
+
+
+def test_other_weights_are_refused_unless_allowed(inputs, tmp_path, model):
+    # Same architecture, prior and config hash, another decoder: decoding would silently give
+    # another image.
+    other = zoo.vlic("test").eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p in other.decoder.parameters():
+            p.mul_(0.9)
+    assert other.config.config_hash() == model.config.config_hash()
+    checkpoint = tmp_path / "other.pth.tar"
+    torch.save(other.state_dict(), checkpoint)
+    stream = tmp_path / "gray.vlic"
+    status, err = _main_capture(
+        ["encode", str(inputs / "gray.png"), "-o", str(stream), "--checkpoint", str(checkpoint)]
+    )
+    assert status == 0, err
+    out = tmp_path / "dec.png"
+    status, err = _main_capture(["decode", str(stream), "-o", str(out), "--quality", "test"])
+    assert status == 1 and "fingerprint" in err and "--allow-model-mismatch" in err
+    assert not out.exists()
+    argv = ["decode", str(stream), "-o", str(out), "--quality", "test", "--allow-model-mismatch"]
+    status, err = _main_capture(argv)
+    assert status == 0, err
+    assert load_image(out).size == SIZES["gray.png"]

@@ -22,6 +22,7 @@ from compressai_vlic.errors import (
     ModelMismatchError,
 )
 from compressai_vlic.models import VLIC
+from compressai_vlic.sampling import FLOWMO_CFG_INTERVAL
 from compressai_vlic.zoo import quality_config, vlic
 
 
@@ -63,7 +64,10 @@ def test_round_trip_through_bytes_matches_decode_codes(net, astronaut, coded, de
     assert isinstance(data, bytes) and coded["shape"] == (96, 128)
     header, _ = unpack(data)
     assert header.seed == net.config.default_seed
-    assert (header.num_steps, header.guidance_scale, header.time_shift) == (3, 1.5, 0.5)
+    assert (header.num_steps, header.guidance_scale) == (3, 1.5)
+    assert (header.schedule, header.schedule_param) == ("power", 0.25)  # FlowMo's pow_0.25
+    assert header.cfg_interval == pytest.approx(FLOWMO_CFG_INTERVAL, abs=1e-3)
+    assert header.weights_fingerprint == net.weights_fingerprint()
     assert decoded.shape == (1, 3, 96, 128) and 0 <= decoded.min() and decoded.max() <= 1
     layout, enc = net.encode_image(astronaut)
     assert layout.num_tiles > 1  # 96x128 is larger than the 32 px training resolution
@@ -141,7 +145,7 @@ def test_real_bits_match_estimated_bits(net, photos, sharpness):
         with torch.no_grad():
             estimated = float(-torch.log2(model.token_likelihoods(enc.indices).double()).sum())
         real = len(model.compress(x)["strings"][0][0]) * 8
-        assert FIXED_OVERHEAD_BYTES <= 32
+        assert FIXED_OVERHEAD_BYTES == 41  # 29-byte header, CRC32, rANS flush
         assert abs(real - estimated) <= 0.01 * estimated + 8 * FIXED_OVERHEAD_BYTES, (
             name,
             real,
@@ -300,7 +304,7 @@ def test_decompress_in_another_process_gives_the_same_image(net, tmp_path, photo
 
 
 def test_sampler_settings_are_what_the_header_can_hold(net, photos):
-    odd = vlic("test", guidance_scale=1.3, time_shift=0.3).eval()
+    odd = vlic("test", guidance_scale=1.3, time_shift=0.3, schedule="shift").eval()
     odd.load_state_dict(net.state_dict())
     settings = odd.stream_settings(seed=8)
     # float16 in the header: the decoder uses the rounded values, and so must any comparison.
@@ -314,5 +318,7 @@ def test_sampler_settings_are_what_the_header_can_hold(net, photos):
         guidance_scale=settings.guidance_scale,
         time_shift=settings.time_shift,
         layout=layout,
+        schedule=settings.schedule,
+        cfg_interval=settings.cfg_interval,
     )
     assert torch.equal(odd.decompress(out["strings"], out["shape"])["x_hat"], expected)

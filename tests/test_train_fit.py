@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from compressai_vlic_lightning import Stage1Module
 from compressai_vlic_lightning.cli import main as train_main
@@ -247,3 +248,34 @@ def test_rate_weight_lets_the_rate_shape_the_encoder(photos):
         p.grad is None for p in module.model.prior.parameters()
     )  # prior trained by its own NLL
     assert "bpp_rate_term" in module.compute_losses(x)
+
+
+def test_encoder_freezes_after_n_steps_and_the_rest_keeps_training(photos, quiet_cpu_trainer):
+    from conftest import photo_tensor
+
+    torch.manual_seed(0)
+    module = Stage1Module(quality="test", lr=3e-3, perceptual_type="none", freeze_encoder_after=3)
+    assert module.hparams.betas == (0.9, 0.95) and module.hparams.t_sampler == "fat_lognormal"
+    size = module.model.config.image_size
+    batch = torch.cat([photo_tensor(photos[n], (size, size)) for n in ("astronaut", "coffee")])
+    loader = DataLoader([batch[i] for i in range(2)] * 8, batch_size=2, shuffle=False)
+    snapshots = {}
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            snapshots[trainer.global_step] = {
+                part: [p.detach().clone() for p in getattr(pl_module.model, part).parameters()]
+                for part in ("encoder", "decoder")
+            }
+
+    trainer = quiet_cpu_trainer(max_steps=6, callbacks=[Snapshot()])
+    trainer.fit(module, loader)
+
+    def moved(part: str, a: int, b: int) -> bool:
+        return any(not torch.equal(x, y) for x, y in zip(snapshots[a][part], snapshots[b][part]))
+
+    assert moved("encoder", 0, 3) and moved("decoder", 0, 3)  # both train before step 3
+    assert not moved("encoder", 3, 5) and moved("decoder", 3, 5)  # then only the decoder
+    assert module.encoder_frozen
+    with pytest.raises(Exception, match="t_sampler"):
+        Stage1Module(quality="test", perceptual_type="none", t_sampler="uniform")

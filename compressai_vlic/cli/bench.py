@@ -118,6 +118,7 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
         parameters=sum(p.numel() for p in model.parameters()),
         num_steps=model.sampler_settings(args.seed).num_steps,
         guidance_scale=model.sampler_settings(args.seed).guidance_scale,
+        evaluations_per_tile=model.stream_settings(args.seed).sampler().num_evaluations(),
         device=str(device),
         threads=torch.get_num_threads(),
         repeat=args.repeat,
@@ -160,6 +161,7 @@ def run_prior_only(args: argparse.Namespace) -> BenchReport:
         parameters=sum(p.numel() for p in prior.parameters()),
         num_steps=0,
         guidance_scale=0.0,
+        evaluations_per_tile=0,
         device=args.device,
         threads=torch.get_num_threads(),
         repeat=args.repeat,
@@ -194,7 +196,8 @@ def format_report(report: BenchReport) -> str:
     """A plain-text table, one row per image, then the totals."""
     head = (
         f"model {report.model} (config {report.config_hash}, {report.parameters:,} parameters), "
-        f"{report.num_steps} sampler steps, CFG {report.guidance_scale:g}\n"
+        f"{report.num_steps} sampler steps, CFG {report.guidance_scale:g}, "
+        f"{report.evaluations_per_tile} network evaluations per tile\n"
         f"device {report.device}, {report.threads} thread(s), best of {report.repeat}, "
         f"torch {report.torch_version}, "
         f"CPU {report.cpu} (load average {report.load_average:.1f})\n"

@@ -1,7 +1,8 @@
 """`compressai-vlic decode STREAM(S)|FOLDER -o OUT`: .vlic bitstreams to PNG images.
 
 The stream carries its size, tiling, seed and sampler settings; the model must be the one that
-encoded it (its config hash is checked). A foreign, corrupted or truncated stream is reported
+encoded it (its config hash and weights fingerprint are checked; ``--allow-model-mismatch``
+accepts other weights of the same architecture). A foreign, corrupted or truncated stream is reported
 with its typed error and skipped; the exit status is non-zero at the end if any failed.
 """
 
@@ -32,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder (folders are mirrored), or a .png file for a single stream",
     )
+    parser.add_argument(
+        "--allow-model-mismatch",
+        action="store_true",
+        help="decode streams whose weights fingerprint differs from the model's (same architecture)",
+    )
     add_model_arguments(parser)
     add_threads_argument(parser)
 
@@ -47,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     for job in bar:
         try:
             data = job.source.read_bytes()
-            x_hat = batch.model.decompress([[data]], None)["x_hat"]
+            x_hat = batch.model.decompress(
+                [[data]], None, allow_model_mismatch=args.allow_model_mismatch
+            )["x_hat"]
             save_png(x_hat, job.target)
         except (VLICError, OSError) as exc:
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)

@@ -61,6 +61,7 @@ class BenchReport:
     parameters: int
     num_steps: int
     guidance_scale: float
+    evaluations_per_tile: int
     device: str
     threads: int
     repeat: int
@@ -139,7 +140,7 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     x = x.to(device)
-    settings = model.sampler_settings(seed)
+    settings = model.stream_settings(seed)
     with torch.no_grad():
         out, compress_ms = timed(lambda: model.compress(x, seed=seed))
         stream = b"".join(out["strings"][0])
@@ -159,6 +160,9 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
                 guidance_scale=settings.guidance_scale,
                 time_shift=settings.time_shift,
                 layout=layout,
+                schedule=settings.schedule,
+                power=settings.power,
+                cfg_interval=settings.cfg_interval,
             )
         )
         xent = float(prior.nll_bits(enc.indices).double().sum())

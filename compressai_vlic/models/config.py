@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.sampling import FLOWMO_CFG_INTERVAL, SCHEDULES
 
 CONFIG_VERSION = 1
 
@@ -27,6 +28,9 @@ _UNHASHED_FIELDS = frozenset(
         "num_steps",
         "guidance_scale",
         "time_shift",
+        "schedule",
+        "schedule_power",
+        "cfg_interval",
         "tile_overlap",
         "tile_batch",
         "code_dropout",
@@ -64,6 +68,10 @@ class VLICConfig:
     num_steps: int = 25
     guidance_scale: float = 1.5
     time_shift: float = 0.5
+    # FlowMo's sampler: power schedule pow_0.25, guidance only for t in cfg_interval.
+    schedule: str = "power"
+    schedule_power: float = 0.25
+    cfg_interval: tuple[float, float] = FLOWMO_CFG_INTERVAL
     tile_overlap: int = 8
     tile_batch: int = 16
     default_seed: int = 0
@@ -73,6 +81,8 @@ class VLICConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsq_levels", tuple(int(v) for v in self.fsq_levels))
+        if isinstance(self.cfg_interval, (list, tuple)):
+            object.__setattr__(self, "cfg_interval", tuple(float(v) for v in self.cfg_interval))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -109,6 +119,19 @@ class VLICConfig:
             raise ConfigError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.guidance_scale < 0 or self.time_shift <= 0:
             raise ConfigError("guidance_scale must be >= 0 and time_shift > 0")
+        if self.schedule not in SCHEDULES[:2]:
+            raise ConfigError(f"schedule must be 'power' or 'shift', got {self.schedule!r}")
+        if not self.schedule_power > 0:
+            raise ConfigError(f"schedule_power must be > 0, got {self.schedule_power}")
+        interval = self.cfg_interval
+        if not (
+            isinstance(interval, tuple)
+            and len(interval) == 2
+            and 0 <= interval[0] <= interval[1] <= 1
+        ):
+            raise ConfigError(
+                f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {interval}"
+            )
         if not 0 <= self.tile_overlap < self.image_size // 2:
             raise ConfigError(f"tile_overlap ({self.tile_overlap}) must be in [0, image_size/2)")
         if self.tile_batch < 1:
@@ -138,6 +161,7 @@ class VLICConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["fsq_levels"] = list(self.fsq_levels)
+        d["cfg_interval"] = list(self.cfg_interval)
         return d
 
     @classmethod
@@ -149,6 +173,8 @@ class VLICConfig:
         kwargs = dict(data)
         if "fsq_levels" in kwargs:
             kwargs["fsq_levels"] = tuple(kwargs["fsq_levels"])
+        if isinstance(kwargs.get("cfg_interval"), list):
+            kwargs["cfg_interval"] = tuple(kwargs["cfg_interval"])
         try:
             return cls(**kwargs)
         except TypeError as exc:  # wrong value types surface here

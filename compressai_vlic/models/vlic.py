@@ -15,10 +15,12 @@ config hash) in the container bytes, so ``decompress`` reproduces exactly the im
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from compressai.models import CompressionModel
@@ -33,6 +35,8 @@ from compressai_vlic.errors import (
     CheckpointError,
     ConfigError,
     CorruptStreamError,
+    DecompressArgumentError,
+    StreamLimitError,
 )
 from compressai_vlic.models.config import VLICConfig
 from compressai_vlic.models.decoder import VelocityDecoder
@@ -45,10 +49,22 @@ from compressai_vlic.models.hub import (
     weights_file,
 )
 from compressai_vlic.models.prior import ARPrior
-from compressai_vlic.sampling import RectifiedFlowSampler, cfg_combine, seeded_noise
+from compressai_vlic.sampling import (
+    MAX_NUM_STEPS,
+    RectifiedFlowSampler,
+    cfg_combine,
+    seeded_noise,
+)
 from compressai_vlic.tiling import TileLayout
 
 CONFIG_KEY = "_config_json"
+#: Default ``decompress`` limits: a stream may not make the decoder sample more pixels than
+#: this (4096 x 4096; pass ``max_pixels=None`` to lift it) ...
+DEFAULT_MAX_PIXELS = 1 << 24
+#: ... nor run more network evaluations (tiles x evaluations per tile) than this.
+DEFAULT_MAX_EVALUATIONS = 20_000
+#: Modules whose tensors the weights fingerprint covers (what decoding depends on).
+FINGERPRINT_MODULES = ("decoder", "prior", "fsq")
 
 
 @dataclass
@@ -89,6 +105,20 @@ class SamplerSettings:
     num_steps: int
     guidance_scale: float
     time_shift: float
+    schedule: str = "power"
+    power: float = 0.25
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+
+    def sampler(self) -> RectifiedFlowSampler:
+        """The sampler these settings describe."""
+        return RectifiedFlowSampler(
+            self.num_steps,
+            self.guidance_scale,
+            self.time_shift,
+            schedule=self.schedule,  # type: ignore[arg-type]
+            power=self.power,
+            cfg_interval=self.cfg_interval,
+        )
 
 
 def config_to_tensor(config: VLICConfig) -> Tensor:
@@ -104,6 +134,35 @@ def config_from_tensor(buffer: Tensor) -> VLICConfig:
         return VLICConfig.from_json(text)
     except ConfigError as exc:
         raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from exc
+
+
+TSampler = Literal["fat_lognormal", "lognormal"]
+T_SAMPLERS: tuple[str, ...] = ("fat_lognormal", "lognormal")
+
+
+def sample_t(
+    batch: int,
+    kind: TSampler = "fat_lognormal",
+    uniform_share: float = 0.1,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Training noise levels t in (0, 1), (batch,).
+
+    ``"lognormal"``: t = sigmoid(n), n ~ N(0, 1). ``"fat_lognormal"`` (FlowMo's default): the
+    same, with each t replaced by a uniform draw with probability ``uniform_share`` (0.1), so
+    the low-noise end the sampler's last steps visit is trained too (P(t < 0.02) ~ 0.2 %
+    instead of ~ 0.005 %).
+    """
+    if kind not in T_SAMPLERS:
+        raise ConfigError(f"t sampler must be one of {', '.join(T_SAMPLERS)}, got {kind!r}")
+    if not 0 <= uniform_share <= 1:
+        raise ConfigError(f"uniform_share must be in [0, 1], got {uniform_share}")
+    t = torch.sigmoid(torch.randn(batch, generator=generator))
+    if kind == "fat_lognormal":
+        uniform = torch.rand(batch, generator=generator)
+        t = torch.where(torch.rand(batch, generator=generator) < uniform_share, uniform, t)
+    return t.to(device) if device is not None else t
 
 
 def _to_model_space(x: Tensor) -> Tensor:
@@ -190,7 +249,7 @@ class VLIC(
         noise: Tensor | None = None,
         drop_mask: Tensor | None = None,
     ) -> FlowMatchingOutput:
-        """Rectified-flow loss at (t, noise); defaults: logit-normal t, N(0, I) noise.
+        """Rectified-flow loss at (t, noise); defaults: ``sample_t`` ("fat_lognormal"), N(0, I) noise.
 
         If ``drop_mask`` is None and the module is in training mode, codes are dropped with
         probability ``config.code_dropout`` (CFG training). Pass an explicit mask to share it
@@ -199,7 +258,7 @@ class VLIC(
         b = x.shape[0]
         data = _to_model_space(x)
         if t is None:
-            t = torch.sigmoid(torch.randn(b, device=x.device))
+            t = sample_t(b, device=x.device)
         t = torch.as_tensor(t, dtype=data.dtype, device=x.device).reshape(-1).expand(b)
         if noise is None:
             noise = torch.randn_like(data)
@@ -233,6 +292,9 @@ class VLIC(
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         time_shift: float | None = None,
+        schedule: str | None = None,
+        power: float | None = None,
+        cfg_interval: tuple[float, float] | None = None,
     ) -> SamplerSettings:
         """Fill unset decode settings from the config defaults and check them."""
         cfg = self.config
@@ -241,10 +303,13 @@ class VLIC(
             num_steps=cfg.num_steps if num_steps is None else int(num_steps),
             guidance_scale=cfg.guidance_scale if guidance_scale is None else float(guidance_scale),
             time_shift=cfg.time_shift if time_shift is None else float(time_shift),
+            schedule=cfg.schedule if schedule is None else str(schedule),
+            power=cfg.schedule_power if power is None else float(power),
+            cfg_interval=tuple(cfg.cfg_interval if cfg_interval is None else cfg_interval),
         )
         if not 0 <= settings.seed < 2**32:
             raise ConfigError(f"decode seed must fit in uint32, got {settings.seed}")
-        RectifiedFlowSampler(settings.num_steps, settings.guidance_scale, settings.time_shift)
+        settings.sampler()  # validates
         return settings
 
     def _as_codes(self, codes_or_indices: Tensor) -> Tensor:
@@ -261,19 +326,25 @@ class VLIC(
         guidance_scale: float | None = None,
         time_shift: float | None = None,
         layout: TileLayout | None = None,
+        schedule: str | None = None,
+        power: float | None = None,
+        cfg_interval: tuple[float, float] | None = None,
     ) -> Tensor:
         """Sample images in [0, 1] from codes (float) or FSQ indices (integer), (B, K, d).
 
         Without ``layout`` each row is one training-size tile -> (B, 3, T, T). With a layout the
         rows are the tiles of one image, sampled jointly with MultiDiffusion blending, and the
         result is cropped to the image: (1, 3, H, W). Noise comes from a CPU generator seeded
-        with ``seed`` and is drawn once for the whole canvas.
+        with ``seed`` and is drawn once for the whole canvas. Unset sampler settings come from
+        the config (``schedule`` may also be ``"shift_v1"``, the grid of format-1 streams).
         """
-        s = self.sampler_settings(seed, num_steps, guidance_scale, time_shift)
+        s = self.sampler_settings(
+            seed, num_steps, guidance_scale, time_shift, schedule, power, cfg_interval
+        )
         cfg = self.config
         device = self._config_json.device
         codes = self._as_codes(codes.to(device))
-        sampler = RectifiedFlowSampler(s.num_steps, s.guidance_scale, s.time_shift)
+        sampler = s.sampler()
 
         def tile_velocity(x_t: Tensor, t: float, g: float, tile_codes: Tensor) -> Tensor:
             n = x_t.shape[0]
@@ -319,7 +390,14 @@ class VLIC(
 
     # ------------------------------------------------------------- image level
     def layout_for(self, height: int, width: int) -> TileLayout:
-        return TileLayout.for_image(height, width, self.config.image_size, self.config.tile_overlap)
+        """The tile grid ``compress`` uses: no overlap where both sides are whole tiles.
+
+        Otherwise the config's ``tile_overlap``, with the fewest tiles that cover the image at
+        that overlap. The overlap chosen travels in the stream header.
+        """
+        tile = self.config.image_size
+        overlap = 0 if height % tile == 0 and width % tile == 0 else self.config.tile_overlap
+        return TileLayout.for_image(height, width, tile, overlap)
 
     def encode_image(self, x: Tensor) -> tuple[TileLayout, EncodeOutput]:
         """Tokens of one (1, 3, H, W) image of any size: one row per tile (row-major)."""
@@ -375,6 +453,8 @@ class VLIC(
     def stream_header(self, layout: TileLayout, seed: int | None = None) -> StreamHeader:
         """The container header ``compress`` writes for an image with this layout."""
         s = self.sampler_settings(seed)
+        if s.num_steps > MAX_NUM_STEPS:
+            raise ConfigError(f"num_steps {s.num_steps} exceeds the stream limit {MAX_NUM_STEPS}")
         return StreamHeader(
             config_hash=self.config.config_hash(),
             height=layout.height,
@@ -383,42 +463,190 @@ class VLIC(
             seed=s.seed,
             num_steps=s.num_steps,
             guidance_scale=s.guidance_scale,
-            time_shift=s.time_shift,
+            schedule_param=s.power if s.schedule == "power" else s.time_shift,
+            schedule=s.schedule,
+            cfg_interval=s.cfg_interval,
+            weights_fingerprint=self.weights_fingerprint(),
         )
 
     def stream_settings(self, seed: int | None = None) -> SamplerSettings:
         """Decode settings exactly as a stream written with ``seed`` carries them."""
-        h = self.stream_header(self.layout_for(1, 1), seed)
-        return SamplerSettings(h.seed, h.num_steps, h.guidance_scale, h.time_shift)
+        return self._header_settings(self.stream_header(self.layout_for(1, 1), seed))
+
+    def _header_settings(self, h: StreamHeader) -> SamplerSettings:
+        power = h.schedule == "power"
+        return SamplerSettings(
+            seed=h.seed,
+            num_steps=h.num_steps,
+            guidance_scale=h.guidance_scale,
+            time_shift=self.config.time_shift if power else h.schedule_param,
+            schedule=h.sampler_schedule,
+            power=h.schedule_param if power else self.config.schedule_power,
+            cfg_interval=h.cfg_interval,
+        )
+
+    def weights_fingerprint(self) -> bytes:
+        """First 4 bytes of sha256 over the decoder, prior and FSQ tensors (names, shapes, values).
+
+        Tensors are hashed as float32 in sorted name order, so a model moved to another device
+        keeps its fingerprint. Cached; the cache is keyed on the tensors' in-place version
+        counters, so training steps and ``load_state_dict`` invalidate it.
+        """
+        tensors = []
+        for module in FINGERPRINT_MODULES:
+            for name, tensor in getattr(self, module).state_dict(keep_vars=True).items():
+                tensors.append((f"{module}.{name}", tensor))
+        tensors.sort(key=lambda item: item[0])
+        try:
+            key = tuple((name, t.data_ptr(), t._version) for name, t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: do not cache
+            key = None
+        cached = getattr(self, "_fingerprint_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        digest = hashlib.sha256()
+        for name, tensor in tensors:
+            value = tensor.detach()
+            value = value.float() if value.is_floating_point() else value.long()
+            digest.update(f"{name}:{tuple(value.shape)}:".encode())
+            digest.update(value.cpu().contiguous().numpy().tobytes())
+        fingerprint = digest.digest()[:4]
+        self._fingerprint_cache = (key, fingerprint)
+        return fingerprint
+
+    def _min_payload_bytes(self, num_tiles: int) -> int:
+        """A lower bound on the rANS payload of ``num_tiles`` tiles, whatever the tokens.
+
+        Every digit costs at least -log2(max frequency / 2**precision) bits, the most likely
+        symbol's table entry being at most 2**precision - (L - 1); 64 bits of slack cover the
+        coder's initial state.
+        """
+        scale = 2**self.token_coder.precision
+        per_token = sum(
+            -math.log2((scale - (level - 1)) / scale) for level in self.config.fsq_levels
+        )
+        bits = num_tiles * self.config.num_tokens * per_token
+        return max(8, math.floor((bits - 64) / 8))
+
+    def check_stream(
+        self,
+        header: StreamHeader,
+        payload_bytes: int,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
+        allow_model_mismatch: bool = False,
+    ) -> TileLayout:
+        """Check a parsed stream against this model and the limits before any work; its layout."""
+        header.check_model(
+            self.config.config_hash(), self.weights_fingerprint(), allow_model_mismatch
+        )
+        tile = self.config.image_size
+        if not 0 <= header.tile_overlap < tile // 2:
+            raise CorruptStreamError(
+                f"stream declares a tile overlap of {header.tile_overlap} px; this model's tiles "
+                f"({tile} px) allow 0..{tile // 2 - 1}"
+            )
+        pixels = header.height * header.width
+        if max_pixels is not None and pixels > max_pixels:
+            raise StreamLimitError(
+                f"stream declares a {header.height}x{header.width} image ({pixels} pixels), over "
+                f"the limit of {max_pixels}; pass a larger max_pixels to decode it"
+            )
+        layout = header.tile_layout(tile)
+        least = self._min_payload_bytes(layout.num_tiles)
+        most = self.token_coder.max_payload_bytes(
+            layout.num_tiles * self.config.num_tokens * self.config.code_dim
+        )
+        if not least <= payload_bytes <= most:
+            raise CorruptStreamError(
+                f"stream declares a {header.height}x{header.width} image ({layout.num_tiles} "
+                f"tiles), which takes {least}..{most} payload bytes, but holds {payload_bytes}"
+            )
+        evaluations = layout.num_tiles * self._header_settings(header).sampler().num_evaluations()
+        if max_evaluations is not None and evaluations > max_evaluations:
+            raise StreamLimitError(
+                f"decoding the stream takes {evaluations} network evaluations ({layout.num_tiles} "
+                f"tiles, {header.num_steps} steps), over the limit of {max_evaluations}; pass a "
+                "larger max_evaluations to decode it"
+            )
+        return layout
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Any = None) -> dict[str, Any]:
-        """Decode container bytes (everything needed is inside them) -> {"x_hat": (B, 3, H, W)}."""
+    def decompress(
+        self,
+        strings: Sequence[Sequence[bytes]],
+        shape: Any = None,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
+        allow_model_mismatch: bool = False,
+    ) -> dict[str, Any]:
+        """Decode container bytes (everything needed is inside them) -> {"x_hat": (B, 3, H, W)}.
+
+        Every stream is checked before any is decoded: against this model's config hash and
+        weights fingerprint, the payload length its tile count implies, and the limits.
+
+        Args:
+            strings: ``[[stream, ...]]`` as returned by ``compress``.
+            shape: optional (H, W) every stream must hold.
+            max_pixels: refuse streams declaring more pixels (default 2**24; None: no limit).
+            max_evaluations: refuse streams that need more network evaluations, tiles x
+                evaluations per tile (default 20000; None: no limit).
+            allow_model_mismatch: decode streams written by other weights of the same
+                architecture (default False: ModelMismatchError).
+        """
+        if isinstance(strings, (bytes, bytearray, str)) or not isinstance(strings, Sequence):
+            raise DecompressArgumentError(
+                f"strings must be [[stream, ...]] as compress returns, got {type(strings).__name__}"
+            )
         if len(strings) != 1:
-            raise BitstreamError(f"VLIC streams have one string list, got {len(strings)}")
-        x_hats = []
-        for data in strings[0]:
+            raise DecompressArgumentError(f"VLIC streams have one string list, got {len(strings)}")
+        streams = strings[0]
+        if isinstance(streams, (bytes, bytearray, str)) or not isinstance(streams, Sequence):
+            raise DecompressArgumentError(
+                f"strings[0] must be a list of streams (bytes), got {type(streams).__name__}"
+            )
+        if len(streams) == 0:
+            raise DecompressArgumentError("no streams to decode: strings[0] is empty")
+        parsed = []
+        for data in streams:
             header, payload = unpack(data)
-            header.check_model(self.config.config_hash())
+            layout = self.check_stream(
+                header, len(payload), max_pixels, max_evaluations, allow_model_mismatch
+            )
+            parsed.append((header, payload, layout))
+        sizes = {(h.height, h.width) for h, _, _ in parsed}
+        if shape is not None:
             try:
-                layout = header.tile_layout(self.config.image_size)
-            except ConfigError as exc:
-                raise CorruptStreamError(f"stream has an invalid tiling: {exc}") from exc
-            if shape is not None and tuple(int(v) for v in shape) != (header.height, header.width):
-                raise BitstreamError(
-                    f"stream holds a {header.height}x{header.width} image but shape={tuple(shape)}"
-                )
+                wanted = tuple(int(v) for v in shape)
+            except (TypeError, ValueError) as exc:
+                raise DecompressArgumentError(f"shape must be (H, W), got {shape!r}") from exc
+            if sizes != {wanted}:
+                got = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+                raise BitstreamError(f"streams hold {got} images but shape={tuple(shape)}")
+        if len(sizes) > 1:
+            got = ", ".join(f"{h}x{w}" for h, w in sorted(sizes))
+            raise DecompressArgumentError(
+                f"streams hold images of different sizes ({got}), which cannot form one batch; "
+                "decode them in separate calls"
+            )
+        x_hats = []
+        for header, payload, layout in parsed:
             indices = self.token_coder.decode(
                 payload, self.prior, batch=layout.num_tiles, num_tokens=self.config.num_tokens
             )
+            s = self._header_settings(header)
             x_hats.append(
                 self.decode_codes(
                     indices,
-                    seed=header.seed,
-                    num_steps=header.num_steps,
-                    guidance_scale=header.guidance_scale,
-                    time_shift=header.time_shift,
+                    seed=s.seed,
+                    num_steps=s.num_steps,
+                    guidance_scale=s.guidance_scale,
+                    time_shift=s.time_shift,
                     layout=layout,
+                    schedule=s.schedule,
+                    power=s.power,
+                    cfg_interval=s.cfg_interval,
                 )
             )
         return {"x_hat": torch.cat(x_hats)}
@@ -445,6 +673,7 @@ class VLIC(
             raise CheckpointError(
                 f"state dict has no {CONFIG_KEY!r} entry: it was not saved from a VLIC model"
             )
+        self._fingerprint_cache = None
         return torch.nn.Module.load_state_dict(self, state_dict, strict=strict, assign=assign)
 
     def _load_from_state_dict(

@@ -12,13 +12,14 @@ VLIC uses no rate term (the bottleneck fixes the rate), hence ``rate_weight=0`` 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
 from compressai_vlic_lightning.common import (
     adamw,
     build_model,
@@ -68,7 +69,12 @@ class Stage1Module(pl.LightningModule):
         lr: learning rate of encoder/decoder (VLIC: 1e-4 at batch 256).
         prior_lr: learning rate of the token prior (default: lr).
         weight_decay: AdamW weight decay.
-        betas: AdamW betas.
+        betas: AdamW betas (default (0.9, 0.95), FlowMo's).
+        t_sampler: training noise levels: "fat_lognormal" (default, FlowMo's: logit-normal with
+            ``t_uniform_share`` of uniform t) or "lognormal" (logit-normal only).
+        t_uniform_share: share of uniform t in "fat_lognormal" (default 0.1, FlowMo's).
+        freeze_encoder_after: from this global step on, the encoder gets no gradient and no
+            optimizer updates (FlowMo has the option at 200k steps, off by default); None = never.
         warmup_steps: linear learning-rate warm-up.
         perceptual_type: "lpips" (default; needs local weights), "ms_ssim" or "none".
         perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
@@ -89,7 +95,10 @@ class Stage1Module(pl.LightningModule):
         lr: float = 1e-4,
         prior_lr: float | None = None,
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.99),
+        betas: tuple[float, float] = (0.9, 0.95),
+        t_sampler: Literal["fat_lognormal", "lognormal"] = "fat_lognormal",
+        t_uniform_share: float = 0.1,
+        freeze_encoder_after: int | None = None,
         warmup_steps: int = 0,
         perceptual_type: PerceptualType = "lpips",
         perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
@@ -105,6 +114,12 @@ class Stage1Module(pl.LightningModule):
         super().__init__()
         if perceptual_weight < 0 or prior_weight < 0 or rate_weight < 0:
             raise ConfigError("loss weights must be >= 0")
+        if t_sampler not in T_SAMPLERS:
+            raise ConfigError(
+                f"t_sampler must be one of {', '.join(T_SAMPLERS)}, got {t_sampler!r}"
+            )
+        if freeze_encoder_after is not None and freeze_encoder_after < 0:
+            raise ConfigError(f"freeze_encoder_after must be >= 0, got {freeze_encoder_after}")
         self.save_hyperparameters()
         self.model = build_model(quality, model_overrides)
         if init_from:
@@ -131,7 +146,8 @@ class Stage1Module(pl.LightningModule):
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
         hp = self.hparams
         enc = self.model.encode(x)
-        fm = self.model.flow_matching(x, enc.codes)
+        t = sample_t(x.shape[0], hp.t_sampler, hp.t_uniform_share, device=x.device)
+        fm = self.model.flow_matching(x, enc.codes, t=t)
         pixels = x.shape[-2] * x.shape[-1]
         bits = self.model.token_nll_bits(enc.indices.detach())
         prior_bpp = bits.float().mean() / pixels
@@ -150,6 +166,18 @@ class Stage1Module(pl.LightningModule):
             out["bpp_rate_term"] = rate.detach()
         out["loss"] = loss
         return out
+
+    @property
+    def encoder_frozen(self) -> bool:
+        after = self.hparams.freeze_encoder_after
+        return after is not None and self.global_step >= after
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.encoder_frozen and any(p.requires_grad for p in self.model.encoder.parameters()):
+            log.info("freezing the encoder at step %d", self.global_step)
+            self.model.encoder.requires_grad_(False)
+            for p in self.model.encoder.parameters():
+                p.grad = None  # AdamW skips parameters without gradients: no more updates
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         out = self.compute_losses(batch)
