@@ -187,11 +187,18 @@ def test_build_dataset_in_process(tmp_path, photos):
     again = build_preference_dataset(pairs, judge, out, {"j": 1}, progress=False)
     assert again.judged == 0 and again.already_done == 5
     assert len((tmp_path / "calls.txt").read_text().split()) == 5
-    # a reconstruction of the wrong size is a clear error, not a silent crop
+    # a reconstruction of the wrong size is reported and skipped (not a silent crop); the
+    # other pairs are judged and the summary says the run was not clean
     bad = PairInputs("bad", pairs[0].reference, pairs[0].a, tmp_path / "small.png")
     Image.new("RGB", (8, 8)).save(bad.b)
-    with pytest.raises(DatasetError, match="sizes differ"):
-        build_preference_dataset([bad], judge, tmp_path / "bad.jsonl", {}, progress=False)
+    mixed = build_preference_dataset(
+        [bad, *pairs], judge, tmp_path / "bad.jsonl", {}, progress=False
+    )
+    assert mixed.judged == 5 and not mixed.ok
+    assert list(mixed.skipped) == ["bad"] and "sizes differ" in mixed.skipped["bad"]
+    assert {r.pair_id for r in read_preference_dataset(tmp_path / "bad.jsonl")} == {
+        p.pair_id for p in pairs
+    }
 
 
 def _cli(*args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:

@@ -219,7 +219,14 @@ def make_judge_from_args(judge_type: str, args: argparse.Namespace, base: bool =
 
 
 def maybe_cached(judge: Any, cache: str | None) -> Any:
-    if cache is None or not callable(getattr(judge, "cache_identity", None)):
+    if cache is None:
+        return judge
+    if not callable(getattr(judge, "cache_identity", None)):
+        print(
+            f"notice: --cache: judge {getattr(judge, 'name', judge)!r} cannot be cached (it has no "
+            "cache_identity()); it runs uncached",
+            file=sys.stderr,
+        )
         return judge
     from compressai_vlic.judges.cache import CachedJudge
 
@@ -335,6 +342,10 @@ def run_build(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"{args.output}: {summary.line()}")
+    if not summary.ok:
+        for line in summary.problems():
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 
