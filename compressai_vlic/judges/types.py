@@ -22,7 +22,6 @@ from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 
-
 JudgmentStatus = Literal["judged", "abstained", "failed"]
 JUDGMENT_STATUSES: tuple[str, ...] = get_args(JudgmentStatus)
 
