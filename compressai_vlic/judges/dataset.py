@@ -380,7 +380,7 @@ class DatasetSummary:
         lines = [f"failed {k}: {v}" for k, v in self.failures.items()]
         lines += [f"skipped {k}: {v}" for k, v in self.skipped.items()]
         if len(lines) > limit:
-            lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+            lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
         return lines
 
 
