@@ -65,6 +65,23 @@ def _fingerprint(model: str) -> str:
     return f"{path.name}@{h.hexdigest()[:16]}"
 
 
+def _hub_commit(model_id: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The commit a Hub id resolved to: the snapshot folder its config.json was loaded from."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            model_id, "config.json", cache_dir=cache_dir, revision=revision
+        )
+    except Exception:  # not a Hub id (e.g. a missing local path): no commit to record
+        return None
+    if isinstance(found, str):
+        path = Path(found)
+        if path.parent.parent.name == "snapshots":
+            return path.parent.name
+    return None
+
+
 def _usage_counts(prompt: int, completion: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt,
@@ -92,6 +109,7 @@ class HFJudge:
         local_files_only: bool = False,
         trust_remote_code: bool = False,
         revision: str | None = None,
+        cache_dir: str | None = None,
         name: str | None = None,
     ) -> None:
         if decode_type not in DECODE_TYPES:
@@ -114,9 +132,12 @@ class HFJudge:
         self.name = name or f"hf:{Path(self.model_id).name}"
         self._lock = threading.Lock()
         self.revision = revision
+        self.cache_dir = cache_dir
         self._load(device, dtype, local_files_only, trust_remote_code)
         self._identity = _fingerprint(self.model_id)
-        commit = getattr(self.model.config, "_commit_hash", None)
+        commit = getattr(self.model.config, "_commit_hash", None) or _hub_commit(
+            self.model_id, revision, cache_dir
+        )
         if commit and not Path(self.model_id).is_dir():
             # a Hub id names a moving branch: the commit is what actually judged
             self._identity = f"{self.model_id}@{commit}"
@@ -127,6 +148,8 @@ class HFJudge:
         kwargs: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": trust}
         if self.revision is not None:
             kwargs["revision"] = self.revision
+        if self.cache_dir is not None:
+            kwargs["cache_dir"] = self.cache_dir
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **kwargs)
             self.model = AutoModelForImageTextToText.from_pretrained(
