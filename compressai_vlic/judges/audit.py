@@ -862,7 +862,10 @@ def plot_report(report: AuditReport, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
@@ -962,7 +965,9 @@ def run_audit_cli(args: Any) -> int:
     print(format_report(report))
     args.output_dir.mkdir(parents=True, exist_ok=True)
     out_json = args.output_dir / "audit.json"
-    out_json.write_text(json.dumps(report.to_dict(), indent=1))
+    from compressai_vlic.atomic import atomic_write_text
+
+    atomic_write_text(out_json, json.dumps(report.to_dict(), indent=1))
     out_png = plot_report(report, args.output_dir / "audit.png")
     print(f"\nwrote {out_json} and {out_png}")
     return 0

@@ -39,7 +39,10 @@ def export_checkpoint(
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(clean, out)
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(out) as tmp:  # a full disk leaves no torn checkpoint
+        torch.save(clean, tmp)
     VLIC.from_state_dict(torch.load(out, map_location="cpu", weights_only=True))
     return ExportResult(
         path=out,
