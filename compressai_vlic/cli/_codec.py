@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compressai_vlic.errors import CheckpointError, ConfigError, VLICError
+from compressai_vlic.errors import ConfigError, VLICError
 
 if TYPE_CHECKING:
     from compressai_vlic.models.vlic import VLIC
@@ -67,20 +67,9 @@ def apply_threads(threads: int | None) -> None:
 
 def load_state(path: Path) -> dict:
     """A bare state dict (or one under the keys CompressAI's tools accept), weights only."""
-    import torch
+    from compressai_vlic.checkpoints import load_state_dict
 
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable checkpoint
-        raise CheckpointError(f"{path}: cannot load with weights_only=True ({exc})") from exc
-    for key in ("network", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and key in state:
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return load_state_dict(path)
 
 
 def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VLIC:
@@ -88,10 +77,11 @@ def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VL
     import torch
 
     from compressai_vlic import zoo
-    from compressai_vlic.models.vlic import VLIC
 
     if checkpoint is not None:
-        model = VLIC.from_state_dict(load_state(checkpoint))
+        from compressai_vlic.checkpoints import load_vlic
+
+        model: VLIC = load_vlic(checkpoint)
     elif quality is None:
         raise ConfigError("give --checkpoint CKPT or --quality Q")
     elif str(quality) == "test":

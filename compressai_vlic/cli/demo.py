@@ -438,7 +438,6 @@ def run(args: argparse.Namespace) -> int:
 
     from compressai_vlic.image_io import load_image
     from compressai_vlic.metrics import get_metric
-    from compressai_vlic.models import VLIC
 
     plan = DemoPlan.preset(args.preset)
     if args.stage1_steps is not None or args.stage2_steps is not None:
@@ -564,14 +563,9 @@ def run(args: argparse.Namespace) -> int:
 
     # ---------------------------------------------------------------- per-image metrics, pictures
     t0 = time.perf_counter()
-    models = {
-        "before": VLIC.from_state_dict(
-            torch.load(exported[0], map_location="cpu", weights_only=True)
-        ).eval(),
-        "after": VLIC.from_state_dict(
-            torch.load(exported[1], map_location="cpu", weights_only=True)
-        ).eval(),
-    }
+    from compressai_vlic.checkpoints import load_vlic
+
+    models = {"before": load_vlic(exported[0]).eval(), "after": load_vlic(exported[1]).eval()}
     metric_names = ["psnr", "ms_ssim", "ssimulacra2", "lpips"]
     metrics = {}
     for name in metric_names:
