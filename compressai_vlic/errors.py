@@ -51,6 +51,10 @@ class ImageReadError(VLICError):
     """An input image could not be read or decoded."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image's header declares more pixels than the reader's limit (checked before decoding)."""
+
+
 class ConfigError(VLICError, ValueError):
     """A configuration value is invalid or inconsistent."""
 

@@ -145,15 +145,9 @@ def load_checked(path: Path) -> dict[str, torch.Tensor]:
             f"hash check failed for {path}: name says {match.group('sha')}, content is {actual} "
             "(corrupted or renamed file)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable checkpoint
-        raise CheckpointError(f"cannot load {path} with weights_only=True: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    return state
+    from compressai_vlic.checkpoints import load_state_dict
+
+    return load_state_dict(path, keys=("state_dict",))
 
 
 def vlic(

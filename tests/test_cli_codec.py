@@ -246,3 +246,72 @@ def test_other_weights_are_refused_unless_allowed(inputs, tmp_path, model):
     status, err = _main_capture(argv)
     assert status == 0, err
     assert load_image(out).size == SIZES["gray.png"]
+
+
+def test_existing_outputs_are_refused_unless_overwrite(encoded, inputs, tmp_path):
+    streams, _, _ = encoded
+    photos = tmp_path / "photos"  # `decode streams -o photos` must not replace the photos
+    photos.mkdir()
+    shutil.copy(inputs / "gray.png", photos / "gray.png")
+    original = (photos / "gray.png").read_bytes()
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(streams / "gray.vlic", one / "gray.vlic")
+    status, err = _main_capture(["decode", str(one), "-o", str(photos), "--quality", "test"])
+    assert status == 1
+    assert f"{photos / 'gray.png'} exists already; pass --overwrite" in err
+    assert (photos / "gray.png").read_bytes() == original
+    status, err = _main_capture(
+        ["decode", str(one), "-o", str(photos), "--quality", "test", "--overwrite"]
+    )
+    assert status == 0, err
+    assert (photos / "gray.png").read_bytes() != original
+    assert load_image(photos / "gray.png").size == SIZES["gray.png"]
+
+    out = tmp_path / "streams"
+    argv = ["encode", str(inputs / "gray.png"), "-o", str(out / "g.vlic"), "--quality", "test"]
+    assert _main_capture(argv)[0] == 0
+    (out / "g.vlic").write_bytes(b"keep me")
+    status, err = _main_capture(argv)
+    assert status == 1 and "exists already" in err
+    assert (out / "g.vlic").read_bytes() == b"keep me"
+    assert _main_capture([*argv, "--overwrite"])[0] == 0
+    assert (out / "g.vlic").read_bytes()[:4] != b"keep"
+
+
+def test_an_input_is_never_overwritten_even_with_overwrite(inputs, tmp_path):
+    src = tmp_path / "photo.vlic"  # an image named like a stream: encode would write onto it
+    shutil.copy(inputs / "gray.png", src)
+    before = src.read_bytes()
+    status, err = _main_capture(
+        ["encode", str(src), "-o", str(src), "--quality", "test", "--overwrite"]
+    )
+    assert status == 1 and "is an input of this run" in err
+    assert src.read_bytes() == before
+
+
+def test_a_full_disk_leaves_no_torn_or_empty_files(encoded, inputs, tmp_path, monkeypatch):
+    import errno
+
+    from compressai_vlic import atomic
+
+    streams, _, _ = encoded
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gray.vlic").write_bytes(b"previous stream")
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", disk_full)
+    status, err = _main_capture(
+        ["encode", str(inputs), "-o", str(out), "--quality", "test", "--overwrite"]
+    )
+    assert status == 1 and "No space left on device" in err
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["gray.vlic"]
+    assert (out / "gray.vlic").read_bytes() == b"previous stream"
+    status, err = _main_capture(
+        ["decode", str(streams), "-o", str(tmp_path / "dec"), "--quality", "test"]
+    )
+    assert status == 1 and "No space left on device" in err
+    assert not [p for p in (tmp_path / "dec").rglob("*") if p.is_file()]

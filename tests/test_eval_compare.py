@@ -161,3 +161,35 @@ def test_vlic_next_to_jpeg(photo_folder, tmp_path):
     assert json.loads((tmp_path / "out" / "json" / "vlic-untrained.json").read_text())["name"] == (
         "vlic-untrained"
     )
+
+
+def test_one_bad_image_is_skipped_and_the_run_goes_on(photo_folder, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    from compressai_vlic.cli.main import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in sorted(photo_folder.glob("*.png"))[:2]:
+        shutil.copy(path, folder / path.name)
+    Image.open(photo_folder / "coffee.png").crop((0, 0, 100, 100)).save(folder / "small.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    out = tmp_path / "out"
+    argv = [
+        "compare", str(folder), "--codec", "jpeg@q50", "--metrics", "psnr", "ms_ssim",
+        "--metric-option", "ms_ssim:small_image_type=error", "--distribution-metrics",
+        "--plot-type", "none", "--progress-type", "none", "-o", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "2 image(s) skipped (left out of every curve)" in err
+    assert "broken.png: " in err and "not a readable image" in err
+    assert "small.png: jpeg@q50: ms_ssim: image (100, 100) is too small" in err
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    assert sorted(r["image"] for r in rows) == ["astronaut.png", "chelsea.png"]
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert set(skipped) == {"image:broken.png", "image:small.png"}
+    (point,) = json.loads((out / "json" / "jpeg.json").read_text())["results"]["bpp"]
+    assert point > 0

@@ -146,3 +146,83 @@ def test_find_images_recurses_and_sorts(tmp_path, crop):
     assert find_images(tmp_path / "b.png") == [tmp_path / "b.png"]
     with pytest.raises(ImageReadError, match="no such file or folder"):
         find_images(tmp_path / "nope")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _forged_png(path, width: int, height: int, bit_depth: int) -> None:
+    """A few hundred bytes that declare a huge image (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 0)
+    row = b"\x00" + b"\x00" * (width * 3 * bit_depth // 8)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(row * 4))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("width,height,depth", [(30000, 30000, 16), (12000, 12000, 8)])
+def test_huge_headers_are_refused_before_decoding(tmp_path, monkeypatch, width, height, depth):
+    from compressai_vlic import image_io
+    from compressai_vlic.errors import ImageTooLargeError
+
+    monkeypatch.delenv("COMPRESSAI_VLIC_MAX_PIXELS", raising=False)
+    path = tmp_path / "bomb.png"
+    _forged_png(path, width, height, depth)
+    assert path.stat().st_size < 1000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a decoder ran on an image over the pixel limit")
+
+    monkeypatch.setattr(image_io, "_read_16bit_png", no_decoding)
+    monkeypatch.setattr(image_io, "_to_float_rgb", no_decoding)
+    with pytest.raises(ImageTooLargeError, match=rf"{width}x{height} .*COMPRESSAI_VLIC_MAX_PIXELS"):
+        load_image(path)
+
+
+def test_pixel_limit_is_overridable_by_env_and_argument(tmp_path, monkeypatch, crop):
+    from compressai_vlic.errors import ImageTooLargeError
+
+    Image.fromarray(crop).save(tmp_path / "a.png")
+    write_png16(tmp_path / "d.png", crop.astype(np.uint16) * 257)
+    monkeypatch.setenv("COMPRESSAI_VLIC_MAX_PIXELS", "3000")  # the crop has 48 * 64 = 3072
+    for name in ("a.png", "d.png"):
+        with pytest.raises(ImageTooLargeError, match="exceeds the limit of 3000 pixels"):
+            load_image(tmp_path / name)
+        assert load_image(tmp_path / name, max_pixels=3072).size == (48, 64)
+        assert load_image(tmp_path / name, max_pixels=0).size == (48, 64)  # 0: no limit
+    monkeypatch.setenv("COMPRESSAI_VLIC_MAX_PIXELS", "lots")
+    with pytest.raises(ImageReadError, match="not a number of pixels"):
+        load_image(tmp_path / "a.png")
+
+
+def test_gif_is_found_and_read_as_its_first_frame(tmp_path, crop):
+    frames = [Image.fromarray(crop), Image.fromarray(255 - crop)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert find_images(tmp_path) == [tmp_path / "anim.gif"]
+    loaded = load_image(tmp_path / "anim.gif")
+    assert loaded.size == (48, 64)
+    assert "multi-frame image: first frame used" in loaded.conversions
+    # the first frame (a palette approximation of the crop), not the inverted second one
+    assert (loaded.tensor - _as_float(crop)).abs().mean() < 0.1
+
+
+def test_nan_in_a_float_tiff_is_named(tmp_path):
+    arr = np.full((8, 8), 0.5, np.float32)
+    arr[2, 3] = np.nan
+    arr[4, 4] = np.inf
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(ImageReadError, match=r"f\.tif: 2 pixel\(s\) are NaN or infinite"):
+        load_image(tmp_path / "f.tif")
+    arr[2, 3] = arr[4, 4] = 0.25
+    Image.fromarray(arr, mode="F").save(tmp_path / "ok.tif")
+    assert load_image(tmp_path / "ok.tif").size == (8, 8)

@@ -187,11 +187,18 @@ def test_build_dataset_in_process(tmp_path, photos):
     again = build_preference_dataset(pairs, judge, out, {"j": 1}, progress=False)
     assert again.judged == 0 and again.already_done == 5
     assert len((tmp_path / "calls.txt").read_text().split()) == 5
-    # a reconstruction of the wrong size is a clear error, not a silent crop
+    # a reconstruction of the wrong size is reported and skipped (not a silent crop); the
+    # other pairs are judged and the summary says the run was not clean
     bad = PairInputs("bad", pairs[0].reference, pairs[0].a, tmp_path / "small.png")
     Image.new("RGB", (8, 8)).save(bad.b)
-    with pytest.raises(DatasetError, match="sizes differ"):
-        build_preference_dataset([bad], judge, tmp_path / "bad.jsonl", {}, progress=False)
+    mixed = build_preference_dataset(
+        [bad, *pairs], judge, tmp_path / "bad.jsonl", {}, progress=False
+    )
+    assert mixed.judged == 5 and not mixed.ok
+    assert list(mixed.skipped) == ["bad"] and "sizes differ" in mixed.skipped["bad"]
+    assert {r.pair_id for r in read_preference_dataset(tmp_path / "bad.jsonl")} == {
+        p.pair_id for p in pairs
+    }
 
 
 def _cli(*args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:
@@ -374,3 +381,20 @@ def test_ctrl_c_finishes_pairs_in_flight_and_loses_nothing(tmp_path, photos):
         pairs, CountingJudge(str(calls), 0.0), out, {"j": 1}, progress=False
     )
     assert summary.judged == 8 - written and len(calls.read_text().split()) == 8
+
+
+def test_cli_skips_a_bad_pair_reports_it_and_exits_1(tmp_path, photos, capsys):
+    orig, a_dir, b_dir = make_folders(tmp_path, photos, 4)
+    victims = sorted(b_dir.iterdir())
+    Image.new("RGB", (8, 8)).save(victims[0], quality=95)  # a reconstruction of the wrong size
+    victims[1].write_bytes(b"not a jpeg")  # an unreadable one
+    out = tmp_path / "prefs.jsonl"
+    argv = [
+        "judge", "--originals", str(orig), "--recon-a", str(a_dir), "--recon-b", str(b_dir),
+        "--output", str(out), "--judge-type", "psnr", "--progress-type", "none",
+    ]  # fmt: skip
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "2 pairs skipped (bad input)" in captured.out
+    assert "sizes differ" in captured.err and "not a readable image" in captured.err
+    assert len(read_preference_dataset(out)) == 2

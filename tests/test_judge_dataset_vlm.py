@@ -77,18 +77,87 @@ def test_honest_vlm_unanimous_with_metric_cached_and_faults_abstain(folders, tmp
         assert server.stats()["requests"] == first  # no VLM call: all 16 answers from the cache
         assert [r.label.value for r in read_preference_dataset(out2)] == ["A"] * 8
 
-        # a server that only fails: every pair abstains with the error recorded, none is lost
+        # a server that only fails: no pair becomes a label, the run says so and exits non-zero
         server.set_script(ServerScript(default=["500"]))
         out3 = tmp_path / "faults.jsonl"
-        assert (
-            main(
-                _args(
-                    folders, out3, server.base_url, "--symmetrize", "--judge-arg", "max_attempts=2"
-                )
-            )
-            == 0
+        argv = _args(
+            folders, out3, server.base_url, "--symmetrize", "--judge-arg", "max_attempts=2"
         )
-        rows = read_preference_dataset(out3)
-        assert len(rows) == 8
-        assert all(r.label.value == "abstain" and r.judgment.error for r in rows)
+        assert main(argv) == 1
+        assert read_preference_dataset(out3) == []
         assert server.stats()["requests"] == 8 * 2 * 2  # bounded retries: 2 attempts x 2 orders
+
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"  # nothing listens here any more
+
+
+def test_failed_calls_are_retried_on_resume_even_at_another_url(folders, tmp_path, capsys):
+    import sqlite3
+
+    out, cache = tmp_path / "prefs.jsonl", tmp_path / "cache.sqlite"
+    flags = ("--symmetrize", "--cache", str(cache), "--judge-arg", "max_attempts=2")
+    # a dead endpoint: every pair failed, nothing written, nothing cached, exit 1 with a summary
+    assert main(_args(folders, out, _closed_port_url(), *flags, "--judge-arg", "timeout_s=2")) == 1
+    captured = capsys.readouterr()
+    assert "8 pairs FAILED (not written; rerun to retry them)" in captured.out
+    assert captured.err.count("failed ") == 8 and "connection error" in captured.err
+    assert read_preference_dataset(out) == []
+    # HTTP 500s from a live server: the same
+    with run_server(ServerScript(default=["500"])) as broken:
+        assert main(_args(folders, out, broken.base_url, *flags)) == 1
+        assert broken.stats()["requests"] == 8 * 2 * 2
+    assert read_preference_dataset(out) == []
+    with sqlite3.connect(cache) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM judgments").fetchone()[0] == 0
+    capsys.readouterr()
+    # the endpoint works again, at another URL: same model, prompt and sampling, so it resumes
+    # and asks for every pair that failed
+    with run_server(ServerScript(answer_type="closest")) as server:
+        assert main(_args(folders, out, server.base_url, *flags)) == 0
+        assert server.stats()["requests"] == 8 * 2
+        assert [r.label.value for r in read_preference_dataset(out)] == ["A"] * 8
+        assert "tokens completion_tokens=80, prompt_tokens=160, total_tokens=240" in (
+            capsys.readouterr().out
+        )
+        assert main(_args(folders, out, server.base_url, *flags)) == 0
+        assert server.stats()["requests"] == 8 * 2  # nothing left to ask
+    # another model is another judge: refused
+    argv = _args(folders, out, _closed_port_url(), *flags, "--judge-arg", "model=other-vlm")
+    assert main(argv) == 2
+    assert "different judge configuration" in capsys.readouterr().err
+
+
+def test_an_echoed_api_key_is_stored_and_printed_nowhere(folders, tmp_path, monkeypatch, capsys):
+    secret = "sk-loopback-5ecret-7e57"
+    monkeypatch.setenv("VLIC_ECHO_KEY", secret)
+    with run_server(ServerScript(default=["echo_key"]), expect_key_env="VLIC_ECHO_KEY") as server:
+        out, cache = tmp_path / "prefs.jsonl", tmp_path / "cache.sqlite"
+        argv = _args(
+            folders, out, server.base_url, "--cache", str(cache),
+            "--judge-arg", "api_key_env=VLIC_ECHO_KEY",
+        )  # fmt: skip
+        assert main(argv) == 0
+        assert server.stats()["requests"] == 8
+        rows = read_preference_dataset(out)
+        assert len(rows) == 8 and all("Bearer ***" in r.judgment.rationale for r in rows)
+    captured = capsys.readouterr()
+    assert secret not in captured.out + captured.err
+    for path in tmp_path.iterdir():  # JSONL, SQLite cache and its WAL, lock files
+        assert secret.encode() not in path.read_bytes(), path
+
+
+def test_cache_with_a_judge_that_cannot_be_cached_says_so(folders, tmp_path, capsys):
+    out = tmp_path / "psnr.jsonl"
+    argv = [
+        "judge", "--originals", str(folders / "orig"), "--recon-a", str(folders / "a"),
+        "--recon-b", str(folders / "b"), "--output", str(out), "--progress-type", "none",
+        "--judge-type", "psnr", "--cache", str(tmp_path / "cache.sqlite"),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert "--cache: judge 'psnr' cannot be cached" in capsys.readouterr().err

@@ -340,3 +340,28 @@ def test_votes_at_temperature_zero_warn(tmp_path):
         SelfEnsembleJudge(vlm(0.7), votes=3)  # sampled votes: fine
         SelfEnsembleJudge(vlm(0.0), votes=1)  # one vote: nothing repeated
         SelfEnsembleJudge(FakeJudge(lambda r, a, b, k: 1.0), votes=3)  # no temperature to check
+
+
+def _voted(choice: Choice, status: str | None = None) -> Judgment:
+    score = {Choice.A: 1.0, Choice.B: -1.0}.get(choice, 0.0)
+    error = "gave up after 4 attempts: timeout" if status == "failed" else None
+    vote = Vote(score, choice, error=error, status=status)  # type: ignore[arg-type]
+    return Judgment(score, choice, votes=[vote], error=error)
+
+
+def test_one_failed_call_fails_the_composite_and_an_abstention_does_not():
+    a, failed = _voted(Choice.A), _voted(Choice.ABSTAIN, "failed")
+    unusable = Judgment(0.0, Choice.ABSTAIN, votes=[Vote(0.0, Choice.ABSTAIN, error="refused")])
+    assert failed.failed and failed.status == "failed" and not a.failed
+    assert unusable.status == "abstained" and not unusable.failed
+    voted = majority([a, a, failed])  # two A votes, one call without an answer
+    assert voted.failed and voted.choice is Choice.ABSTAIN and "timeout" in voted.error
+    assert majority([a, a, unusable]).choice is Choice.A
+    sym = combine_orders(a, failed)
+    assert sym.failed and sym.status == "failed"
+    assert combine_orders(a, Judgment(-1.0, Choice.B)).status == "judged"
+    restored = Judgment.from_dict(voted.to_dict())
+    assert restored.failed and restored.votes[2].failed
+    # rows written before statuses existed read back with their status derived from the choice
+    old = {k: v for k, v in a.to_dict().items() if k != "status"}
+    assert Judgment.from_dict(old).status == "judged"

@@ -97,3 +97,48 @@ def test_clear_errors(tmp_path, checkpoint):
         HFJudge(str(checkpoint), prompt_type="vlic-score", decode_type="logits")
     with pytest.raises(ConfigError, match="decode_type"):
         HFJudge(str(checkpoint), decode_type="beam")
+
+
+def _hub_cache(root, checkpoint, repo_id: str, commit: str):
+    """A Hugging Face Hub cache holding ``checkpoint`` as snapshot ``commit`` of ``repo_id``
+    (the layout huggingface_hub writes; read offline, nothing is downloaded)."""
+    import shutil
+
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(checkpoint, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return root
+
+
+def test_hub_identity_includes_the_commit(checkpoint, tmp_path):
+    repo_id = "test-org/tiny-vlm"
+    c1, c2 = "1" * 40, "2" * 40
+    first = HFJudge(
+        repo_id,
+        min_answer_mass=0.0,
+        local_files_only=True,
+        cache_dir=str(_hub_cache(tmp_path / "c1", checkpoint, repo_id, c1)),
+    )
+    second = HFJudge(
+        repo_id,
+        min_answer_mass=0.0,
+        local_files_only=True,
+        cache_dir=str(_hub_cache(tmp_path / "c2", checkpoint, repo_id, c2)),
+    )
+    assert first.cache_identity()["model"] == f"{repo_id}@{c1}"
+    assert second.cache_identity()["model"] == f"{repo_id}@{c2}"  # a moved branch: new entries
+
+
+def test_token_usage_is_counted(checkpoint, judge, requests_):
+    for j in judge.compare_batch(requests_[:2]):
+        usage = j.usage
+        assert usage is not None and usage == j.votes[0].usage
+        assert usage["prompt_tokens"] > 3 and usage["completion_tokens"] == 0  # one forward pass
+        assert usage["total_tokens"] == usage["prompt_tokens"]
+    gen = HFJudge(
+        str(checkpoint), prompt_type="vlic-score", decode_type="generate", max_new_tokens=4
+    )
+    j = gen.compare(requests_[0].reference, requests_[0].a, requests_[0].b)
+    assert 1 <= j.usage["completion_tokens"] <= 4
+    assert j.usage["total_tokens"] == j.usage["prompt_tokens"] + j.usage["completion_tokens"]

@@ -84,7 +84,7 @@ FAULTS: list[tuple[list[str], str, int]] = [
 
 
 @pytest.mark.parametrize("prompt_type", ["vlic-score", "ab-choice"])
-def test_fault_injection_every_pair_judged_or_abstained(server, pairs, prompt_type):
+def test_fault_injection_every_pair_judged_abstained_or_failed(server, pairs, prompt_type):
     cases = (
         FAULTS if prompt_type == "vlic-score" else [f for f in FAULTS if f[0] != ["out_of_range"]]
     )
@@ -111,12 +111,25 @@ def test_fault_injection_every_pair_judged_or_abstained(server, pairs, prompt_ty
             assert got.choice is Choice.ABSTAIN and got.abstained, faults
             assert expected in (got.error or ""), (faults, got.error)
             assert got.votes[0].error == got.error
+        # no answer at all (transport, HTTP error) is a failure, not an abstention
+        no_answer = expected.startswith(("gave up", "HTTP"))
+        want = "judged" if expected == "A" else "failed" if no_answer else "abstained"
+        assert got.status == got.votes[0].status == want, (faults, got.status)
+        assert got.failed is no_answer
+        assert (got.usage is None) is no_answer  # every reply's token counts are kept
         assert got.backend == "openai" and got.model == "loopback-vlm"
         assert got.prompt_version == j.template.version
     assert stats["requests"] == sum(n for _, _, n in cases)
     assert j.stats.requests == stats["requests"]
     assert j.stats.retries == stats["requests"] - len(cases)
-    assert j.stats.judged + j.stats.abstained == len(cases)
+    assert j.stats.judged + j.stats.abstained + j.stats.failed == len(cases)
+    assert j.stats.failed == sum(e.startswith(("gave up", "HTTP")) for _, e, _ in cases)
+    answered = len(cases) - j.stats.failed
+    assert j.stats.usage == {  # the loopback server reports 10 + 5 tokens per reply
+        "prompt_tokens": 10 * answered,
+        "completion_tokens": 5 * answered,
+        "total_tokens": 15 * answered,
+    }
     assert stats["max_in_flight"] >= 4  # the faulty pairs were in flight together
     j.close()
 

@@ -196,3 +196,36 @@ def test_buffer_restores_from_disk_and_ignores_a_torn_line(tmp_path):
     third = PreferenceBuffer(_AlwaysA(), tmp_path, capacity=8, worker_type="inline")
     assert third.restore() == 4  # the line written after the torn one is intact
     third.close()
+
+
+class _PaidJudge:
+    """Answers A with token usage, except that every third call fails (no answer)."""
+
+    name = "paid"
+    calls = 0
+
+    def compare_batch(self, requests):
+        from compressai_vlic.judges.types import Choice, Judgment, Vote
+
+        out = []
+        for _ in requests:
+            self.calls += 1
+            if self.calls % 3 == 0:
+                vote = Vote(0.0, Choice.ABSTAIN, error="gave up", status="failed")
+            else:
+                usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105}
+                vote = Vote(1.0, Choice.A, usage=usage)
+            out.append(Judgment(vote.score, vote.choice, votes=[vote]))
+        return out
+
+
+def test_buffer_counts_failed_calls_and_tokens(tmp_path):
+    images = torch.rand(3, 3, 3, 8, 8)
+    buf = PreferenceBuffer(_PaidJudge(), tmp_path, capacity=8, worker_type="inline")
+    assert buf.submit(["p0", "p1", "p2"], images[0], images[1], images[2], step=0, round=0) == 3
+    assert buf.drain(timeout_s=30)
+    stats = buf.refresh()
+    assert stats.failed == 1 and stats.abstained == 1  # the failed pair gives no label
+    assert stats.total_tokens == 2 * 105
+    assert len(buf) == 2
+    buf.close()

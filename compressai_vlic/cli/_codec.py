@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compressai_vlic.errors import CheckpointError, ConfigError, VLICError
+from compressai_vlic.errors import ConfigError, VLICError
 from compressai_vlic.jobs import Job, plan_jobs
 
 if TYPE_CHECKING:
@@ -36,6 +36,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """--overwrite: existing output files are refused unless asked for (never an input file)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist already (default: refuse them; an input file is "
+        "never overwritten)",
+    )
+
+
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """--threads: small models run faster on one thread, especially on a busy machine."""
     parser.add_argument(
@@ -58,20 +68,9 @@ def apply_threads(threads: int | None) -> None:
 
 def load_state(path: Path) -> dict:
     """A bare state dict (or one under the keys CompressAI's tools accept), weights only."""
-    import torch
+    from compressai_vlic.checkpoints import load_state_dict
 
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable checkpoint
-        raise CheckpointError(f"{path}: cannot load with weights_only=True ({exc})") from exc
-    for key in ("network", "state_dict", "model_state_dict"):
-        if isinstance(state, dict) and key in state:
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: does not hold a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return load_state_dict(path)
 
 
 def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VLIC:
@@ -79,10 +78,11 @@ def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VL
     import torch
 
     from compressai_vlic import zoo
-    from compressai_vlic.models.vlic import VLIC
 
     if checkpoint is not None:
-        model = VLIC.from_state_dict(load_state(checkpoint))
+        from compressai_vlic.checkpoints import load_vlic
+
+        model: VLIC = load_vlic(checkpoint)
     elif quality is None:
         raise ConfigError("give --checkpoint CKPT or --quality Q")
     elif str(quality) == "test":
@@ -143,7 +143,7 @@ def open_batch(
 
     ``check`` runs on the loaded model to reject bad options (e.g. a seed) up front.
     """
-    plan = plan_jobs(args.inputs, args.output, find, suffix)
+    plan = plan_jobs(args.inputs, args.output, find, suffix, getattr(args, "overwrite", False))
     for message in plan.refused:
         print(f"error: {message}", file=sys.stderr)
     if not plan.jobs:

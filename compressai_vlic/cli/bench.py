@@ -290,11 +290,13 @@ def run(args: argparse.Namespace) -> int:
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    from compressai_vlic.atomic import atomic_write_text
+
     payload = json.dumps(asdict(report), indent=2)
     if args.worker_json is not None:
-        args.worker_json.write_text(payload)
+        atomic_write_text(args.worker_json, payload)
         return 0
     if args.json is not None:
-        args.json.write_text(payload)
+        atomic_write_text(args.json, payload)
     print(format_report(report))
     return 0

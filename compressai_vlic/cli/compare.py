@@ -149,4 +149,12 @@ def _run(args: argparse.Namespace) -> int:
     if (out / "bd.md").is_file():
         print((out / "bd.md").read_text())
     print(f"wrote {out}/ (rows.csv, json/, table.md{', plots' if args.plot_type == 'all' else ''})")
+    if result.failed_images:
+        print(
+            f"{len(result.failed_images)} image(s) skipped (left out of every curve):",
+            file=sys.stderr,
+        )
+        for name, reason in result.failed_images.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
     return 0

@@ -4,6 +4,7 @@ The stream carries its size, tiling, seed and sampler settings; the model must b
 encoded it (its config hash and weights fingerprint are checked; ``--allow-model-mismatch``
 accepts other weights of the same architecture). A foreign, corrupted or truncated stream is reported
 with its typed error and skipped; the exit status is non-zero at the end if any failed.
+Existing outputs are refused unless ``--overwrite``; every PNG is written atomically.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import add_model_arguments, add_threads_argument, open_batch
+from compressai_vlic.cli._codec import (
+    add_model_arguments,
+    add_overwrite_argument,
+    add_threads_argument,
+    open_batch,
+)
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
 from compressai_vlic.image_io import save_png
@@ -40,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser)
     add_threads_argument(parser)
+    add_overwrite_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:

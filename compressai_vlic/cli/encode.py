@@ -3,6 +3,7 @@
 Every input is read through :mod:`compressai_vlic.image_io` (conversions are reported), coded with
 the model's real ``compress()``, and written as the container bytes CompressAI's eval would count.
 An unreadable file is reported and skipped; the exit status is non-zero at the end if any failed.
+Existing outputs are refused unless ``--overwrite``; every stream is written atomically.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from compressai_vlic.cli._codec import add_model_arguments, add_threads_argument, open_batch
+from compressai_vlic.atomic import atomic_write_bytes
+from compressai_vlic.cli._codec import (
+    add_model_arguments,
+    add_overwrite_argument,
+    add_threads_argument,
+    open_batch,
+)
 from compressai_vlic.errors import ImageReadError, VLICError
 from compressai_vlic.image_io import find_images, load_image
 
@@ -30,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(parser)
     add_threads_argument(parser)
+    add_overwrite_argument(parser)
     parser.add_argument(
         "--seed", type=int, default=None, help="decode seed stored in each stream (uint32)"
     )
@@ -58,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
             out = batch.model.compress(image.tensor[None], seed=args.seed)
             data = b"".join(out["strings"][0])
-            job.target.parent.mkdir(parents=True, exist_ok=True)
-            job.target.write_bytes(data)
+            atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
         except (ImageReadError, VLICError, OSError) as exc:
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue

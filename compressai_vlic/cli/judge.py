@@ -190,18 +190,9 @@ def _load_codec(args: argparse.Namespace) -> Any:
     from compressai_vlic.zoo import vlic
 
     if args.codec_checkpoint is not None:
-        from compressai_vlic.errors import CheckpointError
-        from compressai_vlic.models.vlic import VLIC
+        from compressai_vlic.checkpoints import load_vlic
 
-        try:
-            state = torch.load(args.codec_checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot load {args.codec_checkpoint} with weights_only=True: {exc}"
-            ) from exc
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        return VLIC.from_state_dict(state)
+        return load_vlic(args.codec_checkpoint)
     torch.manual_seed(args.init_seed)  # random weights, but the same ones on every (resumed) run
     return vlic(args.codec_quality, pretrained=False)
 
@@ -290,6 +281,10 @@ def run_build(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"{args.output}: {summary.line()}")
+    if not summary.ok:
+        for line in summary.problems():
+            print(f"  {line}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -291,10 +291,9 @@ class CompressAICodec(Codec):
             from compressai.zoo.image import model_architectures
 
             path = self.checkpoint if self.checkpoint is not None else self._zoo_file(rate_point)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            for key in ("network", "state_dict", "model_state_dict"):  # as eval_model does
-                if isinstance(state, dict) and key in state:
-                    state = state[key]
+            from compressai_vlic.checkpoints import load_state_dict as read_state
+
+            state = read_state(path)  # weights only; nested keys as eval_model accepts them
             try:
                 net = model_architectures[self.architecture].from_state_dict(load_state_dict(state))
             except (KeyError, RuntimeError) as exc:
@@ -406,15 +405,9 @@ def _load_vlic_state(path: Path) -> dict[str, Any]:
 
     if re.search(r"-[0-9a-f]{8}\.pth(\.tar)?$", path.name):
         return load_checked(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means an unusable checkpoint
-        raise CheckpointError(f"cannot load {path} with weights_only=True: {exc}") from exc
-    for key in ("network", "state_dict", "model_state_dict"):  # as CompressAI's eval_model
-        if isinstance(state, dict) and key in state:
-            state = state[key]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
+    from compressai_vlic.checkpoints import load_state_dict
+
+    state = load_state_dict(path)  # weights only; nested keys as CompressAI's eval_model
     return state
 
 

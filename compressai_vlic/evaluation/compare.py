@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressai_vlic.errors import ConfigError, MetricUnavailableError
+from compressai_vlic.atomic import atomic_path, atomic_write_text
+from compressai_vlic.errors import ConfigError, JudgeError, MetricUnavailableError, VLICError
 from compressai_vlic.evaluation.codecs import Codec, CodedImage
 from compressai_vlic.image_io import load_image, quantize_uint8, save_png
 
@@ -61,6 +62,7 @@ class JudgeScore:
     wins: int
     losses: int
     abstains: int
+    failed: int = 0  # judge calls that got no answer: neither a win nor an abstention
 
     @property
     def win_rate(self) -> float | None:
@@ -113,6 +115,7 @@ class ComparisonResult:
     higher_is_better: dict[str, bool]
     reconstructions: dict[tuple[str, str, str], Path]  # (codec, rate point, image) -> PNG
     originals: dict[str, torch.Tensor]  # image name -> (3, H, W) as compared (after cropping)
+    failed_images: dict[str, str] = field(default_factory=dict)  # image -> why it was left out
 
     def curve(self, codec: str) -> list[CurvePoint]:
         """The codec's points sorted by bpp."""
@@ -156,11 +159,23 @@ class _Source:
 
 
 def _load_sources(
-    paths: Sequence[Path], crop: int | None, notify: Callable[[str], None]
+    paths: Sequence[Path],
+    crop: int | None,
+    notify: Callable[[str], None],
+    failed: dict[str, str] | None = None,
 ) -> list[_Source]:
+    """Read the images; one that cannot be read goes into ``failed`` (name -> reason) when given,
+    and the others are still compared."""
     sources = []
     for path in paths:
-        loaded = load_image(path)
+        try:
+            loaded = load_image(path)
+        except VLICError as exc:
+            if failed is None:
+                raise
+            failed[path.name] = str(exc)
+            notify(f"skipped {exc}")
+            continue
         for note in loaded.conversions:
             notify(f"{path.name}: {note}")
         tensor = _centre_crop(loaded.tensor, crop)
@@ -168,7 +183,8 @@ def _load_sources(
         key = f"{_slug(path.stem)}-{hashlib.sha256(pixels).hexdigest()[:12]}"
         sources.append(_Source(path.name, key, tensor))
     if not sources:
-        raise ConfigError("no images to compare")
+        shown = "; ".join(list((failed or {}).values())[:3])
+        raise ConfigError("no images to compare" + (f" ({shown})" if shown else ""))
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise ConfigError(f"image file names must be unique (rows are keyed by name): {names}")
@@ -278,33 +294,55 @@ class ComparisonRunner:
 
     def _save_row(self, entry: Path, row: ImageRow) -> None:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(row), indent=1))
-        tmp.replace(entry.with_suffix(".json"))
+        atomic_write_text(entry.with_suffix(".json"), json.dumps(asdict(row), indent=1))
 
     # ------------------------------------------------------------------ run
     def run(self, images: Sequence[str | Path]) -> ComparisonResult:
         paths = [Path(p) for p in images]
-        sources = _load_sources(paths, self.settings.crop, self._notify)
+        failed_images: dict[str, str] = {}
+        sources = _load_sources(paths, self.settings.crop, self._notify, failed_images)
         metrics = self._build_metrics()
         total = len(sources) * sum(len(c.rate_points) for c in self.codecs.values())
         progress = _Progress(total, self.settings.progress)
         rows: list[ImageRow] = []
         recon: dict[tuple[str, str, str], Path] = {}
         computed = 0
+        good: list[_Source] = []
         try:
             for source in sources:
-                for codec in self.codecs.values():
-                    for rate_point in codec.rate_points:
-                        row, fresh = self._row(codec, rate_point, source, metrics)
-                        computed += fresh
-                        rows.append(row)
-                        recon[(codec.name, rate_point, source.name)] = self._entry(
-                            codec, rate_point, source
-                        ).with_suffix(".png")
-                        progress.step(f"{codec.name}@{rate_point} {source.name}")
+                # an image counts only when every codec and metric succeeded on it, so every
+                # curve averages over the same images
+                mine: list[ImageRow] = []
+                paths_of: dict[tuple[str, str, str], Path] = {}
+                try:
+                    for codec in self.codecs.values():
+                        for rate_point in codec.rate_points:
+                            where = f"{codec.name}@{rate_point}"
+                            row, fresh = self._row(codec, rate_point, source, metrics)
+                            computed += fresh
+                            mine.append(row)
+                            paths_of[(codec.name, rate_point, source.name)] = self._entry(
+                                codec, rate_point, source
+                            ).with_suffix(".png")
+                            progress.step(f"{where} {source.name}")
+                except (JudgeError, MetricUnavailableError):
+                    raise
+                except (VLICError, ValueError, RuntimeError, OSError, AssertionError) as exc:
+                    text = (
+                        str(exc) if isinstance(exc, VLICError) else f"{type(exc).__name__}: {exc}"
+                    )
+                    failed_images[source.name] = f"{where}: {text}"
+                    self._notify(f"skipped {source.name}: {where}: {text}")
+                    continue
+                rows += mine
+                recon.update(paths_of)
+                good.append(source)
         finally:
             progress.close()
+        if not good:
+            shown = "; ".join(f"{k}: {v}" for k, v in list(failed_images.items())[:3])
+            raise ConfigError(f"no image could be compared ({shown})")
+        sources = good
         self._notify(f"{computed} of {total} codec runs computed, {total - computed} from cache")
         self._check_rates(rows)
         points = self._aggregate(rows, list(metrics))
@@ -327,6 +365,7 @@ class ComparisonRunner:
             higher_is_better=self.higher_is_better,
             reconstructions=recon,
             originals={s.name: s.tensor for s in sources},
+            failed_images=failed_images,
         )
 
     def _row(
@@ -493,12 +532,19 @@ class ComparisonRunner:
             judgments = judge.compare_batch(requests)
             wins = sum(j.choice is Choice.A for j in judgments)
             losses = sum(j.choice is Choice.B for j in judgments)
+            failed = sum(j.failed for j in judgments)
+            if failed:
+                self._notify(
+                    f"judge calls failed for {failed} of {len(judgments)} pairs of "
+                    f"{point.codec}@{point.rate_point} (not counted; rerun to ask again)"
+                )
             score = JudgeScore(
                 reference=f"{reference}@{closest.rate_point}",
                 reference_bpp=closest.bpp,
                 wins=wins,
                 losses=losses,
-                abstains=len(judgments) - wins - losses,
+                abstains=len(judgments) - wins - losses - failed,
+                failed=failed,
             )
             if score.win_rate is None:
                 self._notify(f"judge abstained on every pair for {point.codec}@{point.rate_point}")
@@ -634,12 +680,12 @@ def write_outputs(result: ComparisonResult, reference: str | None = None) -> dic
     out = result.output_dir
     (out / "json").mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    with open(out / "rows.jsonl", "w") as f:
-        for row in result.rows:
-            f.write(json.dumps(asdict(row)) + "\n")
+    atomic_write_text(
+        out / "rows.jsonl", "".join(json.dumps(asdict(row)) + "\n" for row in result.rows)
+    )
     paths["rows_jsonl"] = out / "rows.jsonl"
     metric_names = result.metric_names
-    with open(out / "rows.csv", "w", newline="") as f:
+    with atomic_path(out / "rows.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         base = ["codec", "rate_point", "image", "height", "width", "num_bytes", "bpp", "setting"]
         writer.writerow([*base, *metric_names, "encode_s", "decode_s"])
@@ -652,12 +698,13 @@ def write_outputs(result: ComparisonResult, reference: str | None = None) -> dic
     paths["rows_csv"] = out / "rows.csv"
     for codec in result.codecs:
         path = out / "json" / f"{_slug(codec)}.json"
-        path.write_text(json.dumps(compressai_json(result, codec), indent=2))
+        atomic_write_text(path, json.dumps(compressai_json(result, codec), indent=2))
         paths[f"json:{codec}"] = path
-    (out / "table.md").write_text(format_table(result))
+    atomic_write_text(out / "table.md", format_table(result))
     paths["table"] = out / "table.md"
     if reference is not None:
-        (out / "bd.md").write_text(bd_table(result, reference))
+        atomic_write_text(out / "bd.md", bd_table(result, reference))
         paths["bd"] = out / "bd.md"
-    (out / "skipped.json").write_text(json.dumps(result.skipped, indent=2))
+    skipped = {**result.skipped, **{f"image:{k}": v for k, v in result.failed_images.items()}}
+    atomic_write_text(out / "skipped.json", json.dumps(skipped, indent=2))
     return paths

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compressai_vlic.atomic import atomic_path
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.evaluation.compare import ComparisonResult
 from compressai_vlic.extras import require
@@ -67,7 +68,8 @@ def plot_rate_quality(
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 5), fontsize=8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
@@ -109,7 +111,8 @@ def plot_crop_grid(
     fig.suptitle(f"centre crops, each codec at the rate point closest to {target_bpp:.3f} bpp")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 

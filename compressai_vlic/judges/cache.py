@@ -53,7 +53,11 @@ def _accepts_on_result(method: Callable[..., Any]) -> bool:
 
 def is_cacheable(judgment: Judgment) -> bool:
     """Only clean outcomes are cached; an abstention caused by an error is not an outcome."""
-    return judgment.error is None and all(v.error is None for v in judgment.votes)
+    return (
+        not judgment.failed
+        and judgment.error is None
+        and all(v.error is None for v in judgment.votes)
+    )
 
 
 class JudgmentCache:

@@ -115,8 +115,10 @@ def combine_orders(
     """Combine a judgment of (A, B) with one of (B, A) (``ba`` as returned, NOT yet mapped back).
 
     ``sum`` (VLIC): add the two scores in the original orientation and take the sign; an order
-    that abstained contributes 0, a failed order makes the pair abstain. ``agree``: both orders must
-    decide the same way. A pure position bias cancels to 0 in both rules.
+    that abstained contributes 0, an order without a usable answer makes the pair abstain, and an
+    order whose call failed makes the pair fail (``status="failed"``, asked again later).
+    ``agree``: both orders must decide the same way. A pure position bias cancels to 0 in both
+    rules.
     """
     check_option("combine_type", combine_type, CombineOrderType)
     back = mapped_back(ba)
@@ -155,7 +157,9 @@ def combine_orders(
 
 def majority(parts: Sequence[Judgment], majority_type: MajorityType = "plurality") -> Judgment:
     """Majority over repeated votes. ``plurality``: more A than B among decided votes wins;
-    ``strict``: a choice needs more than half of ALL votes. Ties abstain; failures are abstentions.
+    ``strict``: a choice needs more than half of ALL votes. Ties and unusable answers abstain; a
+    vote whose call failed makes the whole judgment fail (``status="failed"``), so a label is
+    never made from part of the votes.
 
     The score is the normalised vote margin (n_A - n_B) / n (0 on abstention), so its sign always
     matches the choice.

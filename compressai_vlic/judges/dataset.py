@@ -7,13 +7,17 @@ how each label was produced.
 Crash safety: each row is appended with one ``write`` and ``fsync``-ed before the next pair is
 reported done; a run killed with ``kill -9`` leaves at most a torn last line, which
 :class:`PreferenceWriter` cuts off before appending, and a rerun skips every pair already present.
-One writer per file at a time (an advisory ``flock``); a second run on the same file fails fast.
+One writer per file at a time (a ``filelock`` on ``OUTPUT.lock``, on every platform); a second run
+on the same file fails fast.
+
+Only labels are written: a pair whose judge call failed (status ``"failed"``) or whose images
+could not be read is reported in the run's :class:`DatasetSummary` and left out of the file, so a
+rerun asks for it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import json
 import os
@@ -28,10 +32,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
 
-from compressai_vlic.errors import ConfigError, DatasetError
+from compressai_vlic.atomic import atomic_write_bytes
+from compressai_vlic.errors import (
+    ConfigError,
+    DatasetError,
+    JudgeError,
+    MetricUnavailableError,
+    VLICError,
+)
 from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image, save_png
-from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote
+from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
 DATASET_VERSION = 1
@@ -143,6 +156,35 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[PreferenceRow], int]:
     return rows, end
 
 
+#: Judge keywords that say where or how fast a judge is reached, not who judges: a resumed run may
+#: change them (e.g. another --base-url serving the same model, prompt and sampling).
+LOCATION_KEYS = frozenset(
+    {
+        "base_url",
+        "api_key_env",
+        "concurrency",
+        "timeout_s",
+        "max_attempts",
+        "backoff_base_s",
+        "backoff_max_s",
+        "batch_size",
+        "local_files_only",
+    }
+)
+
+
+def identity_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A judge configuration without its location keys (:data:`LOCATION_KEYS`): what must match
+    for a resumed run to append to a dataset."""
+    out = dict(config)
+    args = out.get("judge_args")
+    if isinstance(args, dict):
+        out["judge_args"] = {
+            k: v for k, v in args.items() if k.rpartition(".")[2] not in LOCATION_KEYS
+        }
+    return out
+
+
 def read_preference_dataset(path: str | os.PathLike[str]) -> list[PreferenceRow]:
     """All complete rows of a preference dataset; a torn last line (killed writer) is ignored."""
     path = Path(path)
@@ -176,17 +218,23 @@ class PreferenceWriter:
         self.existing: list[PreferenceRow] = []
         self.repaired_bytes = 0
         self._fd: int | None = None
+        self._lock: FileLock | None = None
 
     def __enter__(self) -> PreferenceWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        lock = FileLock(str(self.path) + ".lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
+            lock.acquire(timeout=0)
+        except LockTimeout as exc:
             raise DatasetError(
                 f"{self.path}: another run is writing this dataset; wait for it or use another --output"
             ) from exc
+        self._lock = lock
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except BaseException:
+            self.close()
+            raise
         self._fd = fd
         try:
             data = self.path.read_bytes()
@@ -204,9 +252,9 @@ class PreferenceWriter:
         return self
 
     def _check_config(self, rows: Sequence[PreferenceRow]) -> None:
-        want = json.loads(json.dumps(self.judge_config))
+        want = identity_config(json.loads(json.dumps(self.judge_config)))
         for r in rows:
-            if r.judge_config != want:
+            if identity_config(r.judge_config) != want:
                 raise ConfigError(
                     f"{self.path} holds pairs judged by a different judge configuration "
                     f"({json.dumps(r.judge_config, sort_keys=True)}); this run uses "
@@ -226,9 +274,11 @@ class PreferenceWriter:
 
     def close(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -287,25 +337,56 @@ def pairs_from_folders(
 
 @dataclass
 class DatasetSummary:
-    """What one run did: counts by label, and what was skipped or failed."""
+    """What one run did: counts by label, token usage, and the pairs that failed or were skipped.
+
+    ``failures`` (judge calls that failed) and ``skipped`` (pairs whose images could not be read or
+    judged) map a pair id to its reason; neither is written to the dataset, so a rerun retries
+    them. :attr:`ok` is False when there are any.
+    """
 
     total: int = 0
     already_done: int = 0
     judged: int = 0
     labels: Counter[str] = field(default_factory=Counter)
-    failed: int = 0
     cached: int = 0
     votes: int = 0
     abstain_votes: int = 0
     repaired_bytes: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """Pairs whose judge call failed in this run (retried by the next run)."""
+        return len(self.failures)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.skipped
 
     def line(self) -> str:
         lab = ", ".join(f"{k}={self.labels.get(k, 0)}" for k in ("A", "B", "abstain"))
-        return (
+        text = (
             f"{self.judged} judged now, {self.already_done} already present, {self.total} pairs in total; "
-            f"labels {lab} (abstentions kept, {self.failed} from failed calls); "
-            f"{self.votes} votes of which {self.abstain_votes} abstained; {self.cached} answered from cache"
+            f"labels {lab}; {self.votes} votes of which {self.abstain_votes} abstained; "
+            f"{self.cached} answered from cache"
         )
+        if self.usage:
+            text += "; tokens " + ", ".join(f"{k}={v}" for k, v in sorted(self.usage.items()))
+        if self.failures:
+            text += f"; {self.failed} pairs FAILED (not written; rerun to retry them)"
+        if self.skipped:
+            text += f"; {len(self.skipped)} pairs skipped (bad input)"
+        return text
+
+    def problems(self, limit: int = 20) -> list[str]:
+        """One line per failed or skipped pair (the first ``limit``), for the end of a run."""
+        lines = [f"failed {k}: {v}" for k, v in self.failures.items()]
+        lines += [f"skipped {k}: {v}" for k, v in self.skipped.items()]
+        if len(lines) > limit:
+            lines = [*lines[:limit], f"... and {len(lines) - limit} more"]
+        return lines
 
 
 def _load_pair(pair: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -316,6 +397,11 @@ def _load_pair(pair: PairInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             f"B {tuple(b.shape[1:])}); reconstructions must match the original's size"
         )
     return ref, a, b
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, VLICError) else f"{exc.__class__.__name__}: {exc}"
+    return text[:300]
 
 
 def make_row(
@@ -345,7 +431,7 @@ async def _judge_all(
     writer: PreferenceWriter,
     summary: DatasetSummary,
     concurrency: int,
-    on_row: Callable[[PreferenceRow], None],
+    on_row: Callable[[PreferenceRow | None], None],
     prepare: Callable[[PairInputs], Awaitable[PairInputs]] | None,
 ) -> None:
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -356,15 +442,28 @@ async def _judge_all(
         async with sem:
             if stop.is_set():
                 return
-            if prepare is not None:
-                pair = await prepare(pair)
-            ref, a, b = await asyncio.to_thread(_load_pair, pair)
-            judgment = await judge.acompare(ref, a, b)
+            try:
+                if prepare is not None:
+                    pair = await prepare(pair)
+                ref, a, b = await asyncio.to_thread(_load_pair, pair)
+                judgment = await judge.acompare(ref, a, b)
+            except (JudgeError, MetricUnavailableError):
+                raise  # misconfiguration: every pair would fail the same way
+            except (VLICError, OSError, ValueError, RuntimeError, AssertionError) as exc:
+                # one bad item (unreadable image, size mismatch, too small for a metric):
+                # reported and skipped, the run goes on
+                summary.skipped[pair.pair_id] = _reason(exc)
+                on_row(None)
+                return
+            add_usage(summary.usage, judgment.usage)
+            if judgment.failed:  # not a label: left out of the file, retried by the next run
+                summary.failures[pair.pair_id] = judgment.error or "failed"
+                on_row(None)
+                return
             row = await asyncio.to_thread(make_row, pair, judgment, judge.name, judge_config)
         writer.append(row)  # on the event-loop thread: rows never interleave
         summary.judged += 1
         summary.labels[row.label.value] += 1
-        summary.failed += judgment.error is not None
         summary.cached += judgment.cached
         summary.votes += len(judgment.votes)
         summary.abstain_votes += sum(v.choice is Choice.ABSTAIN for v in judgment.votes)
@@ -436,10 +535,12 @@ def build_preference_dataset(
             dynamic_ncols=True,
         ) as bar:
 
-            def on_row(row: PreferenceRow) -> None:
+            def on_row(row: PreferenceRow | None) -> None:
                 bar.update(1)
+                bad = summary.failed + len(summary.skipped)
                 bar.set_postfix_str(
-                    f"A={summary.labels['A']} B={summary.labels['B']} abstain={summary.labels['abstain']}",
+                    f"A={summary.labels['A']} B={summary.labels['B']} abstain={summary.labels['abstain']}"
+                    + (f" failed={bad}" if bad else ""),
                     refresh=False,
                 )
 
@@ -601,9 +702,7 @@ class CodecPairMaker:
         stream = pack(dc_replace(header, seed=seed), payload)  # same tokens, another noise seed
         with torch.no_grad():
             x_hat = self.model.decompress([[stream]], (header.height, header.width))["x_hat"]
-        tmp = out.with_name(f".tmp-{out.name}")  # keeps the .png suffix Pillow needs
-        save_png(x_hat[0], tmp)
-        os.replace(tmp, out)
+        save_png(x_hat[0], out)  # atomic
 
     def _make(self, pair: PairInputs) -> None:
         self._reference(pair)
@@ -635,9 +734,4 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)

@@ -66,6 +66,31 @@ def _fingerprint(model: str) -> str:
     return f"{path.name}@{h.hexdigest()[:16]}"
 
 
+def _hub_commit(model_id: str, revision: str | None, cache_dir: str | None) -> str | None:
+    """The commit a Hub id resolved to: the snapshot folder its config.json was loaded from."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            model_id, "config.json", cache_dir=cache_dir, revision=revision
+        )
+    except Exception:  # not a Hub id (e.g. a missing local path): no commit to record
+        return None
+    if isinstance(found, str):
+        path = Path(found)
+        if path.parent.parent.name == "snapshots":
+            return path.parent.name
+    return None
+
+
+def _usage_counts(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
 class HFJudge:
     """2AFC judge running a local VLM (see module docstring)."""
 
@@ -84,6 +109,8 @@ class HFJudge:
         max_new_tokens: int = 512,
         local_files_only: bool = False,
         trust_remote_code: bool = False,
+        revision: str | None = None,
+        cache_dir: str | None = None,
         name: str | None = None,
     ) -> None:
         check_option("decode_type", decode_type, DecodeType)
@@ -104,13 +131,25 @@ class HFJudge:
         self.max_new_tokens = int(max_new_tokens)
         self.name = name or f"hf:{Path(self.model_id).name}"
         self._lock = threading.Lock()
+        self.revision = revision
+        self.cache_dir = cache_dir
         self._load(device, dtype, local_files_only, trust_remote_code)
         self._identity = _fingerprint(self.model_id)
+        commit = getattr(self.model.config, "_commit_hash", None) or _hub_commit(
+            self.model_id, revision, cache_dir
+        )
+        if commit and not Path(self.model_id).is_dir():
+            # a Hub id names a moving branch: the commit is what actually judged
+            self._identity = f"{self.model_id}@{commit}"
 
     def _load(self, device: str, dtype: str, local_files_only: bool, trust: bool) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        kwargs = {"local_files_only": local_files_only, "trust_remote_code": trust}
+        kwargs: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": trust}
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if self.cache_dir is not None:
+            kwargs["cache_dir"] = self.cache_dir
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **kwargs)
             self.model = AutoModelForImageTextToText.from_pretrained(
@@ -215,19 +254,32 @@ class HFJudge:
                     **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
                 )
         per = (time.perf_counter() - start) / len(requests)
+        mask = inputs.get("attention_mask")
+        prompt_tokens = (
+            [int(n) for n in mask.sum(dim=1).tolist()]
+            if mask is not None
+            else [int(inputs["input_ids"].shape[1])] * len(requests)
+        )
         judgments = []
         if self.decode_type == "logits":
-            for p, score, error, raw in rows:
+            for i, (p, score, error, raw) in enumerate(rows):
                 choice = choice_from_score(score)
+                usage = _usage_counts(prompt_tokens[i], 0)  # one forward pass generates nothing
                 judgments.append(
-                    self._judgment(score, choice, None if error else p, raw, error, per)
+                    self._judgment(score, choice, None if error else p, raw, error, per, usage)
                 )
         else:
             new = generated[:, inputs["input_ids"].shape[1] :]
-            for text in self.tokenizer.batch_decode(new, skip_special_tokens=True):
+            pad = self.tokenizer.pad_token_id
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for i, text in enumerate(texts):
                 parsed = parse_answer(self.template, text)
+                completion = int((new[i] != pad).sum()) if pad is not None else int(new.shape[1])
+                usage = _usage_counts(prompt_tokens[i], completion)
                 judgments.append(
-                    self._judgment(parsed.score, parsed.choice, None, text, parsed.error, per)
+                    self._judgment(
+                        parsed.score, parsed.choice, None, text, parsed.error, per, usage
+                    )
                 )
         return judgments
 
@@ -239,11 +291,22 @@ class HFJudge:
         raw: str,
         error: str | None,
         latency: float,
+        usage: dict[str, int] | None = None,
+        status: str | None = None,
     ) -> Judgment:
         if error is not None:
             bad = abstain(error)
             score, choice = bad.score, bad.choice
-        vote = Vote(score=score, choice=choice, prob_a=prob_a, order="AB", raw=raw, error=error)
+        vote = Vote(
+            score=score,
+            choice=choice,
+            prob_a=prob_a,
+            order="AB",
+            raw=raw,
+            error=error,
+            status=status,  # type: ignore[arg-type]
+            usage=usage,
+        )
         return Judgment(
             score=score,
             choice=choice,
@@ -255,6 +318,8 @@ class HFJudge:
             model=self.model_id,
             prompt_version=self.template.version,
             error=error,
+            status=status,  # type: ignore[arg-type]
+            usage=usage,
         )
 
     # ------------------------------------------------------------------ Judge protocol
@@ -272,9 +337,11 @@ class HFJudge:
                 done = self._run_batch(chunk)
             except JudgeError:
                 raise
-            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: the pairs abstain
+            except (RuntimeError, ValueError) as exc:  # e.g. out of memory: the pairs failed
                 reason = f"model call failed: {exc.__class__.__name__}: {str(exc)[:200]}"
-                done = [self._judgment(0.0, None, None, "", reason, 0.0) for _ in chunk]
+                done = [
+                    self._judgment(0.0, None, None, "", reason, 0.0, status="failed") for _ in chunk
+                ]
             for k, judgment in enumerate(done):
                 if on_result is not None:
                     on_result(i + k, judgment)

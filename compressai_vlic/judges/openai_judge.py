@@ -5,13 +5,16 @@ bounded retry budget here covers 429 (honouring Retry-After), 5xx, timeouts, con
 and malformed bodies alike, with exponential backoff and jitter, and every retry is counted in
 :attr:`OpenAIJudge.stats`. Requests run on one private event loop in a background thread, so the
 concurrency bound (an ``asyncio.Semaphore``) holds across ``compare``, ``compare_batch`` and
-``acompare`` from any thread or event loop. A pair always ends judged or abstained (with the
-reason); only misconfiguration (bad key, unknown model, wrong URL) raises
-:class:`~compressai_vlic.errors.JudgeError`.
+``acompare`` from any thread or event loop. A pair always ends judged, abstained (the model
+answered without a usable decision) or failed (no answer after the retry budget: status
+``"failed"``, never cached, asked again on resume); only misconfiguration (bad key, unknown model,
+wrong URL) raises :class:`~compressai_vlic.errors.JudgeError`. Token ``usage`` of every reply is
+recorded on its vote and summed in :attr:`OpenAIJudge.stats`.
 
 The API key is read from the environment variable *named* by ``api_key_env`` and lives only inside
 the client: it is not an attribute of the judge, not in its cache identity, and it is scrubbed
-from every error text.
+from every text the judge returns (answers, rationales, error texts), so a server that echoes it
+cannot get it into a dataset, a cache or a log.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from compressai_vlic.judges.parsing import (
     prob_a_from_logprobs,
 )
 from compressai_vlic.judges.prompts import PromptTemplate, PromptType, get_template
-from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote
+from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
 openai = require("openai", "judges", "The OpenAI-compatible judge")
@@ -64,7 +67,9 @@ class JudgeStats:
     retries: int = 0
     judged: int = 0
     abstained: int = 0
+    failed: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)  # summed token counts of every reply
 
 
 class _LoopThread:
@@ -317,8 +322,11 @@ class OpenAIJudge:
                     return None
         return None
 
-    async def _call(self, urls: list[str]) -> tuple[ParsedAnswer, str, int]:
-        """One question with the retry budget: (parsed answer, raw text, attempts used)."""
+    async def _call(
+        self, urls: list[str]
+    ) -> tuple[ParsedAnswer, str, int, bool, dict[str, int] | None]:
+        """One question with the retry budget: (parsed answer, raw text, attempts used, whether
+        the call failed, token usage)."""
         client = self._client()
         shared = self._shared
         assert shared.semaphore is not None
@@ -334,7 +342,8 @@ class OpenAIJudge:
                     response = await client.chat.completions.create(
                         **self._request_kwargs(urls, use_logprobs), timeout=self.timeout_s
                     )
-                    return (*self._read(response), attempt)
+                    parsed, text = self._read(response)
+                    return parsed, text, attempt, False, _usage(response)
                 except openai.APITimeoutError:
                     reason = f"timeout after {self.timeout_s:g}s"
                 except openai.APIConnectionError as exc:
@@ -353,7 +362,7 @@ class OpenAIJudge:
                         attempt -= 1  # a capability probe, not a failure of this pair
                         continue
                     if status not in _RETRY_STATUS and status < 500:
-                        return abstain(f"HTTP {status}: {message}"), "", attempt
+                        return abstain(f"HTTP {status}: {message}"), "", attempt, True, None
                     reason = f"HTTP {status}: {message}"
                     retry_after = self._retry_after(exc)
                 except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
@@ -367,7 +376,7 @@ class OpenAIJudge:
                     "judge retry %d/%d in %.2fs: %s", attempt, self.max_attempts, delay, reason
                 )
                 await asyncio.sleep(delay)
-        return abstain(f"gave up after {attempt} attempts: {reason}"), "", attempt
+        return abstain(f"gave up after {attempt} attempts: {reason}"), "", attempt, True, None
 
     def _read(self, response: Any) -> tuple[ParsedAnswer, str]:
         choices = getattr(response, "choices", None)
@@ -389,21 +398,30 @@ class OpenAIJudge:
         start = time.perf_counter()
         ref, a, b = check_triplet(request.reference, request.a, request.b)
         urls = await asyncio.to_thread(lambda: [png_data_url(x) for x in (ref, a, b)])
-        parsed, text, _attempts = await self._call(urls)
+        parsed, text, _attempts, call_failed, usage = await self._call(urls)
+        text = self._scrub(text)  # a server may echo the key: it must not reach any output
+        error = None if parsed.error is None else self._scrub(parsed.error)
         stats = self._shared.stats
-        if parsed.error is None:
+        add_usage(stats.usage, usage)
+        if error is None:
             stats.judged += 1
         else:
-            stats.abstained += 1
-            kind = parsed.error.split(":")[0]
+            if call_failed:
+                stats.failed += 1
+            else:
+                stats.abstained += 1
+            kind = error.split(":")[0]
             stats.reasons[kind] = stats.reasons.get(kind, 0) + 1
+        status = "failed" if call_failed else None
         vote = Vote(
             score=parsed.score,
             choice=parsed.choice,
             prob_a=parsed.prob_a,
             order="AB",
             raw=text,
-            error=parsed.error,
+            error=error,
+            status=status,
+            usage=usage,
         )
         return Judgment(
             score=parsed.score,
@@ -415,7 +433,9 @@ class OpenAIJudge:
             backend=self.backend,
             model=self.model,
             prompt_version=self.template.version,
-            error=parsed.error,
+            error=error,
+            status=status,
+            usage=usage,
         )
 
     # ------------------------------------------------------------------ Judge protocol
@@ -461,6 +481,19 @@ def _error_message(exc: Any) -> str:
         if isinstance(inner, dict) and "message" in inner:
             return str(inner["message"])[:200]
     return str(getattr(exc, "message", exc))[:200]
+
+
+def _usage(response: Any) -> dict[str, int] | None:
+    """Token counts of one reply (``usage`` of the OpenAI schema), when the server sent them."""
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return None
+    out: dict[str, int] = {}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = getattr(usage, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[key] = value
+    return out or None
 
 
 def _token_logprobs(choice: Any) -> list[TokenLogprob]:

@@ -17,6 +17,7 @@ third-party judges register through the ``compressai_vlic.judges`` entry-point g
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -73,7 +74,14 @@ def check_judge_arg_prefixes(pairs: list[tuple[str, Any]], judge_types: list[str
 
 def maybe_cached(judge: Judge, cache: str | Path | None) -> Judge:
     """Wrap ``judge`` in a persistent cache when a path is given and the judge has an identity."""
-    if cache is None or not callable(getattr(judge, "cache_identity", None)):
+    if cache is None:
+        return judge
+    if not callable(getattr(judge, "cache_identity", None)):
+        print(
+            f"notice: --cache: judge {getattr(judge, 'name', judge)!r} cannot be cached (it has no "
+            "cache_identity()); it runs uncached",
+            file=sys.stderr,
+        )
         return judge
     from compressai_vlic.judges.cache import CachedJudge
 

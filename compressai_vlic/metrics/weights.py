@@ -85,14 +85,9 @@ def resolve_weight_file(spec: WeightSpec, path: str | os.PathLike[str] | None = 
 
 def load_state_dict_file(path: Path, metric: str) -> dict[str, torch.Tensor]:
     """Load a plain tensor state dict safely (``weights_only=True``) or raise a clear error."""
+    from compressai_vlic.checkpoints import load_state_dict
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted file, pickle with code, not a torch file...
-        raise MetricUnavailableError(
-            f"{metric}: {path} is not a loadable weights-only state dict ({exc})"
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MetricUnavailableError(f"{metric}: {path} does not hold a state dict of tensors")
-    return state
+        return load_state_dict(path, keys=("state_dict",), error=MetricUnavailableError)
+    except MetricUnavailableError as exc:
+        raise MetricUnavailableError(f"{metric}: {exc}") from None

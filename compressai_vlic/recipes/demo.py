@@ -636,18 +636,14 @@ def compare_stages(run: DemoRun) -> None:
     """Per-image metrics and judge verdicts (before vs after), side-by-side pictures, crop duel."""
     import torch
 
+    from compressai_vlic.checkpoints import load_vlic
     from compressai_vlic.image_io import load_image
-    from compressai_vlic.models import VLIC
 
     report, out = run.report, run.out
     t0 = time.perf_counter()
     models = {
-        "before": VLIC.from_state_dict(
-            torch.load(run.exported[0], map_location="cpu", weights_only=True)
-        ).eval(),
-        "after": VLIC.from_state_dict(
-            torch.load(run.exported[1], map_location="cpu", weights_only=True)
-        ).eval(),
+        "before": load_vlic(run.exported[0]).eval(),
+        "after": load_vlic(run.exported[1]).eval(),
     }
     metrics = _metrics(report)
     judge = run.judge_spec.build()

@@ -50,6 +50,7 @@ BEHAVIOURS = (
     "out_of_range",
     "ambiguous",
     "empty",
+    "echo_key",  # a correct answer that also quotes the request's Authorization header
 )
 
 
@@ -213,12 +214,12 @@ class _Handler(BaseHTTPRequestHandler):
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
-            self._chat(json.loads(body))
+            self._chat(json.loads(body), self.headers.get("Authorization", ""))
         finally:
             with state.lock:
                 state.in_flight -= 1
 
-    def _chat(self, req: dict[str, Any]) -> None:
+    def _chat(self, req: dict[str, Any], authorization: str = "") -> None:
         state = self.server.state
         script = state.script
         texts: list[str] = []
@@ -298,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = f"Answer: {letter}"
             if req.get("logprobs") and script.logprobs and behaviour != "no_logprobs":
                 logprobs = _answer_logprobs(letter, p_a)
+        if behaviour == "echo_key":
+            content = f"You sent {authorization!r}.\n{content}"
         self._json(200, _completion(content, refusal, logprobs, model))
 
 

@@ -32,8 +32,19 @@ def _export(argv: list[str]) -> int:
         default="ema",
         help="EMA (default) or raw weights",
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists already"
+    )
     args = parser.parse_args(argv)
-    result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
+    from compressai_vlic.atomic import refuse_existing
+    from compressai_vlic.errors import VLICError
+
+    try:
+        refuse_existing(args.output, args.overwrite)
+        result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
+    except VLICError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"wrote {result.path} ({result.config_name}, {result.weights_type} weights, "
         f"{result.num_parameters:,} parameters); evaluate with:\n"
@@ -54,20 +65,48 @@ def main(argv: list[str] | None = None) -> int:
 
     import compressai_vlic_lightning  # noqa: F401  (registers the classes the configs name)
 
-    LightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,  # None: LightningCLI reads sys.argv itself
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            "prog": "compressai-vlic-train",
-            "description": "Train VLIC (stage 1 / stage 2 configs under configs/train). "
-            "Also: `compressai-vlic-train export CKPT OUT.pth.tar` writes a CompressAI checkpoint.",
-        },
-    )
+    try:
+        LightningCLI(
+            pl.LightningModule,
+            pl.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,  # None: LightningCLI reads sys.argv itself
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "prog": "compressai-vlic-train",
+                "description": "Train VLIC (stage 1 / stage 2 configs under configs/train). "
+                "Also: `compressai-vlic-train export CKPT OUT.pth.tar` writes a CompressAI "
+                "checkpoint.",
+            },
+        )
+    except Exception as exc:
+        cause = vlic_cause(exc)
+        if cause is None:
+            raise
+        # the config parser wraps errors raised while it builds the classes: show ours alone
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
     return 0
+
+
+def vlic_cause(exc: BaseException) -> str | None:
+    """The message of the package's own error behind ``exc`` (the config parser and DataLoader
+    workers wrap them), one line; None when there is none."""
+    from compressai_vlic.errors import VLICError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, VLICError):
+            text = str(current).strip()
+            if "Original Traceback" in text:  # re-raised from a DataLoader worker
+                last = text.splitlines()[-1]
+                text = last.split(": ", 1)[1] if ": " in last else last
+            return text.splitlines()[0] if text else type(current).__name__
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

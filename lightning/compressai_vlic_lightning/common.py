@@ -28,15 +28,10 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
 def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
     """The codec's bare state dict from a Lightning checkpoint (EMA or raw) or a CompressAI one."""
     check_option("weights_type", weights_type, WeightsType, ConfigError)
+    from compressai_vlic.checkpoints import check_finite, load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path} is not a loadable checkpoint (weights_only=True): {exc}"
-        ) from exc
+    ckpt = load_checkpoint(path)  # weights_only=True; one clear line for a bad file
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} does not hold a state dict")
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):  # Lightning checkpoint
@@ -45,19 +40,41 @@ def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -
             source = ckpt["ema_state_dict"]
         state = {k[len("model.") :]: v for k, v in source.items() if k.startswith("model.")}
         if not state:
-            raise CheckpointError(f"{path}: Lightning checkpoint holds no 'model.*' weights")
+            raise CheckpointError(
+                f"{path}: Lightning checkpoint holds no 'model.*' weights (a checkpoint of "
+                "another model?); give a checkpoint of a VLIC training run"
+            )
+        check_finite(state, path)
         return state
     state = {k.removeprefix("module."): v for k, v in ckpt.items()}
     if not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a bare state dict")
+    check_finite(state, path)
     return state
+
+
+def load_codec_weights(model: Any, path: str | Path, weights_type: WeightsType = "ema") -> None:
+    """Load a checkpoint's codec weights into ``model``; errors name the file and the fix."""
+    state = read_codec_state_dict(path, weights_type)
+    try:
+        model.load_state_dict(state)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{path}: {exc}; give a checkpoint of this model's configuration (or leave "
+            "model_overrides as the checkpoint's run had them)"
+        ) from None
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: does not fit this model ({first}); give a checkpoint of the same architecture"
+        ) from None
 
 
 def load_codec(path: str | Path, weights_type: WeightsType = "ema") -> Any:
     """A VLIC built from the config stored in a checkpoint."""
-    from compressai_vlic.models import VLIC
+    from compressai_vlic.checkpoints import load_vlic
 
-    return VLIC.from_state_dict(read_codec_state_dict(path, weights_type))
+    return load_vlic(path, read_codec_state_dict(path, weights_type))
 
 
 def adamw(

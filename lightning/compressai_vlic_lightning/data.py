@@ -78,6 +78,23 @@ def find_training_images(root: str | Path, suffixes: Sequence[str] = TRAIN_SUFFI
     return files
 
 
+def check_readable(files: Sequence[Path], root: str | Path) -> Path:
+    """The first file of ``files`` that decodes; :class:`DatasetError` when none does (a folder of
+    corrupt or foreign files), naming the folder, the count and the first reason."""
+    first: str | None = None
+    for path in files:
+        try:
+            load_image(path)
+        except ImageReadError as exc:
+            first = first or str(exc)
+            continue
+        return path
+    raise DatasetError(
+        f"none of the {len(files)} images under {root} could be read (first: {first}); "
+        "point train_dir/val_dir at a folder of PNG/JPEG/WebP images"
+    )
+
+
 class ImageFolderDataset(Dataset):
     """Crops of the images in a folder tree.
 
@@ -256,9 +273,10 @@ class ImageFolderDataModule(_CropDataModule):
         self.val_dir = val_dir
         self.samples_per_epoch = samples_per_epoch
         self.val_samples = val_samples
-        find_training_images(train_dir)  # fail at construction, not after model set-up
+        # fail at construction, not after model set-up or in a DataLoader worker
+        check_readable(find_training_images(train_dir), train_dir)
         if val_dir is not None:
-            find_training_images(val_dir)
+            check_readable(find_training_images(val_dir), val_dir)
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = ImageFolderDataset(

@@ -32,15 +32,21 @@ def export_checkpoint(
     ``weights_type="ema"`` takes the EMA weights when the run kept them (else the raw ones).
     The model is rebuilt from the written file before returning, so a broken export fails here.
     """
-    from compressai_vlic.models import VLIC
+
+    from compressai_vlic.checkpoints import load_vlic
 
     state = read_codec_state_dict(checkpoint, weights_type)
-    model = VLIC.from_state_dict(state)  # validates the config buffer and every shape
+    model = load_vlic(checkpoint, state)  # validates the config buffer and every shape
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save(clean, out)
-    VLIC.from_state_dict(torch.load(out, map_location="cpu", weights_only=True))
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(out) as tmp:  # a full disk leaves no torn checkpoint
+        torch.save(clean, tmp)
+    from compressai_vlic.checkpoints import load_vlic
+
+    load_vlic(out)  # the written file, read back as every consumer reads it
     return ExportResult(
         path=out,
         config_name=model.config.name,

@@ -141,6 +141,8 @@ class JudgeStats:
     buffer_size: int = 0
     total_judged: int = 0
     latency_s: float = 0.0
+    failed: int = 0  # calls that got no answer (counted in ``abstained`` too: no label)
+    total_tokens: int = 0  # token usage of every judge call so far (as the backends report it)
 
     @property
     def abstain_rate(self) -> float | None:
@@ -477,6 +479,8 @@ class PreferenceBuffer:
             self._stats.judged += 1
             self._stats.total_judged += 1
             self._stats.abstained += int(judgment.abstained)
+            self._stats.failed += int(judgment.failed)
+            self._stats.total_tokens += int((judgment.usage or {}).get("total_tokens", 0))
             self._stats.disagreed += int(votes_disagree(judgment))
             self._stats.cached += int(judgment.cached)
             self._stats.latency_s += latency_s
@@ -515,7 +519,11 @@ class PreferenceBuffer:
             stats = self._stats
             stats.buffer_size = len(self._active)
             stats.pending = self._in_flight
-            self._stats = JudgeStats(total_judged=stats.total_judged, pending=self._in_flight)
+            self._stats = JudgeStats(
+                total_judged=stats.total_judged,
+                total_tokens=stats.total_tokens,
+                pending=self._in_flight,
+            )
         self._prune()
         return stats
 

@@ -24,8 +24,8 @@ from compressai_vlic_lightning.common import (
     adamw,
     build_model,
     fixed_flow_matching,
+    load_codec_weights,
     psnr,
-    read_codec_state_dict,
 )
 from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
@@ -123,7 +123,7 @@ class Stage1Module(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_model(quality, model_overrides)
         if init_from:
-            self.model.load_state_dict(read_codec_state_dict(init_from))
+            load_codec_weights(self.model, init_from)
         loss, choice = make_perceptual_loss(
             perceptual_type if perceptual_weight > 0 else "none",
             perceptual_fallback_type,

@@ -444,6 +444,8 @@ class Stage2Module(pl.LightningModule):
         if stats.disagreement_rate is not None:
             out["judge/disagreement_rate"] = stats.disagreement_rate
         out["judge/total_judged"] = float(stats.total_judged)
+        out["judge/total_tokens"] = float(stats.total_tokens)
+        out["judge/failed"] = float(stats.failed)
         out["buffer/size"] = float(len(self.buffer))
         out["buffer/pending"] = float(stats.pending)
         staleness = self.buffer.staleness(step)

@@ -168,7 +168,10 @@ def plot_report(report: AuditReport, path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
@@ -177,5 +180,7 @@ def write_report(report: AuditReport, output_dir: Path) -> tuple[Path, Path]:
     """Write ``audit.json`` and ``audit.png`` into ``output_dir``; returns both paths."""
     output_dir.mkdir(parents=True, exist_ok=True)
     out_json = output_dir / "audit.json"
-    out_json.write_text(json.dumps(report.to_dict(), indent=1))
+    from compressai_vlic.atomic import atomic_write_text
+
+    atomic_write_text(out_json, json.dumps(report.to_dict(), indent=1))
     return out_json, plot_report(report, output_dir / "audit.png")
