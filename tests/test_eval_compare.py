@@ -180,7 +180,7 @@ def test_one_bad_image_is_skipped_and_the_run_goes_on(photo_folder, tmp_path, ca
     argv = [
         "compare", str(folder), "--codec", "jpeg@q50", "--metrics", "psnr", "ms_ssim",
         "--metric-option", "ms_ssim:small_image_type=error", "--distribution-metrics",
-        "--plot-type", "none", "--progress-type", "none", "-o", str(out),
+        "--plot-type", "none", "--no-progress", "-o", str(out),
     ]  # fmt: skip
     assert main(argv) == 1
     err = capsys.readouterr().err

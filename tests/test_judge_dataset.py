@@ -391,7 +391,7 @@ def test_cli_skips_a_bad_pair_reports_it_and_exits_1(tmp_path, photos, capsys):
     out = tmp_path / "prefs.jsonl"
     argv = [
         "judge", "--originals", str(orig), "--recon-a", str(a_dir), "--recon-b", str(b_dir),
-        "--output", str(out), "--judge-type", "psnr", "--progress-type", "none",
+        "--output", str(out), "--judge-type", "psnr", "--no-progress",
     ]  # fmt: skip
     assert main(argv) == 1
     captured = capsys.readouterr()

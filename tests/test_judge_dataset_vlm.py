@@ -156,7 +156,7 @@ def test_cache_with_a_judge_that_cannot_be_cached_says_so(folders, tmp_path, cap
     out = tmp_path / "psnr.jsonl"
     argv = [
         "judge", "--originals", str(folders / "orig"), "--recon-a", str(folders / "a"),
-        "--recon-b", str(folders / "b"), "--output", str(out), "--progress-type", "none",
+        "--recon-b", str(folders / "b"), "--output", str(out), "--no-progress",
         "--judge-type", "psnr", "--cache", str(tmp_path / "cache.sqlite"),
     ]  # fmt: skip
     assert main(argv) == 0

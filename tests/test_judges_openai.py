@@ -91,6 +91,7 @@ def test_fault_injection_every_pair_judged_abstained_or_failed(server, pairs, pr
     requests = pairs[: len(cases)]
     server.set_script(
         ServerScript(
+            latency_s=0.2,  # every reply takes a while, so the concurrent requests overlap
             slow_s=3.0,
             retry_after_s=0.05,
             pairs={key_of(r): faults for r, (faults, _, _) in zip(requests, cases)},
