@@ -17,10 +17,12 @@ from compressai_vlic.evaluation.plots import plot_crop_grid, plot_rate_quality
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _no_weights(monkeypatch, tmp_path):
+    """No metric backbones anywhere (empty weight cache and torch hub cache, no env vars)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    for var in ("LPIPS", "DISTS", "INCEPTION"):
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "weights"))
+    for var in ("ALEXNET", "VGG16", "INCEPTION"):
         monkeypatch.delenv(f"COMPRESSAI_VLIC_{var}_WEIGHTS", raising=False)
 
 
@@ -36,6 +38,7 @@ def _settings(tiny_dinov2, **kw) -> CompareSettings:
     return CompareSettings(**{**base, **kw})
 
 
+@pytest.mark.usefixtures("_no_weights")
 def test_runner_rows_json_skips_and_cache(photo_folder, tmp_path, tiny_dinov2):
     images = sorted(photo_folder.glob("*.png"))
     out = tmp_path / "out"
@@ -98,6 +101,32 @@ def test_runner_rows_json_skips_and_cache(photo_folder, tmp_path, tiny_dinov2):
     assert plot_crop_grid(again, tmp_path / "grid.png", crop=64).stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_compare_reports_lpips_dists_fid_kid_with_the_installed_weights(photo_folder, tmp_path):
+    from compressai_vlic.metrics.weights import list_weights
+
+    missing = [w.spec.name for w in list_weights(check=False) if w.path is None]
+    if missing:
+        pytest.skip(f"weights not installed: {missing} (run `compressai-vlic weights fetch`)")
+    notices: list[str] = []
+    result = run_comparison(
+        sorted(photo_folder.glob("*.png"))[:2],
+        [make_codec("jpeg@q20,q80")],
+        tmp_path / "out",
+        CompareSettings(crop=128, patch_size=64, distribution_metrics=["fid", "kid"],
+                        progress_type="none"),  # default full-reference metrics
+        notify=notices.append,
+    )  # fmt: skip
+    assert not result.skipped, notices
+    low, high = sorted(result.points, key=lambda p: p.bpp)
+    for name in ("lpips", "dists"):
+        assert 0 < high.metrics[name] < low.metrics[name] < 1
+    assert 0 < high.distribution["fid"] < low.distribution["fid"]
+    assert high.distribution["kid"] < low.distribution["kid"]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert all(name in table for name in ("lpips", "dists", "fid", "kid"))
+
+
 def test_fd_dino_is_near_zero_for_a_lossless_codec(photo_folder, tmp_path, tiny_dinov2):
     result = run_comparison(
         sorted(photo_folder.glob("*.png"))[:2],
@@ -111,6 +140,7 @@ def test_fd_dino_is_near_zero_for_a_lossless_codec(photo_folder, tmp_path, tiny_
     assert 0 <= point.distribution["fd_dino"] < 1e-2
 
 
+@pytest.mark.usefixtures("_no_weights")
 def test_cli_compare(photo_folder, tmp_path):
     out = tmp_path / "cli"
     cmd = [
@@ -123,7 +153,7 @@ def test_cli_compare(photo_folder, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # the source tree, not an older install
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "metric dists skipped" in proc.stderr and "COMPRESSAI_VLIC_DISTS_WEIGHTS" in proc.stderr
+    assert "metric dists skipped" in proc.stderr and "weights fetch vgg16" in proc.stderr
     assert "| webp | 0.4 |" in proc.stdout
     for name in ("rate_quality.png", "crops.png", "json/jpeg.json", "json/webp.json", "rows.csv"):
         assert (out / name).is_file(), name
