@@ -1,10 +1,11 @@
 """Differentiable perceptual losses on the one-step estimate x0_hat (stage 1).
 
-VLIC/FlowMo add LPIPS(x0_hat, x) to the flow-matching loss. LPIPS needs ImageNet backbone weights
-that this package never downloads (see ``compressai_vlic.metrics.weights``); when they are not on
-the machine, ``perceptual_type="lpips"`` falls back to MS-SSIM and says so once, loudly, so a
-CPU demo still runs and a GPU run never silently trains without the loss it asked for
-(``perceptual_fallback_type="error"`` makes the missing weights fatal instead).
+VLIC/FlowMo add LPIPS(x0_hat, x) to the flow-matching loss. LPIPS runs the reference ``lpips``
+network on local weights (``compressai-vlic weights fetch``, run by ``scripts/install.sh``; see
+``compressai_vlic.metrics.weights``). When they are not on the machine, ``perceptual_type="lpips"``
+falls back to MS-SSIM and says so once, loudly, so a CPU demo still runs and a GPU run never
+silently trains without the loss it asked for (``perceptual_fallback_type="error"`` makes the
+missing weights fatal instead).
 """
 
 from __future__ import annotations
