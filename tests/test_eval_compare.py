@@ -14,10 +14,12 @@ from compressai_vlic.evaluation.plots import plot_crop_grid, plot_rate_quality
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def _no_weights(monkeypatch, tmp_path):
+    """No metric backbones anywhere (empty weight cache and torch hub cache, no env vars)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    for var in ("LPIPS", "DISTS", "INCEPTION"):
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "weights"))
+    for var in ("ALEXNET", "VGG16", "INCEPTION"):
         monkeypatch.delenv(f"COMPRESSAI_VLIC_{var}_WEIGHTS", raising=False)
 
 
@@ -33,6 +35,7 @@ def _settings(tiny_dinov2, **kw) -> CompareSettings:
     return CompareSettings(**{**base, **kw})
 
 
+@pytest.mark.usefixtures("_no_weights")
 def test_runner_rows_json_skips_and_cache(photo_folder, tmp_path, tiny_dinov2):
     images = sorted(photo_folder.glob("*.png"))
     out = tmp_path / "out"
@@ -95,6 +98,32 @@ def test_runner_rows_json_skips_and_cache(photo_folder, tmp_path, tiny_dinov2):
     assert plot_crop_grid(again, tmp_path / "grid.png", crop=64).stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_compare_reports_lpips_dists_fid_kid_with_the_installed_weights(photo_folder, tmp_path):
+    from compressai_vlic.metrics.weights import list_weights
+
+    missing = [w.spec.name for w in list_weights(check=False) if w.path is None]
+    if missing:
+        pytest.skip(f"weights not installed: {missing} (run `compressai-vlic weights fetch`)")
+    notices: list[str] = []
+    result = run_comparison(
+        sorted(photo_folder.glob("*.png"))[:1],
+        [make_codec("jpeg@q15,q90")],
+        tmp_path / "out",
+        CompareSettings(crop=96, patch_size=64, distribution_metrics=["fid", "kid"],
+                        progress_type="none"),  # default full-reference metrics; 2 patches each
+        notify=notices.append,
+    )  # fmt: skip
+    assert not result.skipped, notices
+    low, high = sorted(result.points, key=lambda p: p.bpp)
+    for name in ("lpips", "dists"):
+        assert 0 < high.metrics[name] < low.metrics[name] < 1
+    assert 0 < high.distribution["fid"] < low.distribution["fid"]
+    assert math.isfinite(high.distribution["kid"]) and math.isfinite(low.distribution["kid"])
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert all(name in table for name in ("lpips", "dists", "fid", "kid"))
+
+
 def test_fd_dino_is_near_zero_for_a_lossless_codec(photo_folder, tmp_path, tiny_dinov2):
     result = run_comparison(
         sorted(photo_folder.glob("*.png"))[:2],
@@ -108,6 +137,7 @@ def test_fd_dino_is_near_zero_for_a_lossless_codec(photo_folder, tmp_path, tiny_
     assert 0 <= point.distribution["fd_dino"] < 1e-2
 
 
+@pytest.mark.usefixtures("_no_weights")
 def test_cli_compare(photo_folder, tmp_path, capsys):
     from compressai_vlic.cli.main import main
 
@@ -122,9 +152,7 @@ def test_cli_compare(photo_folder, tmp_path, capsys):
     rc = main(argv)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert (
-        "metric dists skipped" in captured.err and "COMPRESSAI_VLIC_DISTS_WEIGHTS" in captured.err
-    )
+    assert "metric dists skipped" in captured.err and "weights fetch vgg16" in captured.err
     assert "| webp | 0.4 |" in captured.out
     for name in ("rate_quality.png", "crops.png", "json/jpeg.json", "json/webp.json", "rows.csv"):
         assert (out / name).is_file(), name

@@ -250,7 +250,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path, photos)
     assert len(calls.read_text().split()) == n_pairs
 
 
-def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
+def test_cli_metric_judge_with_composition(tmp_path, photos, capsys, monkeypatch):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 4)
     out = tmp_path / "prefs.jsonl"
     base = ["judge", *folder_args(orig, a_dir, b_dir, out)]
@@ -287,9 +287,12 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys):
     assert main([*base, "--judge-type", "psnr", "--judge-arg", "lpips.net_type=vgg"]) == 2
     assert "not one of the judges" in capsys.readouterr().err
     # LPIPS without its backbone weights: a clear error, nothing written
-    if not os.environ.get("COMPRESSAI_VLIC_LPIPS_WEIGHTS"):
-        assert main([*base[:-1], str(tmp_path / "l.jsonl"), "--judge-type", "lpips"]) == 2
-        assert "COMPRESSAI_VLIC_LPIPS_WEIGHTS" in capsys.readouterr().err
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    monkeypatch.delenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", raising=False)
+    assert main([*base[:-1], str(tmp_path / "l.jsonl"), "--judge-type", "lpips"]) == 2
+    assert "weights fetch alexnet" in capsys.readouterr().err
+    assert not (tmp_path / "l.jsonl").exists()
 
 
 def test_default_judge_is_ssimulacra2(tmp_path, photos, capsys):

@@ -3,8 +3,6 @@ real loading paths (a tiny DINOv2 saved by transformers, a random-weights Incept
 
 from __future__ import annotations
 
-from unittest import mock
-
 import numpy as np
 import pytest
 import scipy.linalg
@@ -134,38 +132,69 @@ def test_fd_dino_env_var_and_errors(tiny_dinov2, tmp_path, monkeypatch):
 
 def test_fid_and_kid_without_inception_weights_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("COMPRESSAI_VLIC_INCEPTION_WEIGHTS", raising=False)
     for name in ("fid", "kid"):
-        with pytest.raises(MetricUnavailableError, match="COMPRESSAI_VLIC_INCEPTION_WEIGHTS"):
+        with pytest.raises(MetricUnavailableError, match="weights fetch inception"):
             get_distribution_metric(name)
 
 
-@pytest.mark.slow
-def test_fid_loads_a_local_inception_file(monkeypatch, tmp_path, sets):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+class _Uint8Images(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = (images * 255).round().to(torch.uint8)
 
-    # Fabricate a random-weights file with the real architecture (the real one is a download).
-    with (
-        mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"),
-        mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url"),
-    ):
-        torch.manual_seed(0)
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for module in net.modules():  # default init makes activations vanish over 90 layers
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    weights = tmp_path / "inception.pth"
-    torch.save(net.state_dict(), weights)
-    monkeypatch.setenv("COMPRESSAI_VLIC_INCEPTION_WEIGHTS", str(weights))
-    ref, dist = sets
-    with mock.patch("torch.hub.load_state_dict_from_url", side_effect=AssertionError("download")):
-        fid = get_distribution_metric("fid", patch_type="whole")
-    assert fid.features.num_features == 2048 and fid.features.weights_path == weights
-    # Inception resizes every sample to 299 px (slow on CPU): two small whole images per set.
-    ref, dist = ref[:2, :, :64, :64], dist[:2, :, :64, :64]
-    fid.update(ref, ref.clone())
-    same = fid.compute()
-    fid.reset()
-    fid.update(ref, dist)
-    different = fid.compute()
-    assert abs(same) < 1e-3 * different
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+@pytest.mark.slow
+def test_fid_and_kid_equal_torch_fidelity(photos):
+    """The real FID Inception (registry weights) gives torch-fidelity's FID and KID."""
+    import torch_fidelity
+
+    from compressai_vlic.metrics.weights import locate
+
+    weights = locate("inception").path
+    if weights is None:
+        pytest.skip(
+            "inception weights not installed (run `compressai-vlic weights fetch inception`)"
+        )
+    # 6 real 96-px crops and their blurred, darkened copies (Inception resizes to 299 px).
+    crops = [
+        photo_tensor(photos[name], crop=(192, 192))[..., i : i + 96, j : j + 96]
+        for name in ("astronaut",)
+        for i in (0, 96)
+        for j in (0, 48, 96)
+    ]
+    ref = torch.cat(crops)
+    dist = torchvision_blur(ref) * 0.8
+    fid = get_distribution_metric("fid", patch_type="whole")
+    kid = get_distribution_metric("kid", patch_type="whole", subsets=10)
+    for metric in (fid, kid):
+        metric.update(ref, dist)
+    expected = torch_fidelity.calculate_metrics(
+        input1=_Uint8Images(ref),
+        input2=_Uint8Images(dist),
+        fid=True,
+        kid=True,
+        kid_subset_size=len(ref),  # the whole set: no random subsets on either side
+        kid_subsets=10,
+        feature_extractor_weights_path=str(weights),
+        cuda=False,
+        verbose=False,
+        cache=False,
+        save_cpu_ram=True,
+    )
+    got_fid, got_kid = fid.compute(), kid.compute()
+    assert got_fid == pytest.approx(expected["frechet_inception_distance"], rel=1e-3)
+    assert got_kid == pytest.approx(expected["kernel_inception_distance_mean"], rel=1e-3, abs=1e-6)
+    assert got_fid > 10 and got_kid > 1e-3
+
+
+def torchvision_blur(images: torch.Tensor) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    return gaussian_blur(images, 9, 3.0)

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.compare",
         "compare codecs on many metrics; BD-rates and plots",
     ),
+    "weights": (
+        "compressai_vlic.cli.weights",
+        "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",
+    ),
     "demo": (
         "compressai_vlic.cli.demo",
         "the main job: pre-train, post-train, evaluate, report (CPU, ~10 min)",

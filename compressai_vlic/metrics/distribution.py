@@ -3,7 +3,7 @@
 Codec papers with few high-resolution images (CLIC, Kodak) follow HiFiC: each image is cut into
 256x256 patches on a grid, plus a second grid shifted by 128 px, and the patch sets of originals
 and reconstructions are compared, on any feature extractor: the FID Inception-v3 (torch-fidelity
-port, local weight file) or DINOv2's CLS token (transformers, local model directory). KID is
+port, local weight file: ``compressai-vlic weights fetch``) or DINOv2's CLS token (transformers, local model directory). KID is
 torchmetrics' ``KernelInceptionDistance``; the Frechet distance is computed in closed form here.
 """
 
@@ -21,9 +21,8 @@ from torch import nn
 
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 from compressai_vlic.extras import require
-from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.metrics.base import DeviceLike, check_pair
-from compressai_vlic.metrics.weights import INCEPTION_FID, load_state_dict_file, resolve_weight_file
+from compressai_vlic.metrics.weights import load_state_dict_file, resolve_weight_file
 from compressai_vlic.options import check_option
 
 PatchType = Literal["hific", "whole"]
@@ -51,26 +50,27 @@ def hific_patches(image: torch.Tensor, size: int = 256) -> torch.Tensor:
 
 
 class InceptionFeatures(nn.Module):
-    """2048-d pool features of the FID Inception-v3 from a local weight file ([0, 1] input)."""
+    """2048-d pool features of the FID Inception-v3 ([0, 1] input), torch-fidelity's extractor.
+
+    ``torch_fidelity.FeatureExtractorInceptionV3`` on a local weight file (see
+    ``compressai-vlic weights fetch inception``), so FID/KID equal torch-fidelity's own.
+    """
 
     def __init__(self, weights: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        fid = require("torchmetrics.image.fid", "eval", "fid/kid", MetricUnavailableError)
-        NoTrainInceptionV3 = fid.NoTrainInceptionV3
-        path = resolve_weight_file(INCEPTION_FID, weights)
-        load_state_dict_file(
-            path, "fid/kid"
-        )  # refuses pickles with code before torch-fidelity loads it
         try:
-            self.net = NoTrainInceptionV3(
-                name="inception-v3-compat",
-                features_list=["2048"],
-                feature_extractor_weights_path=str(path),
-            )
-        except ModuleNotFoundError as exc:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as exc:  # pragma: no cover - torch-fidelity is a dependency
             raise MetricUnavailableError(
                 "fid/kid need the PyPI package 'torch-fidelity' (pip install torch-fidelity)"
             ) from exc
+        path = resolve_weight_file("inception", weights)
+        # torch-fidelity unpickles the file itself; refuse anything but plain tensors first.
+        load_state_dict_file(path, "fid/kid")
+        try:
+            self.net = FeatureExtractorInceptionV3(
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path)
+            )
         except RuntimeError as exc:
             raise MetricUnavailableError(
                 f"fid/kid: {path} is not the FID Inception-v3: {exc}"
@@ -79,7 +79,8 @@ class InceptionFeatures(nn.Module):
         self.weights_path = path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(quantize_uint8(x).to(x.device))
+        (features,) = self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
+        return features
 
 
 class DinoV2Features(nn.Module):

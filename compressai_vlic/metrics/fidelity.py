@@ -91,31 +91,64 @@ class MSSSIM(PairMetric):
         return ms_ssim_reduced(x, y, levels)
 
 
-def ms_ssim_reduced(x: torch.Tensor, y: torch.Tensor, levels: int) -> torch.Tensor:
-    """pytorch-msssim's MS-SSIM loop on the first ``levels`` scales (renormalised weights).
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """The normalised 1-D Gaussian MS-SSIM uses (same values as pytorch-msssim's)."""
+    coords = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
 
-    pytorch-msssim asserts the 5-scale minimum size even when fewer weights are given, so the
-    loop is repeated here on top of its own ``_ssim`` kernel; with ``levels=5`` it equals
-    ``pytorch_msssim.ms_ssim`` (tested).
+
+def ssim_components(
+    x: torch.Tensor, y: torch.Tensor, data_range: float, win: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image, per-channel SSIM and contrast-structure term (valid Gaussian filtering)."""
+    channels = x.shape[1]
+    w = win.to(x).view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        t = F.conv2d(t, w, groups=channels)
+        return F.conv2d(t, w.transpose(2, 3), groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    cs_map = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map
+    return ssim_map.flatten(2).mean(-1), cs_map.flatten(2).mean(-1)
+
+
+def ms_ssim_reduced(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    levels: int,
+    data_range: float = 255.0,
+    floor: float = 0.0,
+    win_size: int = 11,
+) -> torch.Tensor:
+    """MS-SSIM on the first ``levels`` scales (weights renormalised below 5), per image.
+
+    pytorch-msssim refuses images under 161 px even with fewer weights, so the scales are
+    computed here; with ``levels=5`` this equals ``pytorch_msssim.ms_ssim`` (tested). Terms are
+    clamped at ``floor`` (0 for the metric; a small positive value keeps the training loss's
+    fractional powers differentiable). Used by the ``ms_ssim`` metric and the stage-1 loss.
     """
-    ssim = require("pytorch_msssim.ssim", "eval", "The ms_ssim metric")
-    _fspecial_gauss_1d, _ssim = ssim._fspecial_gauss_1d, ssim._ssim
-
     weights = x.new_tensor(MS_SSIM_WEIGHTS[:levels])
     if levels < len(MS_SSIM_WEIGHTS):  # the published 5 weights sum to 1.0001: keep them as is
         weights = weights / weights.sum()
-    win = _fspecial_gauss_1d(11, 1.5).repeat([x.shape[1], 1, 1, 1])
-    mcs = []
-    ssim_per_channel = None
+    win = gaussian_window(win_size)
+    terms = []
+    ssim_pc = None
     for i in range(levels):
-        ssim_per_channel, cs = _ssim(x, y, win=win, data_range=255.0, size_average=False)
+        ssim_pc, cs = ssim_components(x, y, data_range, win)
         if i < levels - 1:
-            mcs.append(torch.relu(cs))
+            terms.append(cs.clamp(min=floor))
             padding = [s % 2 for s in x.shape[2:]]
             x = F.avg_pool2d(x, kernel_size=2, padding=padding)
             y = F.avg_pool2d(y, kernel_size=2, padding=padding)
-    stack = torch.stack([*mcs, torch.relu(ssim_per_channel)], dim=0)
-    return torch.prod(stack ** weights.view(-1, 1, 1), dim=0).mean(1)
+    terms.append(ssim_pc.clamp(min=floor))  # type: ignore[union-attr]
+    return torch.prod(torch.stack(terms) ** weights.view(-1, 1, 1), dim=0).mean(1)
 
 
 class SSIMULACRA2(PairMetric):
