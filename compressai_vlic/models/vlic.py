@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from compressai.models import CompressionModel
 from torch import Tensor
 
@@ -95,6 +96,11 @@ def config_from_tensor(buffer: Tensor) -> VLICConfig:
         raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from exc
 
 
+def _checkpoint_block(block: torch.nn.Module, *args: Any) -> Any:
+    """diffusers' checkpointing hook, pinned to the non-reentrant implementation."""
+    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+
 def _to_model_space(x: Tensor) -> Tensor:
     return x * 2.0 - 1.0
 
@@ -124,6 +130,37 @@ class VLIC(CompressionModel):
             heads=config.prior_heads,
         )
         self.token_coder = TokenCoder(config.fsq_levels)
+
+    # ---------------------------------------------------------- memory / speed
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute every encoder and decoder block in backward instead of storing activations.
+
+        At the paper width this keeps about a tenth of the activations per sample (see
+        docs/training.md, "Memory"); the price is one extra forward pass of each block.
+        """
+        self.encoder.gradient_checkpointing = True
+        self.decoder.transformer.enable_gradient_checkpointing(_checkpoint_block)
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep every block's activations again (the default)."""
+        self.encoder.gradient_checkpointing = False
+        self.decoder.transformer.disable_gradient_checkpointing()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.encoder.gradient_checkpointing) and bool(
+            self.decoder.transformer.gradient_checkpointing
+        )
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` each encoder and decoder block in place (regional compilation).
+
+        Compiling blocks rather than whole modules keeps the state-dict keys unchanged, shares
+        one compiled graph between identical blocks and composes with gradient checkpointing.
+        ``compile_kwargs`` go to ``nn.Module.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+        """
+        for block in (*self.encoder.blocks, *self.decoder.transformer.transformer_blocks):
+            block.compile(**compile_kwargs)
 
     # ------------------------------------------------------------ training API
     def _check_tiles(self, x: Tensor) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor
 from compressai_vlic.errors import CheckpointError, ConfigError
 
 WEIGHTS_TYPES = ("ema", "raw")
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 
 
 def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | None = None) -> Any:
@@ -100,3 +101,17 @@ def fixed_flow_matching(model: Any, batch: Tensor, seed: int) -> tuple[Any, Any]
         drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
     )
     return enc, fm
+
+
+def apply_speed_options(model: Any, gradient_checkpointing: bool, compile_mode: str) -> None:
+    """Gradient checkpointing and ``torch.compile`` of the encoder and decoder blocks."""
+    if compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"unknown compile_mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}"
+        )
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    else:
+        model.disable_gradient_checkpointing()
+    if compile_mode != "none":
+        model.compile_blocks(**({} if compile_mode == "default" else {"mode": compile_mode}))
