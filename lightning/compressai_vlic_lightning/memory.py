@@ -8,8 +8,8 @@ difference is the per-sample cost, the rest is per-step (autocast's low-precisio
 Bytes are attributed to the block that saved them, so the totals extrapolate linearly to the
 config's depth (every block but the last is identical; the last is "context pre-only").
 
-With gradient checkpointing a block keeps only its inputs (held by the checkpoint for the
-recomputation); backward then recomputes one block at a time, whose full activations are added
+With gradient checkpointing a block keeps only its inputs (saved by the checkpoint for the
+recomputation; counted as the previous block's outputs); backward then recomputes one block at a time, whose full activations are added
 as a transient term. Weights, gradients, AdamW state, EMA, the frozen stage-2 reference and DDP
 buckets are counted from the parameter numbers of the full-depth model.
 """
@@ -63,7 +63,7 @@ class SavedTensorCounter:
         if exclude is not None:
             for t in (*exclude.parameters(), *exclude.buffers()):
                 self._exclude.add(t.untyped_storage().data_ptr())
-        self._seen: dict[int, tuple[Any, str]] = {}
+        self._seen: dict[int, Any] = {}
         self.by_region: dict[str, int] = {}
         self.region = "other"
 
@@ -71,7 +71,7 @@ class SavedTensorCounter:
     def total(self) -> int:
         return sum(self.by_region.values())
 
-    def add(self, tensor: Tensor, claim: bool = False) -> None:
+    def add(self, tensor: Tensor) -> None:
         if not isinstance(tensor, Tensor) or tensor.device.type == "meta":
             return
         storage = tensor.untyped_storage()
@@ -79,13 +79,8 @@ class SavedTensorCounter:
         if ptr in self._exclude or storage.nbytes() == 0:
             return
         if ptr in self._seen:
-            if claim:  # re-attribute to the current region (checkpoint inputs, see below)
-                old = self._seen[ptr][1]
-                self.by_region[old] -= storage.nbytes()
-                self._seen[ptr] = (storage, self.region)
-                self.by_region[self.region] = self.by_region.get(self.region, 0) + storage.nbytes()
             return
-        self._seen[ptr] = (storage, self.region)  # keeps the address from being reused
+        self._seen[ptr] = storage  # keeps the address from being reused while counting
         self.by_region[self.region] = self.by_region.get(self.region, 0) + storage.nbytes()
 
     @contextlib.contextmanager
@@ -106,16 +101,18 @@ def _block_regions(
     handles = []
     for name, block in blocks.items():
 
-        def pre(module: nn.Module, args: Any, kwargs: Any, name: str = name) -> None:
+        def pre(module: nn.Module, args: Any, name: str = name) -> None:
             counter.region = name
-            if checkpointing:  # the checkpoint saved these (before this hook) for recomputation
-                for value in (*args, *kwargs.values()):
-                    counter.add(value, claim=True)
 
         def post(module: nn.Module, args: Any, output: Any) -> None:
+            if checkpointing:
+                # The next checkpoint keeps these outputs for its recomputation: they are this
+                # block's cost (the first block's inputs are the embeddings', i.e. "other").
+                for value in output if isinstance(output, tuple) else (output,):
+                    counter.add(value)
             counter.region = "other"
 
-        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.register_forward_pre_hook(pre))
         handles.append(block.register_forward_hook(post))
     try:
         yield
