@@ -251,3 +251,22 @@ def test_stage2_checkpoint_leaves_the_reference_out(tmp_path, photos, quiet_cpu_
     other = Stage2Module(quality="test", preference_type="offline", preference_dataset=str(dataset))
     with pytest.raises(CheckpointError, match="init_from"):
         other.on_load_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_eager_loss():
+    """``compile_mode`` on the tiny config: same loss (and a backward) as eager."""
+    from compressai_vlic_lightning.common import apply_speed_options
+
+    torch.manual_seed(0)
+    model = VLIC(quality_config("test")).train()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    eager = _loss(model, x).detach()
+    apply_speed_options(model, gradient_checkpointing=True, compile_mode="default")
+    compiled = _loss(model, x)
+    compiled.backward()
+    torch.testing.assert_close(compiled.detach(), eager, rtol=1e-4, atol=1e-5)
+    keys = set(VLIC(quality_config("test")).state_dict())
+    assert set(model.state_dict()) == keys  # checkpoints keep their keys
+    with pytest.raises(ConfigError, match="compile_mode"):
+        apply_speed_options(model, gradient_checkpointing=False, compile_mode="fast")

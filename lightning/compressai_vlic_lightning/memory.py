@@ -83,6 +83,10 @@ class SavedTensorCounter:
         self._seen[ptr] = storage  # keeps the address from being reused while counting
         self.by_region[self.region] = self.by_region.get(self.region, 0) + storage.nbytes()
 
+    def release(self) -> None:
+        """Drop the references that kept counted storages alive (they can be GiBs)."""
+        self._seen.clear()
+
     @contextlib.contextmanager
     def counting(self) -> Iterator[SavedTensorCounter]:
         def pack(t: Tensor) -> Tensor:
@@ -182,6 +186,7 @@ def measure_component(
         ):
             _run_component(model, component, batch, perceptual)
         counts.append(dict(counter.by_region))
+        counter.release()
     regions = set(counts[0]) | set(counts[1])
     per_sample = {r: max(0, counts[1].get(r, 0) - counts[0].get(r, 0)) for r in regions}
     per_step = {r: max(0, counts[0].get(r, 0) - per_sample[r]) for r in regions}
