@@ -81,15 +81,23 @@ def _slice_pairs(pairs: PreferenceBatch, start: int, stop: int) -> PreferenceBat
     return type(pairs)(**values)
 
 
+_INT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
 def weights_fingerprint(module: torch.nn.Module) -> str:
-    """A cheap identity of a module's weights (float64 sums per tensor, hashed)."""
+    """A cheap, exact identity of a module's weights.
+
+    Integer sums of the raw bits (plain and position-weighted, per tensor) do not depend on the
+    summation order, so the fingerprint is the same on any machine and thread count.
+    """
+    parts = []
     with torch.no_grad():
-        sums = [
-            (k, float(v.detach().double().sum()), float(v.detach().double().abs().sum()))
-            for k, v in module.state_dict().items()
-            if v.is_floating_point()
-        ]
-    return hashlib.sha256(repr(sums).encode()).hexdigest()[:16]
+        for key, value in module.state_dict().items():
+            bits = value.detach().cpu().contiguous().reshape(-1)
+            bits = bits.view(_INT_VIEWS[bits.element_size()]).long()
+            weighted = (bits * torch.arange(1, bits.numel() + 1)).sum()
+            parts.append(f"{key}:{int(bits.sum())}:{int(weighted)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 REFERENCE_KEY = "dpo_reference"
