@@ -129,7 +129,9 @@ def test_stage2_fit_through_cli_logs_preference_health(stage1_run, tmp_path):
     assert {json.loads(x)["pair_id"] for x in judged} == {json.loads(x)["pair_id"] for x in pending}
     ckpt = root / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert any(k.startswith("reference.") for k in state["state_dict"])  # frozen reference kept
+    # the frozen reference is not stored: the checkpoint names the stage-1 file it comes from
+    assert not any(k.startswith("reference.") for k in state["state_dict"])
+    assert state["dpo_reference"]["init_from"] == str(stage1_run / "checkpoints" / "last.ckpt")
 
 
 def test_fixed_batch_overfit_lowers_stage1_loss(photos, quiet_cpu_trainer):

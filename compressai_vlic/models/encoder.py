@@ -8,6 +8,7 @@ The latent tokens are projected to d = len(fsq_levels) dims and quantised by FSQ
 from __future__ import annotations
 
 import torch
+import torch.utils.checkpoint
 from diffusers.models.attention import JointTransformerBlock
 from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.normalization import AdaLayerNormContinuous
@@ -47,15 +48,23 @@ class TokenEncoder(nn.Module):
         )
         self.norm_out = AdaLayerNormContinuous(width, width, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(width, config.code_dim)
+        # Recompute each block in backward instead of keeping its activations (diffusers' name).
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
         patches = self.patch_embed(x.to(self.latent_tokens.dtype)).contiguous()
         latents = self.latent_tokens.unsqueeze(0).expand(b, -1, -1).to(patches.dtype)
         temb = self.modulation.unsqueeze(0).expand(b, -1).to(patches.dtype)
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
             # Latent tokens are the block's main stream, image patches its context stream.
-            patches, latents = block(
-                hidden_states=latents, encoder_hidden_states=patches, temb=temb
-            )
+            if checkpointed:
+                patches, latents = torch.utils.checkpoint.checkpoint(
+                    block, latents, patches, temb, use_reentrant=False
+                )
+            else:
+                patches, latents = block(
+                    hidden_states=latents, encoder_hidden_states=patches, temb=temb
+                )
         return self.proj_out(self.norm_out(latents, temb))

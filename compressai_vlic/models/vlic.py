@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.utils.checkpoint
 from compressai.models import CompressionModel
 from compressai.registry import register_model
 from huggingface_hub import PyTorchModelHubMixin
@@ -165,6 +166,11 @@ def sample_t(
     return t.to(device) if device is not None else t
 
 
+def _checkpoint_block(block: torch.nn.Module, *args: Any) -> Any:
+    """diffusers' checkpointing hook, pinned to the non-reentrant implementation."""
+    return torch.utils.checkpoint.checkpoint(block.__call__, *args, use_reentrant=False)
+
+
 def _to_model_space(x: Tensor) -> Tensor:
     return x * 2.0 - 1.0
 
@@ -214,6 +220,37 @@ class VLIC(
             digits=config.prior_digits,
         )
         self.token_coder = TokenCoder(config.fsq_levels)
+
+    # ---------------------------------------------------------- memory / speed
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute every encoder and decoder block in backward instead of storing activations.
+
+        At the paper width this keeps about a tenth of the activations per sample (see
+        docs/training.md, "Memory"); the price is one extra forward pass of each block.
+        """
+        self.encoder.gradient_checkpointing = True
+        self.decoder.transformer.enable_gradient_checkpointing(_checkpoint_block)
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep every block's activations again (the default)."""
+        self.encoder.gradient_checkpointing = False
+        self.decoder.transformer.disable_gradient_checkpointing()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.encoder.gradient_checkpointing) and bool(
+            self.decoder.transformer.gradient_checkpointing
+        )
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` each encoder and decoder block in place (regional compilation).
+
+        Compiling blocks rather than whole modules keeps the state-dict keys unchanged, shares
+        one compiled graph between identical blocks and composes with gradient checkpointing.
+        ``compile_kwargs`` go to ``nn.Module.compile`` (e.g. ``mode="max-autotune-no-cudagraphs"``).
+        """
+        for block in (*self.encoder.blocks, *self.decoder.transformer.transformer_blocks):
+            block.compile(**compile_kwargs)
 
     # ------------------------------------------------------------ training API
     def _check_tiles(self, x: Tensor) -> None:

@@ -5,6 +5,7 @@
         --model.init_from runs/tiny_stage1/checkpoints/last.ckpt
     compressai-vlic-train fit --config CONFIG --ckpt_path runs/X/checkpoints/last.ckpt   # resume
     compressai-vlic-train export runs/X/checkpoints/last.ckpt vlic-test.pth.tar
+    compressai-vlic-train plan --config configs/train/paper_q1_stage1.yaml --gpu-memory 80
 """
 
 from __future__ import annotations
@@ -13,6 +14,56 @@ import argparse
 import sys
 
 EXPORT = "export"
+PLAN = "plan"
+
+
+def _plan(argv: list[str]) -> int:
+    import json
+
+    from compressai_vlic_lightning.memory import GIB, format_plan, measure, plan, read_setup
+
+    parser = argparse.ArgumentParser(
+        prog="compressai-vlic-train plan",
+        description="Estimate the memory one GPU needs for a training config: activations are "
+        "measured on the CPU at the config's width (two blocks, extrapolated to its depth).",
+    )
+    parser.add_argument("--config", action="append", required=True, help="YAML (repeatable)")
+    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (80)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    if args.gpu_memory <= 0:
+        parser.error("--gpu-memory must be positive")
+    measured: dict[tuple[str, ...], object] = {}
+    reports = []
+    for path in args.config:
+        setup = read_setup(path)
+        c = setup.model_config
+        key = (
+            str(c.encoder_width), str(c.encoder_heads), str(c.decoder_width), str(c.decoder_heads),
+            str(c.image_size), str(c.patch_size), str(c.num_tokens), str(c.code_dim),
+            str(c.encoder_depth), str(c.decoder_depth), str(c.prior_width), str(c.prior_depth),
+            setup.precision, setup.perceptual_type, setup.lpips_net_type,
+        )  # fmt: skip
+        if key not in measured:
+            measured[key] = measure(c, setup.precision, setup.perceptual_type, setup.lpips_net_type)
+        result = plan(setup, measured[key])  # type: ignore[arg-type]
+        if args.json:
+            reports.append(
+                {
+                    "config": path,
+                    "peak_gib": result.peak / GIB,
+                    "fits": result.peak <= args.gpu_memory * GIB,
+                    "largest_micro_batch": result.largest_micro_batch(args.gpu_memory * GIB),
+                    "micro_batch": setup.micro_batch,
+                    "global_batch": setup.global_batch,
+                    "rows_gib": {k: v / GIB for k, v in result.rows.items()},
+                }
+            )
+        else:
+            print(format_plan(result, args.gpu_memory), flush=True)
+    if args.json:
+        print(json.dumps(reports, indent=2))
+    return 0
 
 
 def _export(argv: list[str]) -> int:
@@ -57,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == EXPORT:
         return _export(given[1:])
+    if given and given[0] == PLAN:
+        return _plan(given[1:])
     from compressai_vlic.extras import require
 
     require("jsonargparse", "train", "compressai-vlic-train")
@@ -77,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 "prog": "compressai-vlic-train",
                 "description": "Train VLIC (stage 1 / stage 2 configs under configs/train). "
                 "Also: `compressai-vlic-train export CKPT OUT.pth.tar` writes a CompressAI "
-                "checkpoint.",
+                "checkpoint; `compressai-vlic-train plan --config CONFIG` estimates the memory "
+                "per GPU.",
             },
         )
     except Exception as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -13,6 +13,8 @@ from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.options import check_option
 
 WeightsType = Literal["ema", "raw"]
+CompileMode = Literal["none", "default", "max-autotune-no-cudagraphs"]
+COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
 def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | None = None) -> Any:
@@ -119,3 +121,19 @@ def fixed_flow_matching(model: Any, batch: Tensor, seed: int) -> tuple[Any, Any]
         drop_mask=torch.zeros(b, dtype=torch.bool, device=batch.device),
     )
     return enc, fm
+
+
+def apply_speed_options(
+    model: Any, gradient_checkpointing: bool, compile_mode: CompileMode
+) -> None:
+    """Gradient checkpointing and ``torch.compile`` of the encoder and decoder blocks."""
+    if compile_mode not in COMPILE_MODES:
+        raise ConfigError(
+            f"unknown compile_mode {compile_mode!r}; choose from {', '.join(COMPILE_MODES)}"
+        )
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    else:
+        model.disable_gradient_checkpointing()
+    if compile_mode != "none":
+        model.compile_blocks(**({} if compile_mode == "default" else {"mode": compile_mode}))

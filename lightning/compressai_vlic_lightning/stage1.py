@@ -21,7 +21,9 @@ from torch import Tensor
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
 from compressai_vlic_lightning.common import (
+    CompileMode,
     adamw,
+    apply_speed_options,
     build_model,
     fixed_flow_matching,
     load_codec_weights,
@@ -86,6 +88,10 @@ class Stage1Module(pl.LightningModule):
         init_from: checkpoint to start from (Lightning or CompressAI).
         val_decode_batches: validation batches decoded with the sampler for PSNR.
         val_seed: seed of validation noise/timesteps and decodes.
+        gradient_checkpointing: recompute encoder/decoder blocks in backward (far less memory,
+            one extra forward; the paper configs turn it on).
+        compile_mode: ``torch.compile`` of the encoder/decoder blocks: "none" (default),
+            "default" or "max-autotune-no-cudagraphs".
     """
 
     def __init__(
@@ -110,6 +116,8 @@ class Stage1Module(pl.LightningModule):
         init_from: str | None = None,
         val_decode_batches: int = 1,
         val_seed: int = 0,
+        gradient_checkpointing: bool = False,
+        compile_mode: CompileMode = "none",
     ) -> None:
         super().__init__()
         if perceptual_weight < 0 or prior_weight < 0 or rate_weight < 0:
@@ -124,6 +132,7 @@ class Stage1Module(pl.LightningModule):
         self.model = build_model(quality, model_overrides)
         if init_from:
             load_codec_weights(self.model, init_from)
+        apply_speed_options(self.model, gradient_checkpointing, compile_mode)
         loss, choice = make_perceptual_loss(
             perceptual_type if perceptual_weight > 0 else "none",
             perceptual_fallback_type,

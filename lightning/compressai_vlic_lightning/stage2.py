@@ -15,6 +15,7 @@ Each step:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -26,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from compressai_vlic.errors import ConfigError
+from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.losses import (
     DEFAULT_BETA,
@@ -37,8 +38,10 @@ from compressai_vlic.losses import (
 )
 from compressai_vlic.options import check_option
 from compressai_vlic_lightning.common import (
+    CompileMode,
     WeightsType,
     adamw,
+    apply_speed_options,
     build_model,
     fixed_flow_matching,
     load_codec,
@@ -75,6 +78,37 @@ def _split(fm: Any, n: int) -> tuple[_Half, _Half]:
         _Half(fm.v_target[:n], fm.v_pred[:n], fm.t[:n], fm.noise[:n]),
         _Half(fm.v_target[n:], fm.v_pred[n:], fm.t[n:], fm.noise[n:]),
     )
+
+
+def _slice_pairs(pairs: PreferenceBatch, start: int, stop: int) -> PreferenceBatch:
+    """Rows [start, stop) of every per-pair tensor of a preference batch."""
+    values = {}
+    for f in dataclasses.fields(pairs):
+        value = getattr(pairs, f.name)
+        values[f.name] = value[start:stop] if isinstance(value, Tensor) else value
+    return type(pairs)(**values)
+
+
+_INT_VIEWS = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap, exact identity of a module's weights.
+
+    Integer sums of the raw bits (plain and position-weighted, per tensor) do not depend on the
+    summation order, so the fingerprint is the same on any machine and thread count.
+    """
+    parts = []
+    with torch.no_grad():
+        for key, value in module.state_dict().items():
+            bits = value.detach().cpu().contiguous().reshape(-1)
+            bits = bits.view(_INT_VIEWS[bits.element_size()]).long()
+            weighted = (bits * torch.arange(1, bits.numel() + 1)).sum()
+            parts.append(f"{key}:{int(bits.sum())}:{int(weighted)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+REFERENCE_KEY = "dpo_reference"
 
 
 def _seed(*parts: Any) -> int:
@@ -126,6 +160,9 @@ class Stage2Module(pl.LightningModule):
         val_decode_batches: validation batches decoded for PSNR.
         seed: base seed of decode noise and pair sampling (stable across resumes).
         judge: a ready judge object (Python use; overrides judge_type).
+        gradient_checkpointing: recompute the trained encoder/decoder blocks in backward.
+        compile_mode: ``torch.compile`` of the trained model's blocks ("none", "default",
+            "max-autotune-no-cudagraphs").
     """
 
     def __init__(
@@ -166,6 +203,8 @@ class Stage2Module(pl.LightningModule):
         val_decode_batches: int = 1,
         seed: int = 0,
         judge: Any = None,
+        gradient_checkpointing: bool = False,
+        compile_mode: CompileMode = "none",
     ) -> None:
         super().__init__()
         check_option("preference_type", preference_type, PreferenceType)
@@ -184,8 +223,12 @@ class Stage2Module(pl.LightningModule):
             self.model = build_model(quality, model_overrides)
             log.warning("stage 2 without init_from: post-training a randomly initialised codec")
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        # Checkpoints name the reference instead of carrying it (see on_save_checkpoint).
+        self._reference_fingerprint = weights_fingerprint(self.reference)
+        self._micro = 0
         if freeze_type == "encoder":
             self.model.encoder.requires_grad_(False)
+        apply_speed_options(self.model, gradient_checkpointing, compile_mode)
         self.criterion = VLMRewardLoss(
             beta=beta, weighting_type=weighting_type, lambda_flow=lambda_flow, label_type=label_type
         )
@@ -201,6 +244,32 @@ class Stage2Module(pl.LightningModule):
         super().train(mode)
         self.reference.eval()  # the reference never leaves eval mode
         return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen reference out: it is rebuilt from the stage-1 checkpoint it names."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+        checkpoint[REFERENCE_KEY] = {
+            "init_from": self.hparams.init_from,
+            "init_weights_type": self.hparams.init_weights_type,
+            "fingerprint": self._reference_fingerprint,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if state is None or any(k.startswith("reference.") for k in state):
+            return  # an older checkpoint that carries its reference
+        saved = checkpoint.get(REFERENCE_KEY) or {}
+        expected = saved.get("fingerprint")
+        if expected and expected != self._reference_fingerprint:
+            raise CheckpointError(
+                f"this stage-2 checkpoint was trained against the reference from "
+                f"{saved.get('init_from')!r} ({saved.get('init_weights_type')} weights), but the "
+                f"module's reference differs; pass --model.init_from with that stage-1 checkpoint"
+            )
+        for key, value in self.reference.state_dict().items():
+            state[f"reference.{key}"] = value
 
     def _buffer_dir(self) -> Path:
         hp = self.hparams
@@ -322,20 +391,46 @@ class Stage2Module(pl.LightningModule):
         assert self.buffer is not None
         self._last_stats = self.buffer.refresh()
 
+    def _accumulation(self) -> int:
+        trainer = self._trainer
+        return max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1)) if trainer else 1
+
     def _preferences(self) -> PreferenceBatch | None:
+        """This micro-batch's slice of the pairs drawn once per optimizer step.
+
+        With ``accumulate_grad_batches = k`` the step draws ``k * dpo_batch_size`` pairs and
+        micro-batch ``i`` trains on rows ``[i n, (i + 1) n)``, so the accumulated gradient is the
+        one of a single step on all of them.
+        """
         hp = self.hparams
         gen = torch.Generator().manual_seed(
             _seed(hp.seed, "sample", self.global_step, self.global_rank)
         )
+        n, k = hp.dpo_batch_size, self._accumulation()
         if self.offline is not None:
-            return self.offline.sample(hp.dpo_batch_size, gen)
-        assert self.buffer is not None
-        return self.buffer.sample(hp.dpo_batch_size, gen)
+            pairs = self.offline.sample(n * k, gen)
+        else:
+            assert self.buffer is not None
+            pairs = self.buffer.sample(n * k, gen)
+        if pairs is None or k == 1:
+            return pairs
+        return _slice_pairs(pairs, self._micro * n, (self._micro + 1) * n)
 
-    def _sample_t(self, n: int, device: torch.device) -> Tensor:
-        if self.hparams.t_sampling_type == "logit_normal":
-            return torch.sigmoid(torch.randn(n, device=device))
-        return torch.rand(n, device=device)
+    def _dpo_noise(self, n: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+        """(t, noise) of this micro-batch's pairs, drawn once per optimizer step (like the pairs)."""
+        hp = self.hparams
+        k = self._accumulation()
+        gen = torch.Generator().manual_seed(
+            _seed(hp.seed, "dpo-noise", self.global_step, self.global_rank)
+        )
+        total = n * k
+        if hp.t_sampling_type == "logit_normal":
+            t = torch.sigmoid(torch.randn(total, generator=gen))
+        else:
+            t = torch.rand(total, generator=gen)
+        noise = torch.randn((total, *shape), generator=gen)
+        rows = slice(self._micro * n, (self._micro + 1) * n) if k > 1 else slice(0, n)
+        return t[rows].to(self.device), noise[rows].to(self.device)
 
     # ------------------------------------------------------------------ training
     def dpo_losses(self, pairs: PreferenceBatch) -> Any:
@@ -348,8 +443,8 @@ class Stage2Module(pl.LightningModule):
         with torch.no_grad():
             ref_codes = self.reference.encode(ref_img).codes
         codes, ref_codes = self._stored_codes(pairs, codes, ref_codes)
-        t = self._sample_t(n, device)
-        noise = torch.randn_like(winner)
+        t, noise = self._dpo_noise(n, tuple(winner.shape[1:]))
+        noise = noise.to(winner.dtype)
         images = torch.cat([winner, loser])
         keep = torch.zeros(2 * n, dtype=torch.bool, device=device)
         fm = self.model.flow_matching(
@@ -390,12 +485,13 @@ class Stage2Module(pl.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         hp = self.hparams
         step = self.global_step
+        self._micro = batch_idx % self._accumulation()
         if self.buffer is not None:
             self.buffer.raise_if_failed()
             round_ = step // hp.refresh_every
             originals = batch[: self.pairs_per_step]
             self._make_candidates(originals, tag=f"s{step}", step=step, round_=round_)
-            if step > 0 and step % hp.refresh_every == 0:
+            if step > 0 and step % hp.refresh_every == 0 and self._micro == 0:
                 self._refresh()
         enc = self.model.encode(batch)
         flow = self.model.flow_matching(batch, enc.codes)
