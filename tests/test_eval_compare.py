@@ -111,7 +111,7 @@ def test_compare_reports_lpips_dists_fid_kid_with_the_installed_weights(photo_fo
         [make_codec("jpeg@q15,q90")],
         tmp_path / "out",
         CompareSettings(crop=96, patch_size=64, distribution_metrics=["fid", "kid"],
-                        progress_type="none"),  # default full-reference metrics; 2 patches each
+                        progress=False),  # default full-reference metrics; 2 patches each
         notify=notices.append,
     )  # fmt: skip
     assert not result.skipped, notices

@@ -73,7 +73,7 @@ def workdir(tmp_path_factory, photos):
 @pytest.fixture(scope="module")
 def stage1_run(workdir):
     mp = pytest.MonkeyPatch()
-    mp.setenv("COMPRESSAI_VLIC_LPIPS_WEIGHTS", str(workdir / "alex.pth"))
+    mp.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(workdir / "alex.pth"))
     root = workdir / "stage1"
     try:
         args = ["fit", "--config", str(CONFIGS / "paper_q1_stage1.yaml"), *_common(root)]

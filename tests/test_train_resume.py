@@ -73,6 +73,8 @@ RUN = textwrap.dedent(
           "--data.init_args.batch_size", "4",
           "--model.init_args.judge_type", "counting_judge:CountingJudge",
           "--model.init_args.judge_kwargs", '{"log_path": "' + root + '/calls.jsonl"}',
+          # the counting judge alone: a composite's calls still in flight at the kill are redone
+          "--model.init_args.judge_compose", "null",
           "--model.init_args.buffer_size", "16", "--model.init_args.refresh_every", "5",
           "--model.init_args.warmup_pairs", "8", "--model.init_args.pairs_per_step", "4",
           "--model.init_args.dpo_batch_size", "4", *resume])

@@ -445,7 +445,8 @@ class PreferenceBuffer:
 
         ``call_type="async"`` runs the pairs concurrently through ``acompare`` (the cache stores
         each answer as it completes, so a kill loses at most the calls still in flight);
-        ``"batch"`` uses ``compare_batch`` (for judges that batch on a GPU).
+        a judge without ``acompare`` is called one pair at a time; ``"batch"`` uses
+        ``compare_batch`` (for judges that batch on a GPU).
         """
         requests = [
             JudgeRequest(to_float(p.reference), to_float(p.a), to_float(p.b), p.pair_id)
@@ -453,6 +454,14 @@ class PreferenceBuffer:
         ]
         if self.call_type == "async" and callable(getattr(self.judge, "acompare", None)):
             asyncio.run(self._judge_async(batch, requests))
+            return
+        if self.call_type == "async" and callable(getattr(self.judge, "compare", None)):
+            # A judge with no coroutine: one pair at a time, each verdict persisted at once,
+            # so a kill loses at most the call in progress.
+            for pair, request in zip(batch, requests, strict=True):
+                start = time.perf_counter()
+                judgment = self.judge.compare(request.reference, request.a, request.b)
+                self._record(pair, judgment, time.perf_counter() - start)
             return
         start = time.perf_counter()
         judgments = self.judge.compare_batch(requests)
