@@ -86,3 +86,12 @@ def quiet_cpu_trainer():
         return pl.Trainer(**{**quiet, **kwargs})
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a test module (small models run faster and more repeatably)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

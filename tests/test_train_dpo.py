@@ -12,13 +12,7 @@ from conftest import photo_tensor
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.losses import VLMRewardLoss, diffusion_dpo_loss, timestep_weight
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _neg_log_sigmoid(z: float) -> float:

@@ -25,12 +25,7 @@ from compressai_vlic.zoo import quality_config
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _loss(model: VLIC, x: torch.Tensor) -> torch.Tensor:

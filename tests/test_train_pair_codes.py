@@ -19,13 +19,7 @@ from compressai_vlic.judges.dataset import read_preference_dataset
 from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.judges.types import Choice, Judgment, Vote
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

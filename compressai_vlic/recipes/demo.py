@@ -140,7 +140,11 @@ class DemoReport:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _judge_settings(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+def _judge_settings(
+    args: argparse.Namespace, stage2: dict[str, Any]
+) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """The run's judge, with the noise control of ``tiny_stage2.yaml`` (LPIPS unanimity)."""
+    compose = stage2["model"]["init_args"].get("judge_compose") or None
     judge = args.judge or ("openai" if args.judge_base_url else "ssimulacra2")
     if judge == "openai":
         if not args.judge_model:
@@ -151,9 +155,9 @@ def _judge_settings(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict
             "api_key_env": args.judge_api_key_env or None,
             "prompt_type": "vlic-score",
         }
-        # VLIC's noise control: both orders, and LPIPS unanimity only when its weights exist.
-        return judge, kwargs, {"order_type": "symmetrize"}
-    return judge, {}, None
+        # VLIC's noise control: both orders, and unanimity with LPIPS as the config says.
+        return judge, kwargs, {**(compose or {}), "order_type": "symmetrize"}
+    return judge, {}, compose
 
 
 def _machine() -> dict[str, Any]:
@@ -473,7 +477,7 @@ def prepare(args: argparse.Namespace) -> DemoRun:
                 "stage2_steps": args.stage2_steps or plan.stage2_steps,
             }
         )
-    judge_type, judge_kwargs, judge_compose = _judge_settings(args)
+    judge_type, judge_kwargs, judge_compose = _judge_settings(args, configs.stage2)
     judge_spec = JudgeSpec.from_config(
         {"judge_type": judge_type, "judge_kwargs": judge_kwargs, "judge_compose": judge_compose}
     )
@@ -594,7 +598,8 @@ def posttrain(run: DemoRun) -> Path:
     }
     run.stage2_ckpt = out / "stage2" / "checkpoints" / "last.ckpt"
     print(
-        f"[demo]   done in {report.timings_s['stage2']:.0f} s ({len(judged)} pairs judged)",
+        f"[demo]   done in {report.timings_s['stage2']:.0f} s ({len(judged)} pairs judged, "
+        f"{abstained} abstained = {abstained / max(1, len(judged)):.1%}: no label kept)",
         flush=True,
     )
     return run.stage2_ckpt
