@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from compressai_vlic.bitstream import StreamHeader, pack, unpack
 from compressai_vlic.errors import (
     BitstreamError,
+    ConfigError,
     CorruptStreamError,
     DecompressArgumentError,
     ModelMismatchError,
@@ -78,8 +79,12 @@ def test_version_1_stream_written_by_older_code_still_decodes() -> None:
 
 
 def test_new_layout_rule_drops_overlap_for_whole_tiles(net) -> None:
-    assert net.layout_for(64, 96).num_tiles == 6 and net.layout_for(64, 96).overlap == 0
-    assert net.layout_for(64, 97).overlap == 8
+    whole = net.layout_for(64, 96, "whole")
+    assert whole.num_tiles == 6 and whole.overlap == 0
+    assert net.layout_for(64, 97, "whole").overlap == 8
+    assert net.layout_for(64, 96).overlap == 8  # the default blends tiles: no seams
+    with pytest.raises(ConfigError):
+        net.layout_for(64, 96, "none")  # type: ignore[arg-type]
     tile = 256
     from compressai_vlic.tiling import TileLayout
 

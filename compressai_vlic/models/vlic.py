@@ -50,6 +50,7 @@ from compressai_vlic.models.hub import (
     weights_file,
 )
 from compressai_vlic.models.prior import ARPrior
+from compressai_vlic.options import check_option
 from compressai_vlic.sampling import (
     MAX_NUM_STEPS,
     RectifiedFlowSampler,
@@ -137,6 +138,8 @@ def config_from_tensor(buffer: Tensor) -> VLICConfig:
         raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from exc
 
 
+#: How ``compress`` tiles an image (see :meth:`VLIC.layout_for`).
+TilingType = Literal["blend", "whole"]
 TSampler = Literal["fat_lognormal", "lognormal"]
 T_SAMPLERS: tuple[str, ...] = ("fat_lognormal", "lognormal")
 
@@ -426,23 +429,31 @@ class VLIC(
         return layout.crop(_to_image_space(x0).clamp(0, 1))
 
     # ------------------------------------------------------------- image level
-    def layout_for(self, height: int, width: int) -> TileLayout:
-        """The tile grid ``compress`` uses: no overlap where both sides are whole tiles.
+    def layout_for(self, height: int, width: int, tiling_type: TilingType = "blend") -> TileLayout:
+        """The tile grid ``compress`` uses, with the fewest tiles that cover the image.
 
-        Otherwise the config's ``tile_overlap``, with the fewest tiles that cover the image at
-        that overlap. The overlap chosen travels in the stream header.
+        Args:
+            tiling_type: "blend" (default): the config's ``tile_overlap``, so neighbouring tiles
+                are blended (MultiDiffusion) and no seams show; "whole": no overlap where both
+                sides are whole tiles (fewer tiles, so a lower rate, but each tile is decoded on
+                its own and seams can show), else as "blend". The overlap chosen travels in the
+                stream header.
         """
+        check_option("tiling_type", tiling_type, TilingType)
         tile = self.config.image_size
-        overlap = 0 if height % tile == 0 and width % tile == 0 else self.config.tile_overlap
+        whole = height % tile == 0 and width % tile == 0
+        overlap = 0 if tiling_type == "whole" and whole else self.config.tile_overlap
         return TileLayout.for_image(height, width, tile, overlap)
 
-    def encode_image(self, x: Tensor) -> tuple[TileLayout, EncodeOutput]:
+    def encode_image(
+        self, x: Tensor, tiling_type: TilingType = "blend"
+    ) -> tuple[TileLayout, EncodeOutput]:
         """Tokens of one (1, 3, H, W) image of any size: one row per tile (row-major)."""
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != self.config.in_channels:
             raise ValueError(
                 f"expected a (1, {self.config.in_channels}, H, W) image, got {tuple(x.shape)}"
             )
-        layout = self.layout_for(int(x.shape[-2]), int(x.shape[-1]))
+        layout = self.layout_for(int(x.shape[-2]), int(x.shape[-1]), tiling_type)
         tiles = layout.split(layout.pad(x)).to(self._config_json.device)
         outs = [
             self.encode(tiles[i : i + self.config.tile_batch])
@@ -474,15 +485,18 @@ class VLIC(
         return {"x_hat": torch.cat(x_hats), "likelihoods": {"tokens": torch.cat(likelihoods)}}
 
     @torch.no_grad()
-    def compress(self, x: Tensor, seed: int | None = None) -> dict[str, Any]:
+    def compress(
+        self, x: Tensor, seed: int | None = None, tiling_type: TilingType = "blend"
+    ) -> dict[str, Any]:
         """Real container bytes per image: {"strings": [[bytes, ...]], "shape": (H, W)}.
 
         The sampler settings are the config defaults, stored in the header (floats as float16:
-        ``stream_settings`` gives the exact values a decoder will use).
+        ``stream_settings`` gives the exact values a decoder will use). ``tiling_type``: see
+        :meth:`layout_for` ("blend", the default, or "whole").
         """
         strings = []
         for img in x.split(1):
-            layout, enc = self.encode_image(img)
+            layout, enc = self.encode_image(img, tiling_type)
             payload = self.token_coder.encode(enc.indices.cpu(), self.prior)
             strings.append(pack(self.stream_header(layout, seed), payload))
         return {"strings": [strings], "shape": (int(x.shape[-2]), int(x.shape[-1]))}
