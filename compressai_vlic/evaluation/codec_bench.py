@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -153,17 +153,7 @@ def bench_image(model: Any, name: str, x: Any, seed: int | None, repeat: int = 1
             lambda: coder.decode(payload, prior, batch=layout.num_tiles, num_tokens=cfg.num_tokens)
         )
         image, sampler_ms = timed(
-            lambda: model.decode_codes(
-                decoded,
-                seed=settings.seed,
-                num_steps=settings.num_steps,
-                guidance_scale=settings.guidance_scale,
-                time_shift=settings.time_shift,
-                layout=layout,
-                schedule=settings.schedule,
-                power=settings.power,
-                cfg_interval=settings.cfg_interval,
-            )
+            lambda: model.decode_codes(decoded, layout=layout, **asdict(settings))
         )
         xent = float(prior.nll_bits(enc.indices).double().sum())
         estimate = float(coder.estimate_bits(indices, prior))

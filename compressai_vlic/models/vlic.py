@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,7 +101,10 @@ class FlowMatchingOutput:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """The decode-time settings that travel in each stream header."""
+    """The decode-time settings that travel in each stream header.
+
+    The field names are :meth:`VLIC.decode_codes`' keywords: ``decode_codes(i, **asdict(s))``.
+    """
 
     seed: int
     num_steps: int
@@ -687,19 +690,7 @@ class VLIC(
                 payload, self.prior, batch=layout.num_tiles, num_tokens=self.config.num_tokens
             )
             s = self._header_settings(header)
-            x_hats.append(
-                self.decode_codes(
-                    indices,
-                    seed=s.seed,
-                    num_steps=s.num_steps,
-                    guidance_scale=s.guidance_scale,
-                    time_shift=s.time_shift,
-                    layout=layout,
-                    schedule=s.schedule,
-                    power=s.power,
-                    cfg_interval=s.cfg_interval,
-                )
-            )
+            x_hats.append(self.decode_codes(indices, layout=layout, **asdict(s)))
         return {"x_hat": torch.cat(x_hats)}
 
     # ------------------------------------------------------- state handling
