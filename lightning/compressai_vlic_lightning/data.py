@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 CropType = Literal["random", "center"]
+CacheType = Literal["none", "memory"]
 
 # Photos that ship inside scikit-image / scikit-learn (no download). Scientific images left out.
 BUNDLED_PHOTOS = (
@@ -109,8 +110,10 @@ class ImageFolderDataset(Dataset):
         crop_type: CropType = "random",
         length: int | None = None,
         suffixes: Sequence[str] = TRAIN_SUFFIXES,
+        cache_type: CacheType = "none",
     ) -> None:
         check_option("crop_type", crop_type, CropType, DatasetError)
+        check_option("cache_type", cache_type, CacheType, DatasetError)
         if crop_size <= 0:
             raise DatasetError(f"crop_size must be positive, got {crop_size}")
         self.root = Path(root)
@@ -119,12 +122,18 @@ class ImageFolderDataset(Dataset):
         self.crop_type = crop_type
         self.length = max(len(self.files), length or 0)
         self.skipped: dict[str, str] = {}
+        self.cache_type = cache_type
+        self._cache: dict[Path, Tensor] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def _load(self, path: Path) -> Tensor:
-        return load_image(path).tensor
+        if self.cache_type == "none":
+            return load_image(path).tensor
+        if path not in self._cache:  # small sets: decode each file once, not once per crop
+            self._cache[path] = load_image(path).tensor
+        return self._cache[path]
 
     def __getitem__(self, index: int) -> Tensor:
         n = len(self.files)
@@ -255,7 +264,8 @@ class _CropDataModule(pl.LightningDataModule):
 
 class ImageFolderDataModule(_CropDataModule):
     """Recursive image folders (PNG/JPEG/WebP). Without ``val_dir`` validation uses centre crops
-    of the first ``val_samples`` training files."""
+    of the first ``val_samples`` training files. ``cache_type="memory"`` keeps decoded images in
+    memory (for small photo sets, where decoding would cost more than the training step)."""
 
     def __init__(
         self,
@@ -267,12 +277,14 @@ class ImageFolderDataModule(_CropDataModule):
         num_workers: int = 0,
         samples_per_epoch: int | None = None,
         val_samples: int = 8,
+        cache_type: CacheType = "none",
     ) -> None:
         super().__init__(crop_size, batch_size, val_batch_size, num_workers)
         self.train_dir = train_dir
         self.val_dir = val_dir
         self.samples_per_epoch = samples_per_epoch
         self.val_samples = val_samples
+        self.cache_type = cache_type
         # fail at construction, not after model set-up or in a DataLoader worker
         check_readable(find_training_images(train_dir), train_dir)
         if val_dir is not None:
@@ -280,7 +292,11 @@ class ImageFolderDataModule(_CropDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set = ImageFolderDataset(
-            self.train_dir, self.crop_size, "random", self.samples_per_epoch
+            self.train_dir,
+            self.crop_size,
+            "random",
+            self.samples_per_epoch,
+            cache_type=self.cache_type,
         )
         if self.val_dir is not None:
             self.val_set = ImageFolderDataset(self.val_dir, self.crop_size, "center")
