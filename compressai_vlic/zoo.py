@@ -101,9 +101,19 @@ QUALITIES: dict[str, VLICConfig] = {
 _HASHED_NAME = re.compile(r"-(?P<sha>[0-9a-f]{8})\.pth(\.tar)?$")
 
 
+#: Integer names of string qualities: CompressAI's ``eval_model pretrained -q`` parses integers.
+QUALITY_ALIASES = {"0": "tiny"}
+
+
+def quality_key(quality: int | str) -> str:
+    """The quality table's key of ``quality`` (``0`` is ``"tiny"``)."""
+    key = str(quality)
+    return QUALITY_ALIASES.get(key, key)
+
+
 def quality_config(quality: int | str = 1, **overrides: Any) -> VLICConfig:
     """The config of a quality level, with optional field overrides."""
-    key = str(quality)
+    key = quality_key(quality)
     if key not in QUALITIES:
         raise ConfigError(f"unknown VLIC quality {quality!r}; choose one of {', '.join(QUALITIES)}")
     config = QUALITIES[key]
@@ -185,10 +195,12 @@ def vlic(
     """Build a VLIC model of a quality level (CompressAI zoo signature).
 
     Args:
-        quality: ``"test"``, ``1`` or ``2`` (see the quality table); default 1.
+        quality: ``"tiny"`` (or ``0``: trained weights ship with the package), ``"test"``, ``1``
+            or ``2`` (see the quality table); default 1.
         metric: accepted for CompressAI compatibility; VLIC models are perceptual ("mse",
             "ms-ssim" and "vlm" name the same weights). Default "mse".
-        pretrained: False (random weights, default), True (weights from ``weights`` or
+        pretrained: False (random weights, default), True (``"tiny"``: the shipped weights,
+            unless ``weights`` is given; others: weights from ``weights`` or
             $COMPRESSAI_VLIC_WEIGHTS), or the weights location itself: a hashed
             ``.pth.tar`` file or its folder, a ``save_pretrained`` folder, or a Hub id.
         progress: unused (CompressAI's signature).
@@ -204,16 +216,25 @@ def vlic(
         weights_file,
     )
     from compressai_vlic.models.vlic import VLIC
+    from compressai_vlic.pretrained import shipped_qualities, shipped_weights
 
     if metric not in ("mse", "ms-ssim", "vlm"):
         raise ConfigError(f"unknown metric {metric!r}; VLIC accepts 'mse', 'ms-ssim' or 'vlm'")
     config = quality_config(quality, **overrides)
     if pretrained is False:
         return VLIC(config)
+    if pretrained is True and weights is None and quality_key(quality) in shipped_qualities():
+        shipped = shipped_weights(quality_key(quality))
+        if shipped.config_hash != config.config_hash().hex():
+            raise CheckpointError(
+                f"the shipped {quality_key(quality)!r} weights fit config {shipped.config_hash}, "
+                f"not {config.config_hash().hex()}: only sampler settings may be overridden"
+            )
+        return load_weights(VLIC(config), shipped.path)
     location = _location(weights if pretrained is True else pretrained)
     net = VLIC(config)
     if is_hub_id(location) or is_pretrained_folder(Path(location).expanduser()):
         return load_weights(net, weights_file(location))  # checks the config hash
-    state = load_checked(resolve_weights(quality, location))
+    state = load_checked(resolve_weights(quality_key(quality), location))
     net.load_state_dict(state)  # raises CheckpointError if made for another architecture
     return net

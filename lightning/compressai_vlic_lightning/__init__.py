@@ -11,7 +11,7 @@ require("pytorch_lightning", "train", "Training (compressai_vlic_lightning)")
 
 from compressai_vlic_lightning.data import ImageFolderDataModule, PhotosDataModule  # noqa: E402
 from compressai_vlic_lightning.ema import EMA  # noqa: E402
-from compressai_vlic_lightning.export import export_checkpoint  # noqa: E402
+from compressai_vlic_lightning.export import export_checkpoint, export_shipped  # noqa: E402
 from compressai_vlic_lightning.preferences import OfflinePreferences, PreferenceBuffer  # noqa: E402
 from compressai_vlic_lightning.prior_refit import PriorRefitModule  # noqa: E402
 from compressai_vlic_lightning.stage1 import Stage1Module  # noqa: E402
@@ -27,4 +27,5 @@ __all__ = [
     "Stage1Module",
     "Stage2Module",
     "export_checkpoint",
+    "export_shipped",
 ]

@@ -54,3 +54,53 @@ def export_checkpoint(
         num_tensors=len(clean),
         num_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def export_shipped(
+    checkpoint: str | Path,
+    folder: str | Path,
+    quality: str = "tiny",
+    card: dict | None = None,
+    weights_type: WeightsType = "ema",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``vlic-<quality>.safetensors`` (float16) and its JSON card for the package to ship.
+
+    The card records the file's sha256 and the model's config hash (checked at every load) plus
+    whatever ``card`` adds (training commands, data, figures). Existing files are kept unless
+    ``overwrite``.
+    """
+    import hashlib
+    import json
+
+    import safetensors.torch
+
+    from compressai_vlic.atomic import atomic_path
+    from compressai_vlic.checkpoints import load_vlic
+    from compressai_vlic.errors import CheckpointError
+
+    model = load_vlic(checkpoint, read_codec_state_dict(checkpoint, weights_type))
+    folder = Path(folder)
+    weights, card_path = folder / f"vlic-{quality}.safetensors", folder / f"vlic-{quality}.json"
+    if not overwrite and (weights.exists() or card_path.exists()):
+        raise CheckpointError(f"{weights} or {card_path} exists; pass overwrite=True to replace")
+    state = {
+        k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(weights) as tmp:
+        safetensors.torch.save_file(state, str(tmp))
+    entry = {
+        "file": weights.name,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "config_hash": model.config.config_hash().hex(),
+        "config_name": model.config.name,
+        "dtype": "float16",
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "source_checkpoint_weights": weights_type,
+        **(card or {}),
+    }
+    with atomic_path(card_path) as tmp:
+        Path(tmp).write_text(json.dumps(entry, indent=2) + "\n")
+    return weights
