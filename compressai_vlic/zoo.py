@@ -165,6 +165,18 @@ def resolve_weights(quality: int | str, weights: str | os.PathLike[str] | None =
     return path
 
 
+def pretrained_weights_file(
+    quality: int | str, weights: str | os.PathLike[str] | None = None
+) -> Path:
+    """The local file ``vlic(quality, pretrained=True, weights=weights)`` loads its weights from."""
+    from compressai_vlic.pretrained import shipped_qualities, shipped_weights
+
+    key = quality_key(quality)
+    if weights is None and key in shipped_qualities():
+        return shipped_weights(key).path
+    return resolve_weights(key, weights)
+
+
 def load_checked(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict after checking the sha256 prefix in its file name."""
     match = _HASHED_NAME.search(path.name)

@@ -139,3 +139,18 @@ def test_literal_eval_model_runs_on_the_core_install(core_env, tmp_path, photos)
     output = json.loads(proc.stdout[proc.stdout.index("{") :])
     assert output["name"] == "vlic-mse"
     assert output["results"]["bpp"][0] > 0 and output["results"]["psnr-rgb"][0] > 3
+
+
+@pytest.mark.slow
+def test_literal_eval_model_pretrained_reaches_the_shipped_tiny_model(core_env, tmp_path, photos):
+    """`eval_model pretrained -a vlic -q 0`: CompressAI's integer quality 0 is the shipped "tiny"."""
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(photos["chelsea"][60:236, 120:296]).save(images / "chelsea.png")
+    args = ["-m", "compressai.utils.eval_model", "pretrained", str(images), "-a", "vlic", "-q", "0"]
+    proc = _python(core_env, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = json.loads(proc.stdout[proc.stdout.index("{") :])
+    bpp, psnr = output["results"]["bpp"][0], output["results"]["psnr-rgb"][0]
+    # trained weights, not random ones (random weights give about 10 dB here)
+    assert 0.02 < bpp < 0.5 and psnr > 20, output["results"]

@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     settings = CompareSettings(
         metrics=args.metrics,
-        distribution_metrics=args.distribution_metrics,
+        distribution_metrics=[m for m in args.distribution_metrics if m != "none"],
         metric_options=_metric_options(args.metric_option),
         patch_size=args.patch_size,
         judge_type=args.judge_type,

@@ -345,10 +345,10 @@ class VLICCodec(Codec):
             )
             self._identity = "pretrained" if pretrained else "random-init-seed0"
             if pretrained:
-                from compressai_vlic.zoo import resolve_weights
+                from compressai_vlic.zoo import pretrained_weights_file
 
                 self._identity = ",".join(
-                    _file_sha(resolve_weights(q, weights)) for q in self._rate_points
+                    _file_sha(pretrained_weights_file(q, weights)) for q in self._rate_points
                 )
 
     @property
