@@ -276,3 +276,28 @@ def test_encoder_freezes_after_n_steps_and_the_rest_keeps_training(photos, quiet
     assert module.encoder_frozen
     with pytest.raises(Exception, match="t_sampler"):
         Stage1Module(quality="test", perceptual_type="none", t_sampler="uniform")
+
+
+def test_export_shipped_writes_half_precision_weights_and_a_checked_card(stage1_run, tmp_path):
+    import json
+
+    import safetensors.torch
+    from compressai_vlic_lightning.export import export_shipped
+
+    from compressai_vlic.checkpoints import load_vlic
+    from compressai_vlic.errors import CheckpointError
+
+    ckpt = stage1_run / "checkpoints" / "last.ckpt"
+    path = export_shipped(ckpt, tmp_path, quality="test", card={"steps": 4})
+    card = json.loads((tmp_path / "vlic-test.json").read_text())
+    state = safetensors.torch.load_file(str(path))
+    assert card["steps"] == 4 and card["dtype"] == "float16"
+    assert {v.dtype for k, v in state.items() if k != "_config_json"} == {torch.float16}
+    from compressai_vlic_lightning.common import read_codec_state_dict
+
+    ema = load_vlic(ckpt, read_codec_state_dict(ckpt, "ema"))  # the float32 weights
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            assert torch.equal(state[k], v.half()), k
+    with pytest.raises(CheckpointError, match="overwrite"):
+        export_shipped(ckpt, tmp_path, quality="test")
