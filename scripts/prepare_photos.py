@@ -10,6 +10,7 @@ job's report) and mate-backgrounds' ``nature`` folder (the evaluation table). Re
 independent evaluation and refused: plasma-workspace-wallpapers, libjxl-testdata, pyiqa.
 
     python scripts/prepare_photos.py OUT_DIR [--debian-root ROOT ...]
+    python scripts/prepare_photos.py --held-out OUT_DIR --debian-root ROOT   # the table's photos
 """
 
 from __future__ import annotations
@@ -87,11 +88,37 @@ def _debian(roots: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
+def held_out(out: Path, roots: list[Path], size: int = 256) -> None:
+    """mate-backgrounds' nature photos: short side ``size``, centre ``size`` x ``size`` crop."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = 0
+    for root in roots:
+        for path in sorted((root / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
+            image = Image.open(path).convert("RGB")
+            scale = size / min(image.size)
+            image = image.resize(
+                (round(image.width * scale), round(image.height * scale)),
+                Image.Resampling.LANCZOS,
+                reducing_gap=3.0,
+            )
+            left, top = (image.width - size) // 2, (image.height - size) // 2
+            image.crop((left, top, left + size, top + size)).save(out / f"{path.stem}.png")
+            found += 1
+    print(f"{found} held-out photos in {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--debian-root", type=Path, action="append", default=[])
+    parser.add_argument("--held-out", type=Path, help="write the held-out evaluation photos here")
     args = parser.parse_args()
+    if args.held_out is not None:
+        held_out(args.held_out, args.debian_root)
+        if args.out is None:
+            return
+    if args.out is None:
+        parser.error("give OUT_DIR and/or --held-out DIR")
     images = {**_skimage(), **_sklearn(), **_matplotlib(), **_debian(args.debian_root)}
     assert not HELD_OUT & set(images)
     args.out.mkdir(parents=True, exist_ok=True)
