@@ -129,3 +129,13 @@ def test_t_sampler_options_are_checked() -> None:
         sample_t(4, "uniform")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         sample_t(4, uniform_share=1.5)
+
+
+def test_noise_share_sets_that_share_of_t_to_pure_noise() -> None:
+    gen = torch.Generator().manual_seed(1)
+    t = sample_t(100_000, "fat_lognormal", noise_share=0.25, generator=gen)
+    assert float((t == 1.0).float().mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(t[t < 1].max()) < 1 and float(t.min()) > 0
+    assert not (sample_t(10_000, generator=gen) == 1.0).any()  # FlowMo's default: none
+    with pytest.raises(ConfigError, match="noise_share"):
+        sample_t(4, noise_share=-0.1)

@@ -153,22 +153,29 @@ def sample_t(
     uniform_share: float = 0.1,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    noise_share: float = 0.0,
 ) -> Tensor:
-    """Training noise levels t in (0, 1), (batch,).
+    """Training noise levels t in (0, 1], (batch,).
 
     ``"lognormal"``: t = sigmoid(n), n ~ N(0, 1). ``"fat_lognormal"`` (FlowMo's default): the
     same, with each t replaced by a uniform draw with probability ``uniform_share`` (0.1), so
     the low-noise end the sampler's last steps visit is trained too (P(t < 0.02) ~ 0.2 %
-    instead of ~ 0.005 %).
+    instead of ~ 0.005 %). ``noise_share`` (default 0, FlowMo's) then sets that share of t to
+    exactly 1, pure noise: there the decoder sees nothing of the image and must rebuild it from
+    the code alone, which teaches a small or briefly trained decoder to use its code.
     """
     if kind not in T_SAMPLERS:
         raise ConfigError(f"t sampler must be one of {', '.join(T_SAMPLERS)}, got {kind!r}")
     if not 0 <= uniform_share <= 1:
         raise ConfigError(f"uniform_share must be in [0, 1], got {uniform_share}")
+    if not 0 <= noise_share <= 1:
+        raise ConfigError(f"noise_share must be in [0, 1], got {noise_share}")
     t = torch.sigmoid(torch.randn(batch, generator=generator))
     if kind == "fat_lognormal":
         uniform = torch.rand(batch, generator=generator)
         t = torch.where(torch.rand(batch, generator=generator) < uniform_share, uniform, t)
+    if noise_share > 0:
+        t = torch.where(torch.rand(batch, generator=generator) < noise_share, 1.0, t)
     return t.to(device) if device is not None else t
 
 

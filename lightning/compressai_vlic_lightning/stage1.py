@@ -75,6 +75,10 @@ class Stage1Module(pl.LightningModule):
         t_sampler: training noise levels: "fat_lognormal" (default, FlowMo's: logit-normal with
             ``t_uniform_share`` of uniform t) or "lognormal" (logit-normal only).
         t_uniform_share: share of uniform t in "fat_lognormal" (default 0.1, FlowMo's).
+        t_noise_share: share of t set to 1, pure noise, where the decoder rebuilds the image from
+            the code alone (default 0, FlowMo's; the shipped tiny model uses 0.25: without it a
+            small, briefly trained decoder learns to denoise long before it learns to use its
+            code).
         freeze_encoder_after: from this global step on, the encoder gets no gradient and no
             optimizer updates (FlowMo has the option at 200k steps, off by default); None = never.
         warmup_steps: linear learning-rate warm-up.
@@ -104,6 +108,7 @@ class Stage1Module(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         t_sampler: Literal["fat_lognormal", "lognormal"] = "fat_lognormal",
         t_uniform_share: float = 0.1,
+        t_noise_share: float = 0.0,
         freeze_encoder_after: int | None = None,
         warmup_steps: int = 0,
         perceptual_type: PerceptualType = "lpips",
@@ -155,7 +160,13 @@ class Stage1Module(pl.LightningModule):
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
         hp = self.hparams
         enc = self.model.encode(x)
-        t = sample_t(x.shape[0], hp.t_sampler, hp.t_uniform_share, device=x.device)
+        t = sample_t(
+            x.shape[0],
+            hp.t_sampler,
+            hp.t_uniform_share,
+            device=x.device,
+            noise_share=hp.get("t_noise_share", 0.0),
+        )
         fm = self.model.flow_matching(x, enc.codes, t=t)
         pixels = x.shape[-2] * x.shape[-1]
         bits = self.model.token_nll_bits(enc.indices.detach())
