@@ -4,11 +4,8 @@ HF model saved and loaded from disk, JPEG/WebP and a VLIC codec, failures, resum
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -27,7 +24,6 @@ from compressai_vlic.vlm.answerers import (
 from compressai_vlic.vlm.bench import UNCOMPRESSED, BenchSettings, run_vlm_bench
 from compressai_vlic.vlm.tasks import load_task
 
-REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-vlm-bench-7c1d-DO-NOT-LEAK"
 KEY_ENV = "VLIC_TEST_VLM_KEY"
 NAMES = ("astronaut", "chelsea", "coffee")
@@ -106,6 +102,7 @@ def _image_key(img) -> str:
     return pair_key([array_digest(img)])
 
 
+@pytest.mark.slow
 def test_http_backend_end_to_end_with_failures_and_rerun(server, task_dir, crops, tmp_path,
                                                           vlic_codec):  # fmt: skip
     out = tmp_path / "http"
@@ -300,37 +297,30 @@ def test_hf_adaptor_condition_before_each_generation(tiny_vlm, task_dir, tmp_pat
     assert image.shape == (3, 48, 64)
 
 
-def test_cli_run_and_gaps(task_dir, tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
+def test_cli_run_and_gaps(task_dir, tmp_path, capsys):
+    from compressai_vlic.cli.main import main
+
     with run_server() as srv:
         out = tmp_path / "cli"
-        cmd = [sys.executable, "-m", "compressai_vlic.cli.main", "vlm-bench", "run",
-               "--task", f"choice={task_dir / 'mc.jsonl'}", "--codec", "jpeg@q20,q80",
-               "--codec", "webp@q20,q80", "--backend", "openai", "--model", "loopback",
-               "--base-url", srv.base_url, "--api-key-env", "", "--no-progress", "-o", str(out)]  # fmt: skip
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr
-        assert "| choice | accuracy | jpeg | q20 |" in done.stdout
-        assert "BD of the task score" in done.stdout
+        argv = ["vlm-bench", "run", "--task", f"choice={task_dir / 'mc.jsonl'}",
+                "--codec", "jpeg@q20,q80", "--codec", "webp@q20,q80", "--backend", "openai",
+                "--model", "loopback", "--base-url", srv.base_url, "--api-key-env", "",
+                "--no-progress", "-o", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        assert "| choice | accuracy | jpeg | q20 |" in printed
+        assert "BD of the task score" in printed
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert {(r["codec"], r["rate_point"]) for r in rows} == {
         ("uncompressed", "original"), ("jpeg", "q20"), ("jpeg", "q80"), ("webp", "q20"),
         ("webp", "q80"),
     }  # fmt: skip
-    gaps = subprocess.run(
-        [sys.executable, "-m", "compressai_vlic.cli.main", "vlm-bench", "gaps", "--base", str(out),
-         "--adapted", str(out), "-o", str(tmp_path / "gaps")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert gaps.returncode == 0, gaps.stderr
+    argv = ["vlm-bench", "gaps", "--base", str(out), "--adapted", str(out), "-o",
+            str(tmp_path / "gaps")]  # fmt: skip
+    assert main(argv) == 0
+    assert "generalisation gap" in capsys.readouterr().out
     data = json.loads((tmp_path / "gaps" / "gaps.json").read_text())
     assert len(data["rows"]) == 4 and all(r["generalisation_gap"] == 0 for r in data["rows"])
-    bad = subprocess.run(
-        [sys.executable, "-m", "compressai_vlic.cli.main", "vlm-bench", "run", "--task",
-         str(tmp_path / "missing.tsv"), "--model", "m", "-o", str(tmp_path / "x")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "missing.tsv: no such task file" in bad.stderr
+    missing = tmp_path / "missing.tsv"
+    assert main(["vlm-bench", "run", "--task", str(missing), "--model", "m", "-o", str(out)]) == 2
+    assert "missing.tsv: no such task file" in capsys.readouterr().err

@@ -26,7 +26,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -477,7 +477,3 @@ def make_answerer(backend: BackendType, **options: Any) -> Answerer:
         return cls(**options)
     except TypeError as exc:
         raise ConfigError(f"backend {backend!r}: bad options ({exc})") from exc
-
-
-def answer_to_dict(answer: Answer) -> dict[str, Any]:
-    return asdict(answer)

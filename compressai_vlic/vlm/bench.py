@@ -216,6 +216,8 @@ class AnswerLog:
 
     def append(self, row: dict[str, Any]) -> None:
         with self._lock:
+            if self._file.closed:  # an answer that arrived after an interrupt: asked again later
+                return
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
             self.rows[self.key(row)] = row
