@@ -10,6 +10,7 @@ import types
 import pytest
 from PIL import Image
 
+from compressai_vlic.errors import ConfigError
 from compressai_vlic.evaluation import make_codec
 from compressai_vlic.judges.encoding import array_digest
 from compressai_vlic.testing.loopback_server import ServerScript, pair_key, run_server
@@ -295,6 +296,15 @@ def test_hf_adaptor_condition_before_each_generation(tiny_vlm, task_dir, tmp_pat
     base = {**identity, "adaptor": None}
     assert answer_key("d", "p", base, ("jpeg", 0)) == answer_key("d", "p", base, ("jpeg", 1))
     assert image.shape == (3, 48, 64)
+
+    class Rejecting(_FakeHandle):
+        def set_condition(self, codec_name: str, rate_level: int) -> None:
+            if codec_name != "uncompressed":
+                raise ConfigError(f"unseen codec {codec_name!r}")
+
+    answerer.handle = Rejecting()
+    with pytest.raises(ConfigError, match="unseen codec 'webp'"):  # an error, not failed answers
+        run_vlm_bench(tasks, [make_codec("webp@q50")], answerer, tmp_path / "ad2", _settings())
 
 
 def test_cli_run_and_gaps(task_dir, tmp_path, capsys):

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from compressai_vlic.errors import ConfigError
+from compressai_vlic.errors import ConfigError, VLICError
 from compressai_vlic.judges.encoding import check_image, image_digest, png_data_url, to_pil
 from compressai_vlic.options import check_option
 
@@ -386,6 +386,8 @@ class HFAnswerer:
                 part = indices[k : k + self.batch_size]
                 try:
                     done = self._generate([requests[i] for i in part])
+                except VLICError:  # misconfiguration (e.g. a condition the adaptor rejects)
+                    raise
                 except (RuntimeError, ValueError) as exc:  # e.g. out of memory: these failed
                     reason = f"model call failed: {exc.__class__.__name__}: {str(exc)[:200]}"
                     done = [Answer("", status="failed", error=reason) for _ in part]
