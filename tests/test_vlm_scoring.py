@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from pathlib import Path
 
 import pytest
 
@@ -105,6 +106,14 @@ def test_cider_names_the_package_when_missing(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_coco)
     with pytest.raises(MissingDependencyError, match="pip install pycocoevalcap"):
         scoring.cider(["a dog"], [["a dog runs"]])
+    # a caption task fails before any question is asked
+    from compressai_vlic.vlm.bench import VLMBench
+    from compressai_vlic.vlm.tasks import Task, TaskItem
+
+    item = TaskItem(index="0", question="", answers=("a dog",))
+    task = Task("coco", "caption", [item], source=Path("coco.jsonl"))
+    with pytest.raises(MissingDependencyError, match="pycocoevalcap"):
+        VLMBench([task], [], answerer=None, output_dir="unused")  # type: ignore[arg-type]
 
 
 def test_cider_with_pycocoevalcap():

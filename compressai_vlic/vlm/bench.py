@@ -40,7 +40,7 @@ from compressai_vlic.image_io import load_image, save_png
 from compressai_vlic.judges.encoding import image_digest
 from compressai_vlic.options import check_option
 from compressai_vlic.vlm.answerers import Answer, Answerer, AnswerRequest
-from compressai_vlic.vlm.scoring import metric_for, score_task
+from compressai_vlic.vlm.scoring import cider_scorer, metric_for, score_task
 from compressai_vlic.vlm.tasks import Task, TaskItem, item_key
 
 ImageErrorsType = Literal["raise", "skip"]
@@ -292,6 +292,8 @@ class VLMBench:
             raise ConfigError(f"reference codec {s.reference_codec!r} is not among {codec_names}")
         self.tasks = list(tasks)
         self.metrics = {t.name: metric_for(t.task_type, s.metrics.get(t.task_type)) for t in tasks}
+        if "cider" in self.metrics.values():
+            cider_scorer()  # missing scorer: fail now, not after every question was asked
         self.codecs = {c.name: c for c in codecs}
         self.answerer = answerer
         self.output_dir = Path(output_dir)

@@ -222,8 +222,9 @@ def caption_tokens(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-def cider(answers: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus CIDEr-D of ``answers`` against their reference caption lists."""
+def cider_scorer() -> type:
+    """pycocoevalcap's CIDEr-D scorer class, or :class:`MissingDependencyError` naming it
+    (called before a run starts, so a caption task never asks its questions in vain)."""
     try:
         from pycocoevalcap.cider.cider import Cider
     except ModuleNotFoundError as exc:
@@ -233,6 +234,12 @@ def cider(answers: Sequence[str], references: Sequence[Sequence[str]]) -> float:
             "CIDEr for caption tasks needs the 'pycocoevalcap' package, which is not installed: "
             f"pip install {CIDER_EXTRA}"
         ) from exc
+    return Cider
+
+
+def cider(answers: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """Corpus CIDEr-D of ``answers`` against their reference caption lists."""
+    Cider = cider_scorer()
     if len(answers) != len(references):
         raise ConfigError("cider needs one reference list per answer")
     if not answers:
