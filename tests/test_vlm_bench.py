@@ -107,12 +107,12 @@ def _image_key(img) -> str:
 def test_http_backend_end_to_end_with_failures_and_rerun(server, task_dir, crops, tmp_path,
                                                           vlic_codec):  # fmt: skip
     out = tmp_path / "http"
-    # the original coffee photo fails on every attempt (3 questions x 2 attempts); each of the
-    # three questions on the original chelsea photo gets a prose non-answer
+    # the original coffee photo fails on every attempt (3 questions x 2 attempts: HTTP 500 and a
+    # truncated JSON body); the three questions on the original chelsea photo get prose answers
     server.set_script(
         ServerScript(
             pairs={
-                _image_key(crops["coffee"]): ["500", "503"] * 3,
+                _image_key(crops["coffee"]): ["500", "malformed"] * 3,
                 _image_key(crops["chelsea"]): ["wrong_format"] * 3,
             }
         )
@@ -123,7 +123,7 @@ def test_http_backend_end_to_end_with_failures_and_rerun(server, task_dir, crops
     result = run_vlm_bench(_tasks(task_dir), codecs, answerer, out, _settings(), notices.append)
     # coffee: 1 MC + 1 yes/no + 1 VQA item fail in the uncompressed condition only
     assert result.failed == 3
-    assert any("3 answer(s) failed" in n and "HTTP 50" in n for n in notices)
+    assert any("3 answer(s) failed" in n and "gave up after 2 attempts" in n for n in notices)
     mc = result.row("mc", UNCOMPRESSED, "original")
     assert (mc.n, mc.expected, mc.unparsed) == (3, 4, 1)
     # the loopback VLM answers "Answer: A": right for m0 only (m1 got prose, m2 failed)
@@ -307,19 +307,20 @@ def test_hf_adaptor_condition_before_each_generation(tiny_vlm, task_dir, tmp_pat
         run_vlm_bench(tasks, [make_codec("webp@q50")], answerer, tmp_path / "ad2", _settings())
 
 
-def test_cli_run_and_gaps(task_dir, tmp_path, capsys):
+def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     from compressai_vlic.cli.main import main
 
-    with run_server() as srv:
-        out = tmp_path / "cli"
-        argv = ["vlm-bench", "run", "--task", f"choice={task_dir / 'mc.jsonl'}",
-                "--codec", "jpeg@q20,q80", "--codec", "webp@q20,q80", "--backend", "openai",
-                "--model", "loopback", "--base-url", srv.base_url, "--api-key-env", "",
-                "--no-progress", "-o", str(out)]  # fmt: skip
-        assert main(argv) == 0
-        printed = capsys.readouterr().out
-        assert "| choice | accuracy | jpeg | q20 |" in printed
-        assert "BD of the task score" in printed
+    server.set_script(ServerScript())
+    out = tmp_path / "cli"
+    argv = ["vlm-bench", "run", "--task", f"choice={task_dir / 'mc.jsonl'}",
+            "--codec", "jpeg@q20,q80", "--codec", "webp@q20,q80", "--backend", "openai",
+            "--model", "loopback", "--base-url", server.base_url, "--api-key-env", KEY_ENV,
+            "--no-progress", "-o", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| choice | accuracy | jpeg | q20 |" in printed
+    assert "BD of the task score" in printed
+    assert SECRET not in printed
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert {(r["codec"], r["rate_point"]) for r in rows} == {
         ("uncompressed", "original"), ("jpeg", "q20"), ("jpeg", "q80"), ("webp", "q20"),
