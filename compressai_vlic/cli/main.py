@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.compare",
         "compare codecs on many metrics; BD-rates and plots",
     ),
+    "vlm-bench": (
+        "compressai_vlic.cli.vlm_bench",
+        "VLM task accuracy on compressed images: rate-accuracy, BD, the two gaps",
+    ),
     "weights": (
         "compressai_vlic.cli.weights",
         "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",

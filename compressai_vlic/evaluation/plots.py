@@ -36,9 +36,15 @@ def _pyplot():
 
 
 def plot_rate_quality(
-    result: ComparisonResult, path: str | Path, metrics: list[str] | None = None
+    result: ComparisonResult,
+    path: str | Path,
+    metrics: list[str] | None = None,
+    ceilings: dict[str, float] | None = None,
 ) -> Path:
-    """One panel per metric (bpp on x), one line per codec; arrows say which way is better."""
+    """One panel per metric (bpp on x), one line per codec; arrows say which way is better.
+
+    ``ceilings`` (metric -> value, default None) draws a dashed "uncompressed" line per panel.
+    """
     names = metrics or [*result.metric_names, *result.distribution_names]
     if any(p.judge is not None and p.judge.win_rate is not None for p in result.points):
         names = [*names, "judge_win_rate"] if metrics is None else names
@@ -58,6 +64,8 @@ def plot_rate_quality(
             if curve:
                 xs, ys = zip(*curve)
                 ax.plot(xs, ys, marker="o", label=codec, color=colours[k % len(colours)])
+        if ceilings and name in ceilings:
+            ax.axhline(ceilings[name], color="0.3", linestyle="--", label="uncompressed")
         arrow = "↑" if result.higher_is_better.get(name, True) else "↓"
         ax.set_title(f"{LABELS.get(name, name)} {arrow}")
         ax.set_xlabel("bpp")

@@ -86,13 +86,31 @@ class JudgmentCache:
             self._local.pid = os.getpid()
         return conn
 
-    def get(self, key: str) -> Judgment | None:
+    def get_json(self, key: str) -> Any:
+        """The JSON value stored under ``key`` (None when absent or unreadable)."""
         row = self._conn().execute("SELECT value FROM judgments WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         try:
-            judgment = Judgment.from_dict(json.loads(row[0]))
-        except (ValueError, TypeError, KeyError):
+            return json.loads(row[0])
+        except ValueError:
+            return None
+
+    def put_json(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key`` in one atomic transaction (callers decide what is
+        clean enough to keep)."""
+        self._conn().execute(
+            "INSERT OR REPLACE INTO judgments (key, value, created) VALUES (?, ?, ?)",
+            (key, json.dumps(value), time.time()),
+        )
+
+    def get(self, key: str) -> Judgment | None:
+        value = self.get_json(key)
+        if value is None:
+            return None
+        try:
+            judgment = Judgment.from_dict(value)
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None  # unreadable row from an incompatible version: treat as a miss
         judgment.cached = True
         return judgment
@@ -103,10 +121,7 @@ class JudgmentCache:
             return False
         d = judgment.to_dict()
         d["cached"] = False
-        self._conn().execute(
-            "INSERT OR REPLACE INTO judgments (key, value, created) VALUES (?, ?, ?)",
-            (key, json.dumps(d), time.time()),
-        )
+        self.put_json(key, d)
         return True
 
     def __len__(self) -> int:

@@ -83,6 +83,58 @@ def _hub_commit(model_id: str, revision: str | None, cache_dir: str | None) -> s
     return None
 
 
+def model_identity(model_id: str, model: Any, revision: str | None, cache_dir: str | None) -> str:
+    """What answered: a local folder's content fingerprint, or a Hub id at its resolved commit
+    (a Hub id names a moving branch)."""
+    commit = getattr(model.config, "_commit_hash", None) or _hub_commit(
+        model_id, revision, cache_dir
+    )
+    if commit and not Path(model_id).is_dir():
+        return f"{model_id}@{commit}"
+    return _fingerprint(model_id)
+
+
+def load_vlm(
+    model_id: str,
+    device: str = "cpu",
+    dtype: str = "auto",
+    local_files_only: bool = False,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> tuple[Any, Any, Any]:
+    """(processor, model in eval mode on ``device``, left-padding tokenizer) of an
+    image-text-to-text checkpoint, through ``AutoProcessor`` / ``AutoModelForImageTextToText``."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {tuple(DTYPES)}")
+    kwargs: dict[str, Any] = {
+        "local_files_only": local_files_only,
+        "trust_remote_code": trust_remote_code,
+    }
+    if revision is not None:
+        kwargs["revision"] = revision
+    if cache_dir is not None:
+        kwargs["cache_dir"] = cache_dir
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=DTYPES[dtype], **kwargs)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot load a VLM from {model_id!r}: {exc}. Give a local folder or hub id "
+            "of an image-text-to-text checkpoint (AutoModelForImageTextToText)"
+        ) from exc
+    model.to(device).eval()
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        raise CheckpointError(f"{model_id}: the processor has no tokenizer")
+    tokenizer.padding_side = "left"  # the answer position is the last one in every row
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor, model, tokenizer
+
+
 def _usage_counts(prompt: int, completion: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt,
@@ -134,39 +186,12 @@ class HFJudge:
         self.revision = revision
         self.cache_dir = cache_dir
         self._load(device, dtype, local_files_only, trust_remote_code)
-        self._identity = _fingerprint(self.model_id)
-        commit = getattr(self.model.config, "_commit_hash", None) or _hub_commit(
-            self.model_id, revision, cache_dir
-        )
-        if commit and not Path(self.model_id).is_dir():
-            # a Hub id names a moving branch: the commit is what actually judged
-            self._identity = f"{self.model_id}@{commit}"
+        self._identity = model_identity(self.model_id, self.model, revision, cache_dir)
 
     def _load(self, device: str, dtype: str, local_files_only: bool, trust: bool) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        kwargs: dict[str, Any] = {"local_files_only": local_files_only, "trust_remote_code": trust}
-        if self.revision is not None:
-            kwargs["revision"] = self.revision
-        if self.cache_dir is not None:
-            kwargs["cache_dir"] = self.cache_dir
-        try:
-            self.processor = AutoProcessor.from_pretrained(self.model_id, **kwargs)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                self.model_id, dtype=DTYPES[dtype], **kwargs
-            )
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"cannot load a VLM from {self.model_id!r}: {exc}. Give a local folder or hub id "
-                "of an image-text-to-text checkpoint (AutoModelForImageTextToText)"
-            ) from exc
-        self.model.to(device).eval()
-        self.tokenizer = getattr(self.processor, "tokenizer", None)
-        if self.tokenizer is None:
-            raise CheckpointError(f"{self.model_id}: the processor has no tokenizer")
-        self.tokenizer.padding_side = "left"  # the answer position is the last one in every row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.processor, self.model, self.tokenizer = load_vlm(
+            self.model_id, device, dtype, local_files_only, trust, self.revision, self.cache_dir
+        )
         self.answer_ids = {letter: self._letter_ids(letter) for letter in ("A", "B")}
 
     def _letter_ids(self, letter: str) -> list[int]:

@@ -323,10 +323,19 @@ class OpenAIJudge:
         return None
 
     async def _call(
-        self, urls: list[str]
+        self,
+        urls: list[str],
+        build: Callable[[bool], dict[str, Any]] | None = None,
+        read: Callable[[Any], tuple[ParsedAnswer, str]] | None = None,
     ) -> tuple[ParsedAnswer, str, int, bool, dict[str, int] | None]:
         """One question with the retry budget: (parsed answer, raw text, attempts used, whether
-        the call failed, token usage)."""
+        the call failed, token usage).
+
+        ``build(use_logprobs)`` (request kwargs) and ``read(response)`` default to this judge's
+        2AFC question; other clients of the same plumbing (the VLM answerers) pass their own.
+        """
+        build = build or (lambda use_logprobs: self._request_kwargs(urls, use_logprobs))
+        read = read or self._read
         client = self._client()
         shared = self._shared
         assert shared.semaphore is not None
@@ -340,9 +349,9 @@ class OpenAIJudge:
                 shared.stats.requests += 1
                 try:
                     response = await client.chat.completions.create(
-                        **self._request_kwargs(urls, use_logprobs), timeout=self.timeout_s
+                        **build(use_logprobs), timeout=self.timeout_s
                     )
-                    parsed, text = self._read(response)
+                    parsed, text = read(response)
                     return parsed, text, attempt, False, _usage(response)
                 except openai.APITimeoutError:
                     reason = f"timeout after {self.timeout_s:g}s"
