@@ -56,6 +56,15 @@ def export_checkpoint(
     )
 
 
+def _with_config(model, config):
+    """The same weights under ``config`` (same architecture, other sampler defaults)."""
+    from compressai_vlic.models import VLIC
+
+    out = VLIC(config)
+    out.load_state_dict(model.state_dict())  # keeps ``config``'s sampler defaults
+    return out.eval()
+
+
 def export_shipped(
     checkpoint: str | Path,
     folder: str | Path,
@@ -67,8 +76,9 @@ def export_shipped(
     """Write ``vlic-<quality>.safetensors`` (float16) and its JSON card for the package to ship.
 
     The card records the file's sha256 and the model's config hash (checked at every load) plus
-    whatever ``card`` adds (training commands, data, figures). Existing files are kept unless
-    ``overwrite``.
+    whatever ``card`` adds (training commands, data, figures). When ``quality`` is a zoo quality
+    with the same architecture, the stored config takes the zoo's sampler defaults. Existing files
+    are kept unless ``overwrite``.
     """
     import hashlib
     import json
@@ -78,8 +88,12 @@ def export_shipped(
     from compressai_vlic.atomic import atomic_path
     from compressai_vlic.checkpoints import load_vlic
     from compressai_vlic.errors import CheckpointError
+    from compressai_vlic.zoo import QUALITIES
 
     model = load_vlic(checkpoint, read_codec_state_dict(checkpoint, weights_type))
+    zoo_config = QUALITIES.get(quality)
+    if zoo_config is not None and zoo_config.config_hash() == model.config.config_hash():
+        model = _with_config(model, zoo_config)
     folder = Path(folder)
     weights, card_path = folder / f"vlic-{quality}.safetensors", folder / f"vlic-{quality}.json"
     if not overwrite and (weights.exists() or card_path.exists()):
