@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.compare",
         "compare codecs on many metrics; BD-rates and plots",
     ),
+    "adaptor": (
+        "compressai_vlic.cli.adaptor",
+        "codec-conditioned VLM vision-encoder adaptor: train, eval, apply",
+    ),
     "weights": (
         "compressai_vlic.cli.weights",
         "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",
