@@ -339,6 +339,9 @@ def test_rotary_tower_adds_c_to_patch_embeddings():
             bake_condition(handle, "webp", 0)
         handle.remove()
         assert torch.equal(torch.cat(image_features(model, inputs)), base)
+        patch = create_adaptor(model, {"jpeg": ["q10"]}, "condition+patch-embedding")
+        assert patch.block_names == [f"{tower.hook_path}.proj.weight"]
+        patch.remove()
 
 
 def test_cli_train_check_apply_eval(tiny_folder, tmp_path, capsys):

@@ -458,10 +458,6 @@ class AdaptorHandle:
 
 
 # --------------------------------------------------------------------------- create / load
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path) if path else module
-
-
 def _patch_module(tower: VisionTower) -> str:
     """The patch projection, relative to the conditioned module."""
     if tower.kind == "absolute":
@@ -501,11 +497,9 @@ def create_adaptor(
                 f"{tower.blocks_path}.{i}.{n}" for n, _ in tower.blocks[i].named_parameters()
             ]
     elif trainable == "condition+patch-embedding":
-        patch = _patch_module(tower)
-        block_names = [
-            f"{tower.hook_path}.{patch}.{n}"
-            for n, _ in _get(tower.hook_module, patch).named_parameters()
-        ]
+        prefix = ".".join(p for p in (tower.hook_path, _patch_module(tower)) if p)
+        patch = model.get_submodule(prefix)
+        block_names = [f"{prefix}.{n}" for n, _ in patch.named_parameters()]
     elif trainable == "condition+vision-tower":
         block_names = [f"{tower.path}.{n}" for n, _ in tower.module.named_parameters()]
     return AdaptorHandle(

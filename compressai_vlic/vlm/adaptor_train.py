@@ -195,6 +195,15 @@ def image_features(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> list
     return [f.reshape(-1, f.shape[-1]).float() for f in feats]
 
 
+def _batched_features(
+    model: nn.Module, items: Sequence[Mapping[str, torch.Tensor]], device: torch.device, size: int
+) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for i in range(0, len(items), size):
+        out += image_features(model, _collate(items[i : i + size], device))
+    return out
+
+
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -279,14 +288,18 @@ def train_adaptor(
     try:
         with torch.no_grad(), handle.bypassed():
             originals = [image_inputs(processor, x) for x in data.originals]
-            targets = [image_features(model, _collate([i], device))[0] for i in originals]
+            targets = _batched_features(model, originals, device, config.batch_size)
             coded = {c: [image_inputs(processor, x) for x in data.coded[c]] for c in conditions}
             # the base encoder's error per coded image: each condition's loss is measured against
             # it, so low rates (large errors) do not drown the high ones in shared weights
             base_err = {
                 c: [
-                    float(((image_features(model, _collate([i], device))[0] - t) ** 2).sum())
-                    for i, t in zip(coded[c], targets, strict=True)
+                    float(((f - t) ** 2).sum())
+                    for f, t in zip(
+                        _batched_features(model, coded[c], device, config.batch_size),
+                        targets,
+                        strict=True,
+                    )
                 ]
                 for c in conditions
             }
@@ -355,11 +368,8 @@ def feature_distances(
     saved = handle.condition
 
     def features(images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
-        for i in range(0, len(images), batch_size):
-            items = [image_inputs(processor, x) for x in images[i : i + batch_size]]
-            out += image_features(model, _collate(items, device))
-        return out
+        items = [image_inputs(processor, x) for x in images]
+        return _batched_features(model, items, device, batch_size)
 
     rows = []
     try:
