@@ -63,6 +63,14 @@ class CheckpointError(VLICError):
     """A checkpoint is missing, fails its hash check, or does not match the model."""
 
 
+class AdaptorError(CheckpointError):
+    """A vision-encoder adaptor file is missing, malformed, or not an adaptor at all."""
+
+
+class AdaptorMismatchError(AdaptorError):
+    """An adaptor was trained on another base model (vision config or weights differ)."""
+
+
 class JudgeError(VLICError):
     """A judge backend failed in a way that is not a per-pair abstention (e.g. misconfiguration)."""
 

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.vlm_bench",
         "VLM task accuracy on compressed images: rate-accuracy, BD, the two gaps",
     ),
+    "adaptor": (
+        "compressai_vlic.cli.adaptor",
+        "codec-conditioned VLM vision-encoder adaptor: train, eval, apply",
+    ),
     "weights": (
         "compressai_vlic.cli.weights",
         "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",
