@@ -1214,7 +1214,7 @@ def run(args: argparse.Namespace) -> int:
     """The whole job: prepare, fine-tune, post-train, refit, evaluate, compare, report."""
     _quiet()
     demo = prepare(args)
-    print(f"[demo] report folder: {demo.out} ({demo.threads} torch threads)", flush=True)
+    print(f"[demo] report folder: {demo.out} (torch threads: {demo.threads})", flush=True)
     finetune(demo)
     posttrain(demo)
     refit_prior(demo)
