@@ -96,7 +96,7 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     for name in ("rate_quality.png", "training_curves.png"):
         assert (out / name).stat().st_size > 1000, name
     md = (out / "report.md").read_text()
-    for text in ("95% CI", "JPEG", "WEBP", "LPIPS before and after", "eval_model", "side_by_side/"):
+    for text in ("95% CI", "JPEG", "WebP", "LPIPS before and after", "eval_model", "side_by_side/"):
         assert text in md, text
     assert "win rate" in stdout and "LPIPS on held-out photos" in stdout
 

@@ -86,7 +86,12 @@ _TRAINER_KEYS = (
     "num_sanity_val_steps",
     "gradient_clip_val",
 )
-_LABELS = {"before": "before post-training", "after": "after post-training"}
+_LABELS = {
+    "before": "before post-training",
+    "after": "after post-training",
+    "jpeg": "JPEG",
+    "webp": "WebP",
+}
 
 
 @dataclass(frozen=True)
@@ -283,22 +288,22 @@ def _step_progress(label: str, total: int, every_s: float) -> Any:
 
     class StepProgress(Callback):
         def __init__(self) -> None:
-            self.t0 = self.last = 0.0
-
-        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-            self.t0 = self.last = time.perf_counter()
-            self.step0 = trainer.global_step
+            self.first: tuple[float, int] | None = None  # rate counted from the first step on
+            self.last = 0.0
 
         def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
             now, step = time.perf_counter(), trainer.global_step
+            if self.first is None:
+                self.first, self.last = (now, step), now
+                print(f"[demo]   {label}: step {step}/{total}", flush=True)
+                return
             if now - self.last < every_s and step < total:
                 return
             self.last = now
-            rate = (step - self.step0) / max(now - self.t0, 1e-9)
-            left = (total - step) / rate if rate > 0 else float("nan")
+            rate = (step - self.first[1]) / max(now - self.first[0], 1e-9)
+            left = _duration((total - step) / rate) if rate > 0 else "?"
             print(
-                f"[demo]   {label}: step {step}/{total}, {rate:.2f} steps/s, "
-                f"{_duration(left)} left",
+                f"[demo]   {label}: step {step}/{total}, {rate:.2f} steps/s, {left} left",
                 flush=True,
             )
 
@@ -804,7 +809,7 @@ def side_by_side(run: DemoRun) -> None:
     result, report = run.comparison, run.report
     rows = {(r.codec, r.image): r for r in result.rows}
     order = [("vlic-before", _LABELS["before"]), ("vlic-after", _LABELS["after"])]
-    order += [(f"{name}-at-rate", name.upper()) for name in AT_RATE_CODECS]
+    order += [(f"{name}-at-rate", _LABELS[name]) for name in AT_RATE_CODECS]
     metrics = result.metric_names
     for path in run.images:
         original = result.originals[path.name]
@@ -1117,7 +1122,7 @@ def _markdown(report: DemoReport, out: Path) -> str:
         for key, label in (
             ("before", _LABELS["before"]),
             ("after", _LABELS["after"]),
-            *((c, c.upper()) for c in AT_RATE_CODECS),
+            *((c, _LABELS[c]) for c in AT_RATE_CODECS),
         ):
             cells = [label, entry.get(f"{key}_setting", ""), _fmt(entry.get(f"{key}_bpp"), 4)]
             cells += [_fmt(entry.get(f"{key}_{m}"), 4) for m in metrics]
@@ -1241,7 +1246,7 @@ def _print_summary(report: DemoReport) -> None:
     print("[demo] compare on held-out photos (JPEG/WebP: lowest quality reaching the codec's bpp):")
     print(f"         {'codec':<24}{'bpp':>8}" + "".join(f"{m:>13}" for m in metrics))
     for key in ("before", "after", *AT_RATE_CODECS):
-        label = _LABELS.get(key, key.upper())
+        label = _LABELS[key]
         if key in AT_RATE_CODECS and report.per_image:
             label += " " + ",".join(str(e.get(f"{key}_setting", "")) for e in report.per_image)
         values = [s.get(f"{key}_bpp"), *(s.get(f"{key}_{m}") for m in metrics)]
