@@ -1107,7 +1107,8 @@ def _markdown(report: DemoReport, out: Path) -> str:
             if (report.judge.get("judge_compose") or {}).get("unanimous_with")
             else ""
         )
-        + f", {report.timings_s.get('total', 0) / 60:.1f} min in all.",
+        + f", {report.timings_s.get('total', 0) / 60:.1f} min in all "
+        + f"({report.cpu_s.get('total', 0) / 60:.1f} CPU minutes).",
         "",
         "## Held-out photos",
         "",
@@ -1184,6 +1185,8 @@ def _markdown(report: DemoReport, out: Path) -> str:
         "![training curves](training_curves.png)",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings_s.items()),
+        "",
+        "CPU time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.cpu_s.items()),
         "",
     ]
     return "\n".join(lines)
