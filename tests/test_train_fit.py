@@ -159,9 +159,11 @@ def test_fixed_batch_overfit_lowers_stage1_loss(photos, quiet_cpu_trainer):
 
 
 def test_export_feeds_compressai_eval_model_and_update_model(stage1_run, tmp_path, photos):
-    out = tmp_path / "vlic-test.pth.tar"
+    out = tmp_path / "vlic-tiny.pth.tar"
     result = export_checkpoint(stage1_run / "checkpoints" / "last.ckpt", out)
-    assert result.path == out and result.config_name == "vlic-test"
+    assert (
+        result.path == out and result.config_name == "vlic-tiny"
+    )  # tiny_stage1.yaml: the shipped codec
     sd = torch.load(out, map_location="cpu", weights_only=True)
     assert "_config_json" in sd and not any(k.startswith(("model.", "reference.")) for k in sd)
     images = tmp_path / "images"
@@ -208,7 +210,7 @@ def test_export_feeds_compressai_eval_model_and_update_model(stage1_run, tmp_pat
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert list(tmp_path.glob("vlic-test-*.pth.tar"))
+    assert list(tmp_path.glob("vlic-tiny-*.pth.tar"))
 
 
 def test_export_takes_ema_weights_by_default(stage1_run, tmp_path):

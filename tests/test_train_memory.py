@@ -110,7 +110,8 @@ def test_planner_reads_a_config_and_finds_the_largest_micro_batch(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(base))
     setup = read_setup(path)
-    assert setup.stage == 1 and setup.micro_batch == 16 and setup.global_batch == 32
+    batch = base["data"]["init_args"]["batch_size"]
+    assert setup.stage == 1 and setup.micro_batch == batch and setup.global_batch == 2 * batch
     assert setup.gradient_checkpointing and setup.ema
     p = plan(setup)
     gib = 2**30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from compressai_vlic.recipes.demo import JUDGE_MODEL_ENV, JUDGE_URL_ENV, PRESETS
+from compressai_vlic.recipes.demo import INIT_TYPES, JUDGE_MODEL_ENV, JUDGE_URL_ENV, PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,10 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=PRESETS,
         default="full",
-        help="full (~10 min on 2 cores) or smoke (~1 min)",
+        help="full (at most 15 min on 2 cores) or smoke (about a minute)",
     )
-    parser.add_argument("--stage1-steps", type=int, help="override the pre-training steps")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument(
+        "--init-type",
+        choices=INIT_TYPES,
+        default="shipped",
+        help="stage 1 starts from the shipped 'tiny' weights (default: a short fine-tune) or "
+        "from scratch (random weights: all of stage 1, configs/train/tiny_stage1_scratch.yaml)",
+    )
+    start.add_argument(
+        "--from-scratch",
+        dest="init_type",
+        action="store_const",
+        const="scratch",
+        help="same as --init-type scratch",
+    )
+    parser.add_argument("--stage1-steps", type=int, help="override the stage-1 steps")
     parser.add_argument("--stage2-steps", type=int, help="override the post-training steps")
+    parser.add_argument("--refit-steps", type=int, help="override the prior-refit steps")
     parser.add_argument(
         "--judge",
         default=None,
@@ -40,7 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the API key",
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads for training (default 1)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default 1); stage 2 uses one fewer, keeping a core for the judge",
     )
     parser.add_argument("--seed", type=int, default=0)
 

@@ -14,6 +14,8 @@ from compressai_vlic.options import check_option
 
 WeightsType = Literal["ema", "raw"]
 CompileMode = Literal["none", "default", "max-autotune-no-cudagraphs"]
+#: ``init_from: "zoo:tiny"`` starts from the weights that ship with the package.
+ZOO_PREFIX = "zoo:"
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
 
@@ -28,8 +30,11 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
 
 
 def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
-    """The codec's bare state dict from a Lightning checkpoint (EMA or raw) or a CompressAI one."""
+    """The codec's bare state dict from a Lightning checkpoint (EMA or raw), a CompressAI one, or
+    ``"zoo:QUALITY"``: the weights that ship with the package (e.g. ``"zoo:tiny"``)."""
     check_option("weights_type", weights_type, WeightsType, ConfigError)
+    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
+        return shipped_state_dict(path[len(ZOO_PREFIX) :])
     from compressai_vlic.checkpoints import check_finite, load_checkpoint
 
     path = Path(path)
@@ -53,6 +58,21 @@ def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -
         raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a bare state dict")
     check_finite(state, path)
     return state
+
+
+def shipped_state_dict(quality: str) -> dict[str, Tensor]:
+    """The state dict of the weights shipped for zoo ``quality`` (sha256-checked)."""
+    from compressai_vlic.pretrained import shipped_qualities
+    from compressai_vlic.zoo import quality_key, vlic
+
+    key = quality_key(quality)
+    if key not in shipped_qualities():
+        shipped = ", ".join(f"{ZOO_PREFIX}{q}" for q in shipped_qualities()) or "none"
+        raise CheckpointError(
+            f"{ZOO_PREFIX}{quality}: no weights ship with the package for quality {quality!r} "
+            f"(shipped: {shipped}); give a checkpoint file instead"
+        )
+    return vlic(key, pretrained=True).state_dict()
 
 
 def load_codec_weights(model: Any, path: str | Path, weights_type: WeightsType = "ema") -> None:

@@ -66,7 +66,7 @@ class Stage1Module(pl.LightningModule):
     """Rate-distortion pre-training of VLIC (flow matching + perceptual + prior NLL).
 
     Args:
-        quality: zoo quality ("test", 1, 2) the model is built from.
+        quality: zoo quality ("test", "tiny", 1, 2) the model is built from.
         model_overrides: VLIC config field overrides, e.g. {"encoder_width": 64}.
         lr: learning rate of encoder/decoder (VLIC: 1e-4 at batch 256).
         prior_lr: learning rate of the token prior (default: lr).
@@ -89,7 +89,8 @@ class Stage1Module(pl.LightningModule):
         lpips_weights: path of the torchvision backbone weights (else env var / torch hub cache).
         prior_weight: weight of the prior's token NLL in bits per pixel.
         rate_weight: weight of the straight-through rate term that trains the encoder (0 = VLIC).
-        init_from: checkpoint to start from (Lightning or CompressAI).
+        init_from: checkpoint to start from (Lightning or CompressAI), or ``"zoo:tiny"``: the
+            weights that ship with the package.
         val_decode_batches: validation batches decoded with the sampler for PSNR.
         val_seed: seed of validation noise/timesteps and decodes.
         gradient_checkpointing: recompute encoder/decoder blocks in backward (far less memory,
