@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.compare",
         "compare codecs on many metrics; BD-rates and plots",
     ),
+    "student": (
+        "compressai_vlic.cli.student",
+        "distil a judge into a fast student (train | eval); judge with --judge-type student",
+    ),
     "weights": (
         "compressai_vlic.cli.weights",
         "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",
