@@ -25,10 +25,23 @@ _SHIFT = (-0.030, -0.088, -0.188)
 _SCALE = (0.458, 0.448, 0.450)
 
 
-def _alexnet_features() -> nn.Sequential:
-    import torchvision
-
-    return torchvision.models.alexnet(weights=None).features
+def alexnet_features() -> nn.Sequential:
+    """torchvision's AlexNet ``features`` layout (same indices), without its 58M-parameter head."""
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
 
 
 def load_imagenet_features(features: nn.Sequential) -> str:
@@ -58,7 +71,7 @@ class AlexNetStages(nn.Module):
         super().__init__()
         source = config.backbone_source
         if features is None:
-            features = _alexnet_features()
+            features = alexnet_features()
             source = "random"
             if config.init_type == "imagenet":
                 try:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from compressai_vlic.errors import CheckpointError, ConfigError
-from compressai_vlic.judges.student.backbone import AlexNetStages
+from compressai_vlic.judges.student.backbone import AlexNetStages, alexnet_features
 from compressai_vlic.judges.student.config import StudentConfig
 
 WEIGHTS_FILE = "student.safetensors"
@@ -188,10 +188,8 @@ def load_student(path: PathLike, device: str = "cpu") -> StudentModel:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({exc})") from exc
-    import torchvision
-
     # the saved backbone replaces these weights: no registry lookup, no random-init warning
-    features = torchvision.models.alexnet(weights=None).features
+    features = alexnet_features()
     model = StudentModel(config, features)
     try:
         model.load_state_dict(state)

@@ -5,8 +5,9 @@ Four signals, each in [0, 1]:
 - vote agreement: (winning votes - losing votes) / all votes (abstained votes count against);
 - order consistency: with votes in both display orders, the smaller share of winning votes of
   the two orders (a label that flips with the order is position bias, not preference);
-- score size: ``|score| / (|score| + median |score|)`` over the dataset (0.5 at the median, so
-  VLM scores in [-10, 10] and metric scores in (-1, 1) mean the same);
+- score size: ``s^2 / (s^2 + m^2)`` with ``s = |score|`` and ``m`` the median ``|score|`` of the
+  dataset (0.5 at the median, near 0 for near-ties, near 1 for clear calls; scale-free, so VLM
+  scores in [-10, 10] and metric scores in (-1, 1) mean the same);
 - P(A): ``|2 P(A) - 1|`` where the teacher returned one.
 
 The reliability is agreement x consistency x the mean of the confidence signals present; an
@@ -47,7 +48,7 @@ def score_confidence(pair: TeacherPair, median_abs_score: float) -> float:
     s = abs(pair.score)
     if median_abs_score <= 0:
         return 1.0 if s > 0 else 0.0
-    return s / (s + median_abs_score)
+    return s * s / (s * s + median_abs_score * median_abs_score)
 
 
 def prob_confidence(pair: TeacherPair) -> float | None:

@@ -1,11 +1,15 @@
 """Distillation: fit the student's channel weights to a teacher's pairs and points jointly.
 
-Loss = sum_i r_i * softplus(-y_i * kappa * (d(ref, B_i) - d(ref, A_i))) / sum_i r_i
-       + point_weight * mean_j (alpha - beta * d(ref_j, x_j) - q_j)^2
+Loss = sum_i r_i * CE(sigmoid(z_i), (1 + r_i) / 2) / sum_i r_i
+       + point_weight * mean_j (alpha - beta * d(ref_j, x_j) - q_j)^2,
+z_i = kappa * (d(ref, loser_i) - d(ref, winner_i))
 
-with y = +1 when the teacher prefers A and -1 for B, r the reliability of the decision
-(:mod:`.reliability`; abstentions have r = 0) and q the teacher's point-wise scores,
-standardised (higher = better). The backbone is frozen and the distance is linear in the
+a logistic loss on the student's distance difference in which a decision of reliability r
+(:mod:`.reliability`; abstentions have r = 0) both weighs r and asks for the probability
+(1 + r) / 2 rather than certainty, so doubtful labels neither dominate the fit (a plain logistic
+loss concentrates on the hard, i.e. doubtful, pairs) nor push the student to overconfidence;
+with ``reliability_type="uniform"`` every label is certain. q are the teacher's point-wise
+scores, standardised (higher = better). The backbone is frozen and the distance is linear in the
 weights, so every (reference, image) is run through the backbone once and the optimisation
 works on its per-channel distances (exactly the same loss, full batch, seconds on a CPU).
 """
@@ -144,6 +148,7 @@ def train_student(
     ib = torch.tensor([index(p.reference, p.b) for p, _ in labelled], dtype=torch.long)
     y = torch.tensor([1.0 if p.label is Choice.A else -1.0 for p, _ in labelled])
     r = torch.tensor([w for _, w in labelled])
+    target = 0.5 + 0.5 * r  # a decision of reliability r asks for P(choice) = (1 + r) / 2
     ip = torch.tensor([index(q.reference, q.image) for q in points], dtype=torch.long)
     values = torch.tensor([q.value if q.higher_is_better else -q.value for q in points])
     mean = float(values.mean()) if len(points) else 0.0
@@ -162,14 +167,16 @@ def train_student(
             d = table @ model.weights
             loss = logit_decay * model.logits.pow(2).mean()
             if len(labelled):
-                z = y * model.kappa * (d[ib] - d[ia])
-                loss = loss + (r * F.softplus(-z)).sum() / r.sum()
+                z = y * model.kappa * (d[ib] - d[ia])  # logit of "the teacher's choice wins"
+                # cross-entropy with target 0.5 + r / 2 for the teacher's choice, weighted by r
+                nll = target * F.softplus(-z) + (1 - target) * F.softplus(z)
+                loss = loss + (r * nll).sum() / r.sum()
             if len(points) and point_weight > 0:
                 loss = loss + point_weight * (model.quality(d[ip]) - q).pow(2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
-            history.append(float(loss))
+            history.append(float(loss.detach()))
     model.requires_grad_(False).eval()
     with torch.no_grad():
         d = table @ model.weights
