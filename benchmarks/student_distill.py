@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RATES = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # target bpp, matched per codec
-RATE_RATIO = 1.6  # pairs: a JPEG and a WebP reconstruction within this bpp ratio
+JPEG_Q = (8, 15, 25, 40, 60, 85)
+WEBP_Q = (5, 15, 30, 50, 70, 90)
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -93,7 +93,7 @@ def make_data(work: Path, tile: int, per_image: int) -> dict[str, list[dict]]:
     from compressai_vlic.evaluation.codecs import PillowCodec
     from compressai_vlic.image_io import save_png
 
-    codecs = {"jpeg": PillowCodec("jpeg"), "webp": PillowCodec("webp")}
+    codecs = {"jpeg": (PillowCodec("jpeg"), JPEG_Q), "webp": (PillowCodec("webp"), WEBP_Q)}
     records: dict[str, list[dict]] = {}
     for name, img in sorted(photos().items()):
         for k, t in enumerate(tiles(img, tile, per_image)):
@@ -102,10 +102,10 @@ def make_data(work: Path, tile: int, per_image: int) -> dict[str, list[dict]]:
             if not ref.is_file():
                 save_png(x, ref)
             recs = []
-            for cname, codec in codecs.items():
-                for rate in RATES:
-                    path = work / "recon" / f"{name}_{k}.{cname}@{rate}.png"
-                    coded = codec.code(x, str(rate))
+            for cname, (codec, qualities) in codecs.items():
+                for q in qualities:
+                    path = work / "recon" / f"{name}_{k}.{cname}{q}.png"
+                    coded = codec.code(x, f"q{q}")
                     if not path.is_file():
                         save_png(coded.reconstruction, path)
                     recs.append({"path": str(path), "codec": cname, "bpp": coded.bpp})
@@ -113,7 +113,27 @@ def make_data(work: Path, tile: int, per_image: int) -> dict[str, list[dict]]:
     return records
 
 
-def judge_pairs(records: dict[str, list[dict]], names: list[str], output: Path) -> None:
+class _Memo:
+    """A metric with its values remembered per (reference, image) content: the judge computes
+    the same numbers, once per image instead of once per pair (SSIMULACRA 2 is slow)."""
+
+    def __init__(self, metric):
+        self.metric, self.values = metric, {}
+        self.higher_is_better = metric.higher_is_better
+
+    def __call__(self, ref: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for r, d in zip(ref, x):
+            key = (hash(r.numpy().tobytes()), hash(d.numpy().tobytes()))
+            if key not in self.values:
+                self.values[key] = float(self.metric(r[None], d[None]).reshape(-1)[0])
+            out.append(self.values[key])
+        return torch.tensor(out, dtype=torch.float64)
+
+
+def judge_pairs(
+    records: dict[str, list[dict]], names: list[str], output: Path, teacher: str
+) -> None:
     from compressai_vlic.judges.dataset import PairInputs, build_preference_dataset
     from compressai_vlic.judges.spec import JudgeSpec
 
@@ -121,9 +141,6 @@ def judge_pairs(records: dict[str, list[dict]], names: list[str], output: Path) 
     for name in names:
         for rec in records[name]:
             for ra, rb in itertools.combinations(rec["recons"], 2):
-                ratio = max(ra["bpp"], rb["bpp"]) / min(ra["bpp"], rb["bpp"])
-                if ra["codec"] == rb["codec"] or ratio > RATE_RATIO:
-                    continue
                 pid = f"{Path(ra['path']).stem}|{Path(rb['path']).stem}"
                 pairs.append(
                     PairInputs(pid, Path(rec["reference"]), Path(ra["path"]), Path(rb["path"]))
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/student-distill"))
     parser.add_argument("--tile", type=int, default=128)
-    parser.add_argument("--tiles-per-image", type=int, default=3)
+    parser.add_argument("--tiles-per-image", type=int, default=2)
     parser.add_argument("--holdout-every", type=int, default=3, help="every N-th photo is held out")
     parser.add_argument("--corruption-rate", type=float, default=0.6)
     parser.add_argument("--corruption-share", type=float, default=0.4)
@@ -211,31 +228,31 @@ def main(argv: list[str] | None = None) -> int:
     train_names = [n for n in names if n not in held]
     print(
         f"{len(names)} photos, {sum(len(v) for v in records.values())} tiles of {args.tile}px, "
-        f"{2 * len(RATES)} reconstructions each; held-out photos: {', '.join(held)}"
+        f"{len(JPEG_Q) + len(WEBP_Q)} reconstructions each; held-out photos: {', '.join(held)}"
     )
-    train_file, test_file = work / "train.jsonl", work / "heldout.jsonl"
-    judge_pairs(records, train_names, train_file)
-    judge_pairs(records, held, test_file)
-    print(f"data and teacher judgments: {time.perf_counter() - t0:.0f}s")
-
-    student = work / "student"
-    cli(["student", "train", "--pairs", str(train_file), "--output", str(student), "--overwrite"])
-    cli(
-        [
-            "student",
-            "eval",
-            "--student",
-            str(student),
-            "--pairs",
-            str(test_file),
-            "--baseline",
-            "psnr",
-            "--baseline",
-            "ms_ssim",
-            "--json",
-            str(work / "eval.json"),
-        ]
-    )
+    for teacher in ("lpips", "ssimulacra2"):
+        train_file, test_file = work / f"train-{teacher}.jsonl", work / f"heldout-{teacher}.jsonl"
+        judge_pairs(records, train_names, train_file, teacher)
+        judge_pairs(records, held, test_file, teacher)
+        print(f"data and {teacher} judgments: {time.perf_counter() - t0:.0f}s")
+        student = work / f"student-{teacher}"
+        cli(
+            [
+                "student",
+                "train",
+                "--pairs",
+                str(train_file),
+                "--output",
+                str(student),
+                "--overwrite",
+            ]
+        )
+        baselines = ["psnr", "ms_ssim", *(["lpips"] if teacher != "lpips" else [])]
+        argv = ["student", "eval", "--student", str(student), "--pairs", str(test_file)]
+        argv += [f"--baseline={b}" for b in baselines]
+        cli([*argv, "--json", str(work / f"eval-{teacher}.json")])
+    train_file, test_file = work / "train-lpips.jsonl", work / "heldout-lpips.jsonl"
+    student = work / "student-lpips"
 
     # calibration to SSIMULACRA 2 (stand-in for opinion scores): fit on a few training-photo
     # reconstructions, score the held-out photos' reconstructions

@@ -85,6 +85,28 @@ def channel_distance_table(
     return out
 
 
+class _Adam:
+    """Plain Adam on a few tensors (``torch.optim`` would import torch._dynamo: seconds)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.betas, self.eps, self.t = params, lr, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            m_hat = m / (1 - b1**self.t)
+            v_hat = v / (1 - b2**self.t)
+            p.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+
+
 @dataclass
 class TrainResult:
     """The trained student and what its training saw."""
@@ -157,11 +179,11 @@ def train_student(
     q = (values - mean) / std
 
     table = channel_distance_table(model, refs, store)
-    opt = torch.optim.Adam([model.logits, model.log_kappa, model.alpha, model.log_beta], lr=lr)
+    params = [model.logits, model.log_kappa, model.alpha, model.log_beta]
+    opt = _Adam(params, lr)
     history = []
     with torch.enable_grad():
-        model.logits.requires_grad_(True)
-        for p in (model.log_kappa, model.alpha, model.log_beta):
+        for p in params:
             p.requires_grad_(True)
         for _ in range(steps):
             d = table @ model.weights
@@ -173,7 +195,8 @@ def train_student(
                 loss = loss + (r * nll).sum() / r.sum()
             if len(points) and point_weight > 0:
                 loss = loss + point_weight * (model.quality(d[ip]) - q).pow(2).mean()
-            opt.zero_grad()
+            for p in params:
+                p.grad = None
             loss.backward()
             opt.step()
             history.append(float(loss.detach()))
