@@ -209,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/student-distill"))
     parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument(
+        "--teachers",
+        nargs="+",
+        default=["lpips"],
+        choices=["lpips", "ssimulacra2"],
+        help="teacher judges to distil (ssimulacra2 is slow: about 0.1 s per image)",
+    )
     parser.add_argument("--tiles-per-image", type=int, default=2)
     parser.add_argument("--holdout-every", type=int, default=3, help="every N-th photo is held out")
     parser.add_argument("--corruption-rate", type=float, default=0.6)
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(names)} photos, {sum(len(v) for v in records.values())} tiles of {args.tile}px, "
         f"{len(JPEG_Q) + len(WEBP_Q)} reconstructions each; held-out photos: {', '.join(held)}"
     )
-    for teacher in ("lpips", "ssimulacra2"):
+    for teacher in args.teachers:
         train_file, test_file = work / f"train-{teacher}.jsonl", work / f"heldout-{teacher}.jsonl"
         judge_pairs(records, train_names, train_file, teacher)
         judge_pairs(records, held, test_file, teacher)

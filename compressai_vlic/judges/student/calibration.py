@@ -23,6 +23,15 @@ def logistic4(s: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
     return b2 + (b1 - b2) / (1.0 + np.exp(z))
 
 
+def _jacobian(s: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """Analytic derivatives (finite differences stall where a parameter starts at 0)."""
+    a = abs(b4) + 1e-12
+    u = np.clip((s - b3) / a, -60.0, 60.0)
+    sig = 1.0 / (1.0 + np.exp(-u))
+    g = (b1 - b2) * sig * (1 - sig)
+    return np.stack([sig, 1 - sig, -g / a, -g * u * np.sign(b4 or 1.0) / a], axis=1)
+
+
 @dataclass
 class Calibration:
     """A fitted 4-parameter logistic and its fit statistics."""
@@ -79,7 +88,7 @@ def fit_calibration(scores: Sequence[float], opinions: Sequence[float]) -> Calib
         raise ConfigError("scores and opinion scores must be finite")
     p0 = [o.max(), o.min(), float(np.median(s)), float(s.std() or 1.0)]
     try:
-        params, _ = curve_fit(logistic4, s, o, p0=p0, maxfev=20000)
+        params, _ = curve_fit(logistic4, s, o, p0=p0, jac=_jacobian, maxfev=20000)
     except (RuntimeError, ValueError):  # no convergence: the monotone linear map is the fallback
         slope, icpt = np.polyfit(s, o, 1)
         span = float(s.std() or 1.0) * 50
