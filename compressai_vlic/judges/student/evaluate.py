@@ -56,12 +56,27 @@ class PairReport:
         }
 
 
+def _unique(couples: Sequence[tuple[Any, Any]]) -> tuple[list[tuple[Any, Any]], list[int]]:
+    """Distinct (reference, image) couples and where each input couple is among them."""
+    index: dict[tuple[str, str], int] = {}
+    keep: list[tuple[Any, Any]] = []
+    where = []
+    for ref, img in couples:
+        key = tuple(x if isinstance(x, str) else f"tensor:{id(x)}" for x in (ref, img))
+        if key not in index:
+            index[key] = len(keep)
+            keep.append((ref, img))
+        where.append(index[key])
+    return keep, where
+
+
 def student_distances(
     model: StudentModel, couples: Sequence[tuple[Any, Any]], store: ImageStore | None = None
 ) -> np.ndarray:
-    table = channel_distance_table(model, couples, store)
+    keep, where = _unique(couples)
+    table = channel_distance_table(model, keep, store)
     with torch.no_grad():
-        return (table @ model.weights).numpy()
+        return (table @ model.weights).numpy()[where]
 
 
 def metric_values(
@@ -71,11 +86,12 @@ def metric_values(
     from compressai_vlic.metrics import get_metric
 
     metric = get_metric(metric_type)
+    keep, where = _unique(couples)
     out = []
     with torch.inference_mode():
-        for ref, img in couples:
+        for ref, img in keep:
             out.append(float(metric(store.get(ref)[None], store.get(img)[None]).reshape(-1)[0]))
-    return np.asarray(out), bool(metric.higher_is_better)
+    return np.asarray(out)[where], bool(metric.higher_is_better)
 
 
 def evaluate_pairs(
