@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import photo_tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError, MetricUnavailableError
 from compressai_vlic.judges import JudgeSpec, make_judge
@@ -14,7 +15,6 @@ from compressai_vlic.judges.student import backbone as backbone_module
 from compressai_vlic.judges.student.config import StudentConfig
 from compressai_vlic.judges.student.model import StudentModel, load_student
 from compressai_vlic.judges.types import Choice, JudgeRequest
-from conftest import photo_tensor
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,9 @@ def make_perceptual_loss(
         return MSSSIMLoss(), PerceptualChoice("ms_ssim", "ms_ssim")
     if perceptual_type == "student":  # a missing student is always an error: it was asked for
         if not student_path:
-            raise ConfigError("perceptual_type 'student' needs student_path (a trained student folder)")
+            raise ConfigError(
+                "perceptual_type 'student' needs student_path (a trained student folder)"
+            )
         from compressai_vlic.judges.student.loss import StudentLoss
 
         return StudentLoss(student_path), PerceptualChoice("student", "student")
