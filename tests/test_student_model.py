@@ -121,3 +121,17 @@ def test_student_as_a_perceptual_loss(student_dir, triplet):
     assert not any(p.requires_grad for p in loss.parameters())  # frozen
     with pytest.raises(ConfigError, match="student_path"):
         make_perceptual_loss("student")
+
+
+def test_stage2_student_config_builds_the_student_judge(student_dir):
+    from pathlib import Path
+
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "train" / "stage2_student.yaml"
+    args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    assert args["judge_type"] == "student" and "path" in args["judge_kwargs"]
+    fields = {k: args[k] for k in ("judge_type", "judge_kwargs")}
+    fields["judge_kwargs"] = {**fields["judge_kwargs"], "path": str(student_dir)}
+    judge = JudgeSpec.from_config(fields).build()
+    assert judge.backend == "student" and judge.margin == args["judge_kwargs"]["margin"]
