@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 init_type=args.init_type,
                 **({"layers": args.layers} if args.layers else {}),
             )
-            config.teacher = workflow._teacher_name(args.pairs, args.points)
+            config.teacher = workflow.teacher_name(args.pairs, args.points)
             result = workflow.train_from_files(
                 args.output,
                 args.pairs,

@@ -74,7 +74,7 @@ def train_from_files(
                 f"{out} already holds a student; pass --overwrite or use another --output"
             )
     data = read_teacher(pairs, points, metric_points)
-    model = StudentModel(config or StudentConfig(teacher=_teacher_name(pairs, points)))
+    model = StudentModel(config or StudentConfig(teacher=teacher_name(pairs, points)))
     store = ImageStore()
     result = train_student(
         data, model, reliability_type, point_weight, steps, lr, store=store, seed=seed
@@ -89,7 +89,8 @@ def train_from_files(
     return result
 
 
-def _teacher_name(pairs: Sequence[PathLike], points: Sequence[PathLike]) -> str:
+def teacher_name(pairs: Sequence[PathLike], points: Sequence[PathLike]) -> str:
+    """Who taught the student, from the files' judge names (recorded in its config)."""
     names = []
     for path in pairs:
         try:
