@@ -145,11 +145,10 @@ def judge_pairs(
                 pairs.append(
                     PairInputs(pid, Path(rec["reference"]), Path(ra["path"]), Path(rb["path"]))
                 )
-    spec = JudgeSpec(backend="lpips")
-    config = {"judge": "lpips", "judge_type": "lpips", "judge_args": {}}
-    summary = build_preference_dataset(
-        pairs, spec.build(), output, config, concurrency=1, progress=False
-    )
+    judge = JudgeSpec(backend=teacher).build()
+    judge.metric = _Memo(judge.metric)
+    config = {"judge": teacher, "judge_type": teacher, "judge_args": {}}
+    summary = build_preference_dataset(pairs, judge, output, config, concurrency=1, progress=False)
     print(f"{output.name}: {summary.line()}")
 
 
