@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "compressai_vlic.cli.adaptor",
         "codec-conditioned VLM vision-encoder adaptor: train, eval, apply",
     ),
+    "student": (
+        "compressai_vlic.cli.student",
+        "distil a judge into a fast student (train | eval); judge with --judge-type student",
+    ),
     "weights": (
         "compressai_vlic.cli.weights",
         "list and fetch the LPIPS, DISTS and FID weights (no model hub needed)",

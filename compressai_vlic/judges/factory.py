@@ -42,6 +42,8 @@ LAZY_JUDGES: dict[str, str] = {
     "lpips": "compressai_vlic.judges.metric_judge:lpips_judge",
     "dists": "compressai_vlic.judges.metric_judge:dists_judge",
     "metric": "compressai_vlic.judges.metric_judge:metric_judge",
+    # a student distilled from a teacher judge (compressai-vlic student train)
+    "student": "compressai_vlic.judges.student.judge:student_judge",
 }
 
 

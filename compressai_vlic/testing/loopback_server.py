@@ -123,6 +123,16 @@ def _judge_images(images: list[np.ndarray], answer_type: str) -> tuple[float, fl
     return p_a, float(max(-5, min(5, score)))
 
 
+def _rate_images(images: list[np.ndarray]) -> int:
+    """The toy rater's point-wise answer: 1..9 from the PSNR of the image against the original."""
+    ref, img = (im.astype(np.float64) for im in images)
+    if ref.shape != img.shape:
+        return 5
+    mse = float(np.mean((img - ref) ** 2))
+    psnr = 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    return int(max(1, min(9, round((psnr - 14.0) / 3.0))))
+
+
 def _completion(content: str | None, refusal: str | None, logprobs: Any, model: str) -> dict:
     return {
         "id": "chatcmpl-loopback",
@@ -269,6 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"id": "x", "object": "chat.completion", "choices": []})
             return
         wants_score = any("Score:" in t for t in texts)
+        wants_rating = any("Rating:" in t for t in texts)  # point-wise prompt (one image)
         if len(images) == 3:
             p_a, score = _judge_images(images, script.answer_type)
         else:
@@ -283,11 +294,20 @@ class _Handler(BaseHTTPRequestHandler):
         elif behaviour == "wrong_format":
             content = "Both images look quite similar to me; the first seems a bit sharper."
         elif behaviour == "out_of_range":
-            content = "Image A is much better.\nScore: 9" if wants_score else "Answer: C"
+            if wants_rating:
+                content = "Very good.\nRating: 12"
+            else:
+                content = "Image A is much better.\nScore: 9" if wants_score else "Answer: C"
         elif behaviour == "ambiguous":
-            content = "Score: 2\nScore: -3" if wants_score else "Answer: A\nAnswer: B"
+            if wants_rating:
+                content = "Rating: 3\nRating: 7"
+            else:
+                content = "Score: 2\nScore: -3" if wants_score else "Answer: A\nAnswer: B"
         elif behaviour == "empty":
             content = ""
+        elif wants_rating:
+            rating = _rate_images(images) if len(images) == 2 else 5
+            content = f"Original: a photograph.\nImage: a reconstruction of it.\nRating: {rating}"
         elif wants_score:
             content = (
                 "Original: a photograph.\nImage A: "

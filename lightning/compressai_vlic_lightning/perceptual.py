@@ -5,7 +5,8 @@ network on local weights (``compressai-vlic weights fetch``, run by ``scripts/in
 ``compressai_vlic.metrics.weights``). When they are not on the machine, ``perceptual_type="lpips"``
 falls back to MS-SSIM and says so once, loudly, so a CPU demo still runs and a GPU run never
 silently trains without the loss it asked for (``perceptual_fallback_type="error"`` makes the
-missing weights fatal instead).
+missing weights fatal instead). ``perceptual_type="student"`` uses a student distilled from a
+judge (``compressai-vlic student train``; ``student_path`` names it): the "distilled reward".
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from compressai_vlic.options import check_option
 
 log = logging.getLogger(__name__)
 
-PerceptualType = Literal["lpips", "ms_ssim", "none"]
+PerceptualType = Literal["lpips", "ms_ssim", "student", "none"]
 PerceptualFallbackType = Literal["ms_ssim", "none", "error"]
 
 
@@ -87,6 +88,7 @@ def make_perceptual_loss(
     fallback_type: PerceptualFallbackType = "ms_ssim",
     lpips_net_type: str = "alex",
     lpips_weights: str | None = None,
+    student_path: str | None = None,
 ) -> tuple[nn.Module | None, PerceptualChoice]:
     """Build the stage-1 perceptual loss; returns (loss or None, what was chosen and why)."""
     check_option("perceptual_type", perceptual_type, PerceptualType, ConfigError)
@@ -95,6 +97,14 @@ def make_perceptual_loss(
         return None, PerceptualChoice("none", "none")
     if perceptual_type == "ms_ssim":
         return MSSSIMLoss(), PerceptualChoice("ms_ssim", "ms_ssim")
+    if perceptual_type == "student":  # a missing student is always an error: it was asked for
+        if not student_path:
+            raise ConfigError(
+                "perceptual_type 'student' needs student_path (a trained student folder)"
+            )
+        from compressai_vlic.judges.student.loss import StudentLoss
+
+        return StudentLoss(student_path), PerceptualChoice("student", "student")
     try:
         return LPIPSLoss(lpips_net_type, lpips_weights), PerceptualChoice("lpips", "lpips")
     except MetricUnavailableError as exc:

@@ -82,11 +82,13 @@ class Stage1Module(pl.LightningModule):
         freeze_encoder_after: from this global step on, the encoder gets no gradient and no
             optimizer updates (FlowMo has the option at 200k steps, off by default); None = never.
         warmup_steps: linear learning-rate warm-up.
-        perceptual_type: "lpips" (default; needs local weights), "ms_ssim" or "none".
+        perceptual_type: "lpips" (default; needs local weights), "ms_ssim", "student" (a
+            distilled judge, see ``student_path``) or "none".
         perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
         perceptual_weight: weight of the perceptual loss on the one-step estimate x0_hat.
         lpips_net_type: LPIPS backbone ("alex", "vgg", "squeeze").
         lpips_weights: path of the torchvision backbone weights (else env var / torch hub cache).
+        student_path: folder of a trained student, for ``perceptual_type="student"``.
         prior_weight: weight of the prior's token NLL in bits per pixel.
         rate_weight: weight of the straight-through rate term that trains the encoder (0 = VLIC).
         init_from: checkpoint to start from (Lightning or CompressAI), or ``"zoo:tiny"``: the
@@ -117,6 +119,7 @@ class Stage1Module(pl.LightningModule):
         perceptual_weight: float = 1.0,
         lpips_net_type: str = "alex",
         lpips_weights: str | None = None,
+        student_path: str | None = None,
         prior_weight: float = 1.0,
         rate_weight: float = 0.0,
         init_from: str | None = None,
@@ -144,6 +147,7 @@ class Stage1Module(pl.LightningModule):
             perceptual_fallback_type,
             lpips_net_type,
             lpips_weights,
+            student_path,
         )
         # A list keeps the frozen metric network out of the checkpoint, the EMA and the optimizer.
         self._perceptual = [loss] if loss is not None else []

@@ -1,0 +1,303 @@
+"""Point-wise teachers: rate one image against its original, for the student's regression.
+
+- :class:`OpenAIRater`: any OpenAI-compatible chat-completions VLM with the rating prompt
+  (:mod:`.rating`), bounded retries on 429/5xx/timeouts, a clear error on misconfiguration.
+- :class:`HFRater`: a local Hugging Face VLM (``AutoModelForImageTextToText``); the rating is
+  the expectation of its distribution over the digits 1-9 right after "Rating:", and it abstains
+  when those digits get too little probability (the model is not answering).
+- :class:`MetricRater`: a full-reference metric's own value.
+
+:func:`rate_pairs` turns any of them into :class:`~.teacher.TeacherPoint` rows;
+:func:`~.teacher.write_teacher_points` saves them for ``student train --points``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from compressai_vlic.errors import ConfigError, JudgeError
+from compressai_vlic.judges.student.rating import (
+    RATING_MAX,
+    RATING_MIN,
+    RATING_PREFIX,
+    RatingPromptType,
+    parse_rating,
+    rating_template,
+)
+from compressai_vlic.judges.student.teacher import TeacherPoint
+
+
+@dataclass
+class Rating:
+    """One point-wise answer: ``value`` (higher = better) or None with ``error``."""
+
+    value: float | None
+    raw: str = ""
+    error: str | None = None
+    status: str = "rated"  # "rated" | "abstained" | "failed" (could not be asked)
+
+
+class Rater(Protocol):
+    name: str
+    higher_is_better: bool
+
+    def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating: ...
+
+
+def _check_pair(reference: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from compressai_vlic.judges.encoding import check_image
+
+    ref, img = check_image(reference, "reference"), check_image(image, "image")
+    if ref.shape != img.shape:
+        raise JudgeError(
+            f"reference and image must have the same size, got {tuple(ref.shape)}, {tuple(img.shape)}"
+        )
+    return ref, img
+
+
+class OpenAIRater:
+    """Point-wise VLM rater over an OpenAI-compatible server.
+
+    Args:
+        model: model name at the endpoint (required).
+        base_url: server URL (default: the client's, i.e. api.openai.com).
+        api_key_env: environment variable holding the key ("" for local servers; default
+            OPENAI_API_KEY); the key is never stored on the rater or written anywhere.
+        prompt_type: "rating" (describe, then rate; default) or "rating-short".
+        temperature: sampling temperature (default 0).
+        max_tokens: answer length limit (default 1024 for "rating", 16 for "rating-short").
+        timeout_s: per-request timeout (default 120).
+        max_attempts: tries per image on 429/5xx/timeouts (default 4).
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        prompt_type: RatingPromptType = "rating",
+        temperature: float = 0.0,
+        max_tokens: int | None = None,
+        timeout_s: float = 120.0,
+        max_attempts: int = 4,
+    ) -> None:
+        import os
+
+        from compressai_vlic.extras import require
+
+        openai = require("openai", "judges", "The OpenAI-compatible rater")
+        if not model:
+            raise ConfigError("model is required")
+        if max_attempts < 1 or timeout_s <= 0:
+            raise ConfigError("max_attempts must be >= 1 and timeout_s > 0")
+        self.template = rating_template(prompt_type)
+        self.model = model
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens or (1024 if prompt_type == "rating" else 16))
+        self.max_attempts = int(max_attempts)
+        key = None
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise JudgeError(
+                    f"environment variable {api_key_env} is not set (pass api_key_env='' for a local server)"
+                )
+        self._openai = openai
+        self._client = openai.OpenAI(
+            api_key=key or "no-key", base_url=base_url, max_retries=0, timeout=timeout_s
+        )
+        self.name = f"openai:{model}:{self.template.version}"
+
+    def _messages(self, urls: list[str]) -> list[dict[str, Any]]:
+        content: list[dict[str, Any]] = []
+        for part in self.template.parts():
+            if part.kind == "text":
+                content.append({"type": "text", "text": part.text})
+            else:
+                content.append(
+                    {
+                        "type": "image_url",
+                        "image_url": {"url": urls[part.image_index], "detail": "high"},
+                    }
+                )
+        return [
+            {"role": "system", "content": self.template.system},
+            {"role": "user", "content": content},
+        ]
+
+    def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating:
+        from compressai_vlic.judges.encoding import png_data_url
+
+        ref, img = _check_pair(reference, image)
+        messages = self._messages([png_data_url(ref), png_data_url(img)])
+        oa = self._openai
+        last = ""
+        for attempt in range(self.max_attempts):
+            try:
+                resp = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=messages,
+                    temperature=self.temperature,
+                    max_tokens=self.max_tokens,
+                )
+            except (oa.AuthenticationError, oa.PermissionDeniedError, oa.NotFoundError) as exc:
+                raise JudgeError(
+                    f"{self.name}: the server refused the request ({exc.__class__.__name__}); check model, URL and key"
+                ) from None
+            except (
+                oa.RateLimitError,
+                oa.InternalServerError,
+                oa.APITimeoutError,
+                oa.APIConnectionError,
+                oa.APIStatusError,
+            ) as exc:
+                last = exc.__class__.__name__
+                time.sleep(min(2.0, 0.1 * 2**attempt))
+                continue
+            if not getattr(resp, "choices", None):
+                last = "reply without choices"
+                continue
+            choice = resp.choices[0]
+            text = choice.message.content
+            parsed = parse_rating(
+                text, getattr(choice.message, "refusal", None), choice.finish_reason
+            )
+            if parsed.value is None:
+                return Rating(None, text or "", parsed.error, "abstained")
+            return Rating(parsed.value, text or "")
+        return Rating(None, "", f"no answer after {self.max_attempts} attempts ({last})", "failed")
+
+
+class HFRater:
+    """Point-wise rater on a local VLM: expected rating from the digit logits after "Rating:".
+
+    Args:
+        model: local folder or hub id of an image-text-to-text checkpoint (required).
+        prompt_type: "rating-short" (default) or "rating".
+        device: torch device (default "cpu").
+        min_answer_mass: abstain when the digits 1-9 get less probability (default 0.1).
+        local_files_only: never contact the hub (default True).
+    """
+
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: str,
+        prompt_type: RatingPromptType = "rating-short",
+        device: str = "cpu",
+        min_answer_mass: float = 0.1,
+        local_files_only: bool = True,
+    ) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from compressai_vlic.errors import CheckpointError
+
+        self.template = rating_template(prompt_type)
+        try:
+            self.processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                model, local_files_only=local_files_only
+            )
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot load a VLM from {model!r}: {exc}") from exc
+        self.model.to(device).eval()
+        tok = self.processor.tokenizer
+        self.digit_ids: list[list[int]] = []
+        for d in range(RATING_MIN, RATING_MAX + 1):
+            ids = {
+                tok.encode(s, add_special_tokens=False)[0]
+                for s in (str(d), f" {d}")
+                if len(tok.encode(s, add_special_tokens=False)) == 1
+            }
+            if not ids:
+                raise CheckpointError(f"{model}: no single token spells the rating {d}")
+            self.digit_ids.append(sorted(ids))
+        self.min_answer_mass = float(min_answer_mass)
+        self.device = device
+        self.name = f"hf:{model}:{self.template.version}"
+
+    def _prompt(self) -> str:
+        content: list[dict[str, Any]] = []
+        for i, part in enumerate(self.template.parts()):
+            if part.kind == "image":
+                content.append({"type": "image"})
+            else:
+                text = f"{self.template.system}\n{part.text}" if i == 0 else part.text
+                content.append({"type": "text", "text": text})
+        text = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        return f"{text}{RATING_PREFIX}"
+
+    def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating:
+        from compressai_vlic.judges.hf_judge import to_pil
+
+        ref, img = _check_pair(reference, image)
+        inputs = self.processor(
+            text=[self._prompt()], images=[[to_pil(ref), to_pil(img)]], return_tensors="pt"
+        )
+        with torch.inference_mode():
+            logits = self.model(**inputs.to(self.device)).logits[0, -1].float()
+        p = torch.softmax(logits, dim=-1)
+        mass = torch.stack([p[ids].sum() for ids in self.digit_ids])
+        total = float(mass.sum())
+        raw = "P(rating)=" + ",".join(f"{float(m):.4f}" for m in mass)
+        if total < self.min_answer_mass:
+            return Rating(
+                None,
+                raw,
+                f"rating mass {total:.4f} < min_answer_mass {self.min_answer_mass}: the model is not rating",
+                "abstained",
+            )
+        scale = torch.arange(RATING_MIN, RATING_MAX + 1, dtype=torch.float32)
+        return Rating(float((mass / total * scale).sum()), raw)
+
+
+class MetricRater:
+    """A full-reference metric as a point-wise teacher (its own value and direction)."""
+
+    def __init__(self, metric_type: str = "ssimulacra2", **kwargs: Any) -> None:
+        from compressai_vlic.metrics import get_metric
+
+        self.metric = get_metric(metric_type, **kwargs)
+        self.higher_is_better = bool(self.metric.higher_is_better)
+        self.name = metric_type
+
+    def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating:
+        ref, img = _check_pair(reference, image)
+        with torch.inference_mode():
+            value = float(self.metric(ref[None], img[None]).reshape(-1)[0])
+        return Rating(value, f"{self.name}={value:.6g}")
+
+
+def rate_pairs(rater: Rater, items: Sequence[tuple[str, str]]) -> list[TeacherPoint]:
+    """Rate (reference path, image path) items; failures are left out (rate them again later),
+    abstentions kept with ``value=None`` (no label)."""
+    from compressai_vlic.image_io import load_image
+
+    out = []
+    for ref_path, img_path in items:
+        rating = rater.rate(load_image(ref_path).tensor, load_image(img_path).tensor)
+        if rating.status == "failed":
+            continue
+        out.append(
+            TeacherPoint(
+                ref_path,
+                img_path,
+                rating.value,
+                rater.higher_is_better,
+                rater.name,
+                ref_path,
+                rating.raw[:2000],
+                rating.error,
+            )
+        )
+    return out
