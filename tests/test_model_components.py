@@ -35,7 +35,7 @@ def test_paper_rate_points():
     # 256 tokens at 256x256: ~0.07 and ~0.21 bpp before entropy coding (paper).
     assert q1.bpp_before_entropy_coding == pytest.approx(0.0703, abs=1e-4)
     assert q2.bpp_before_entropy_coding == pytest.approx(0.21875)
-    assert set(QUALITIES) == {"test", "1", "2"}
+    assert set(QUALITIES) == {"tiny", "test", "1", "2"}
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,6 @@ def test_literal_options_are_validated_by_lightning_cli_and_argparse(capsys):
     with pytest.raises(SystemExit):
         main(["export", "in.ckpt", "out.pth.tar", "--weights-type", "bogus"])
     assert "choose from 'ema', 'raw'" in capsys.readouterr().err
-    assert choices(PerceptualType) == ("lpips", "ms_ssim", "none")
+    assert choices(PerceptualType) == ("lpips", "ms_ssim", "student", "none")
     with pytest.raises(ConfigError, match=r"unknown perceptual_type 'x'; choose from 'lpips'"):
         check_option("perceptual_type", "x", PerceptualType)
