@@ -173,6 +173,12 @@ class PillowCodec(Codec):
         else:
             quality, data = self.match_bpp(arr, value)
         encode_s = time.perf_counter() - start
+        return self.decoded(arr, quality, data, encode_s, None if kind == "q" else value)
+
+    def decoded(
+        self, arr: Any, quality: int, data: bytes, encode_s: float, target_bpp: float | None
+    ) -> CodedImage:
+        """Decode ``data`` (timed) into the :class:`CodedImage` of an ``arr`` coded at ``quality``."""
         start = time.perf_counter()
         rec = self.decode(data)
         decode_s = time.perf_counter() - start
@@ -183,7 +189,7 @@ class PillowCodec(Codec):
             setting=f"q={quality}",
             encode_s=encode_s,
             decode_s=decode_s,
-            target_bpp=None if kind == "q" else value,
+            target_bpp=target_bpp,
         )
 
 
