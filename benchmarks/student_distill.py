@@ -33,6 +33,15 @@ import torch
 
 JPEG_Q = (8, 15, 25, 40, 60, 85)
 WEBP_Q = (5, 15, 30, 50, 70, 90)
+# --pair-set hard: ladders reaching down to the shipped VLIC's rate, AVIF, and VLIC decodes
+HARD_Q = {
+    "jpeg": (1, 4, 8, 15, 25, 40),
+    "webp": (0, 3, 8, 15, 30, 50),
+    "avif": (0, 8, 20, 35, 50, 65),
+}
+VLIC_SEEDS = (0, 1, 2)
+VLIC_STEPS = (1, 2, 4)
+HARD_BPP_RATIO = 1.25
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -88,12 +97,48 @@ def tiles(img: np.ndarray, tile: int, limit: int) -> list[np.ndarray]:
     return [img[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] for r, c in cells[:limit]]
 
 
-def make_data(work: Path, tile: int, per_image: int) -> dict[str, list[dict]]:
-    """Write tiles and their JPEG/WebP reconstructions; return per photo its tiles' records."""
-    from compressai_vlic.evaluation.codecs import PillowCodec
+def _vlic_decodes(x: torch.Tensor, stem: str, work: Path, net) -> list[dict]:
+    """The shipped VLIC's decodes of one tile: one bitstream per sampler setting, several seeds
+    (the pairs Diffusion-DPO trains on: two decodes of one code)."""
     from compressai_vlic.image_io import save_png
 
-    codecs = {"jpeg": (PillowCodec("jpeg"), JPEG_Q), "webp": (PillowCodec("webp"), WEBP_Q)}
+    recs = []
+    base = net.config
+    for steps in VLIC_STEPS:
+        net.config = base.replace(num_steps=steps)
+        for seed in VLIC_SEEDS:
+            path = work / "recon" / f"{stem}.vlic-s{steps}-seed{seed}.png"
+            with torch.no_grad():
+                out = net.compress(x[None], seed=seed)
+                x_hat = net.decompress(out["strings"], out["shape"])["x_hat"]
+            num_bytes = sum(len(b) for strings in out["strings"] for b in strings)
+            if not path.is_file():
+                save_png(x_hat[0, :, : x.shape[-2], : x.shape[-1]].clamp(0, 1), path)
+            bpp = num_bytes * 8 / (x.shape[-2] * x.shape[-1])
+            recs.append({"path": str(path), "codec": "vlic", "bpp": bpp, "code": f"s{steps}"})
+    net.config = base
+    return recs
+
+
+def make_data(
+    work: Path, tile: int, per_image: int, pair_set: str = "all"
+) -> dict[str, list[dict]]:
+    """Write tiles and their reconstructions; return per photo its tiles' records."""
+    from compressai_vlic.evaluation.codecs import PillowCodec, pillow_format_available
+    from compressai_vlic.image_io import save_png
+
+    if pair_set == "hard":
+        codecs = {
+            name: (PillowCodec(name), q)
+            for name, q in HARD_Q.items()
+            if pillow_format_available(name)
+        }
+        from compressai_vlic.zoo import vlic
+
+        net = vlic("tiny", pretrained=True).eval()
+    else:
+        codecs = {"jpeg": (PillowCodec("jpeg"), JPEG_Q), "webp": (PillowCodec("webp"), WEBP_Q)}
+        net = None
     records: dict[str, list[dict]] = {}
     for name, img in sorted(photos().items()):
         for k, t in enumerate(tiles(img, tile, per_image)):
@@ -109,6 +154,8 @@ def make_data(work: Path, tile: int, per_image: int) -> dict[str, list[dict]]:
                     if not path.is_file():
                         save_png(coded.reconstruction, path)
                     recs.append({"path": str(path), "codec": cname, "bpp": coded.bpp})
+            if net is not None:
+                recs.extend(_vlic_decodes(x, f"{name}_{k}", work, net))
             records.setdefault(name, []).append({"reference": str(ref), "recons": recs})
     return records
 
@@ -131,8 +178,26 @@ class _Memo:
         return torch.tensor(out, dtype=torch.float64)
 
 
+def keep_pair(a: dict, b: dict, pair_set: str) -> bool:
+    """``all``: every pair of a tile's reconstructions. ``hard``: the pairs a metric cannot
+    settle by rate: two codecs at matched rates (within HARD_BPP_RATIO in bpp) and two decodes
+    of one VLIC bitstream."""
+    if pair_set == "all":
+        return True
+    if a["codec"] == "vlic" and b["codec"] == "vlic":
+        return a.get("code") == b.get("code")
+    if a["codec"] == b["codec"]:
+        return False
+    lo, hi = sorted((a["bpp"], b["bpp"]))
+    return hi <= HARD_BPP_RATIO * lo
+
+
 def judge_pairs(
-    records: dict[str, list[dict]], names: list[str], output: Path, teacher: str
+    records: dict[str, list[dict]],
+    names: list[str],
+    output: Path,
+    teacher: str,
+    pair_set: str = "all",
 ) -> None:
     from compressai_vlic.judges.dataset import PairInputs, build_preference_dataset
     from compressai_vlic.judges.spec import JudgeSpec
@@ -141,6 +206,8 @@ def judge_pairs(
     for name in names:
         for rec in records[name]:
             for ra, rb in itertools.combinations(rec["recons"], 2):
+                if not keep_pair(ra, rb, pair_set):
+                    continue
                 pid = f"{Path(ra['path']).stem}|{Path(rb['path']).stem}"
                 pairs.append(
                     PairInputs(pid, Path(rec["reference"]), Path(ra["path"]), Path(rb["path"]))
@@ -216,6 +283,18 @@ def main(argv: list[str] | None = None) -> int:
         help="teacher judges to distil (ssimulacra2 is slow: about 0.1 s per image)",
     )
     parser.add_argument("--tiles-per-image", type=int, default=2)
+    parser.add_argument(
+        "--pair-set",
+        choices=["all", "hard"],
+        default="all",
+        help="all: every JPEG/WebP pair of a tile; hard: codecs at matched rates (JPEG, WebP, "
+        "AVIF, the shipped VLIC) and two decodes of one VLIC bitstream",
+    )
+    parser.add_argument(
+        "--skip-extras",
+        action="store_true",
+        help="only the agreement figures (no calibration and reliability experiments)",
+    )
     parser.add_argument("--holdout-every", type=int, default=3, help="every N-th photo is held out")
     parser.add_argument("--corruption-rate", type=float, default=0.6)
     parser.add_argument("--corruption-share", type=float, default=0.4)
@@ -228,18 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    records = make_data(work, args.tile, args.tiles_per_image)
+    records = make_data(work, args.tile, args.tiles_per_image, args.pair_set)
     names = sorted(records)
     held = names[:: args.holdout_every]
     train_names = [n for n in names if n not in held]
     print(
         f"{len(names)} photos, {sum(len(v) for v in records.values())} tiles of {args.tile}px, "
-        f"{len(JPEG_Q) + len(WEBP_Q)} reconstructions each; held-out photos: {', '.join(held)}"
+        f"{len(next(iter(records.values()))[0]['recons'])} reconstructions each; held-out photos: {', '.join(held)}"
     )
     for teacher in args.teachers:
         train_file, test_file = work / f"train-{teacher}.jsonl", work / f"heldout-{teacher}.jsonl"
-        judge_pairs(records, train_names, train_file, teacher)
-        judge_pairs(records, held, test_file, teacher)
+        judge_pairs(records, train_names, train_file, teacher, args.pair_set)
+        judge_pairs(records, held, test_file, teacher, args.pair_set)
         print(f"data and {teacher} judgments: {time.perf_counter() - t0:.0f}s")
         student = work / f"student-{teacher}"
         cli(
@@ -257,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["student", "eval", "--student", str(student), "--pairs", str(test_file)]
         argv += [f"--baseline={b}" for b in baselines]
         cli([*argv, "--json", str(work / f"eval-{teacher}.json")])
+    if args.skip_extras:
+        print(f"total {time.perf_counter() - t0:.0f}s")
+        return 0
     train_file, test_file = work / "train-lpips.jsonl", work / "heldout-lpips.jsonl"
     student = work / "student-lpips"
 

@@ -89,6 +89,13 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     photos = check["photos"]
     assert photos["delta"] == pytest.approx(photos["after"] - photos["before"])
     assert check["worsened"] == any(check[k]["worsened"] for k in ("photos", "crops"))
+    # the compared post-trained codec: the lowest training-photo LPIPS, stage 1 included
+    sel = report["stage2"]["selection"]
+    assert list(sel["scores"]) == ["stage 1", "step 2", "step 4"]
+    assert sel["scores"][sel["chosen"]] == min(sel["scores"].values())
+    assert not {"chelsea", "flower"} & set(sel["photos"])
+    assert sel["kept_start"] == (sel["chosen"] == "stage 1")
+    assert "Which post-trained codec is compared" in (out / "report.md").read_text()
     # the pictures: five panels per held-out photo, the plot, the training curves
     for row in report["per_image"]:
         with Image.open(out / "side_by_side" / row["image"]) as img:

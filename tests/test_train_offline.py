@@ -72,3 +72,32 @@ def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path, quie
     assert float(metrics["judge/abstain_rate"]) == 0.0
     with pytest.raises(ConfigError, match="preference_dataset"):
         Stage2Module(quality="test", preference_type="offline")
+
+
+def test_stage2_keeps_stage1_perceptual_term_when_asked(
+    judged_dataset, tmp_path, quiet_cpu_trainer
+):
+    """perceptual_weight adds stage 1's LPIPS on the originals' one-step estimate to the loss."""
+    module = Stage2Module(
+        quality="test",
+        preference_type="offline",
+        preference_dataset=str(judged_dataset),
+        dpo_batch_size=4,
+        lr=1e-4,
+        perceptual_weight=0.5,
+        perceptual_fallback_type="error",  # real LPIPS weights or a failing test
+    )
+    assert module.perceptual_choice.active == "lpips"
+    trainer = quiet_cpu_trainer(max_steps=1, limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=4))
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    assert m["train/perceptual"] > 0
+    expected = m["train/dpo_loss"] + m["train/flow"] + 0.5 * m["train/perceptual"]
+    expected += m["train/bpp_prior"]
+    assert m["train/loss"] == pytest.approx(expected, rel=1e-4)
+    plain = Stage2Module(
+        quality="test", preference_type="offline", preference_dataset=str(judged_dataset)
+    )
+    assert plain.perceptual_choice.active == "none" and not plain._perceptual
+    with pytest.raises(ConfigError, match="perceptual_weight"):
+        Stage2Module(quality="test", perceptual_weight=-1.0)

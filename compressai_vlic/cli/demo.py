@@ -61,6 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch threads (default 1); stage 2 uses one fewer, keeping a core for the judge",
     )
+    parser.add_argument(
+        "--posttrain-selection",
+        choices=("val_lpips", "last"),
+        default=None,
+        help="which post-trained codec the report compares: val_lpips (default: the checkpoint, "
+        "stage 1 included, with the lowest LPIPS on the training photos) or last",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 

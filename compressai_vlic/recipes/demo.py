@@ -74,6 +74,8 @@ SMOKE_OVERRIDES = {
     "duel_crops_per_photo": 4,
     "grid_points": 2,
     "compare_metrics": ("psnr", "ssimulacra2", "lpips"),
+    "selection_photos": 1,
+    "selection_checkpoints": 2,
 }
 # Trainer settings the demo takes from the configs; the rest (steps, logging, checkpoints, root
 # folder) follow the plan.
@@ -118,6 +120,9 @@ class DemoPlan:
     grid_points: int = 6
     compare_metrics: tuple[str, ...] = COMPARE_METRICS
     bootstrap_samples: int = 2000
+    selection_type: str = "val_lpips"
+    selection_photos: int = 6
+    selection_checkpoints: int = 4
 
     @classmethod
     def from_configs(cls, configs: DemoConfigs) -> DemoPlan:
@@ -318,6 +323,7 @@ def _trainer(
     config: dict[str, Any],
     label: str,
     validate: bool = True,
+    keep_every: int | None = None,
 ) -> Any:
     """A Trainer with the config's device and validation settings and the plan's step counts.
 
@@ -340,6 +346,19 @@ def _trainer(
             *callbacks,
             *([] if tty else [_step_progress(label, steps, every_s=30.0)]),
             ModelCheckpoint(dirpath=str(root / "checkpoints"), save_last=True, save_top_k=0),
+            *(
+                [
+                    ModelCheckpoint(
+                        dirpath=str(root / "checkpoints"),
+                        filename="step{step}",
+                        auto_insert_metric_name=False,
+                        every_n_train_steps=keep_every,
+                        save_top_k=-1,
+                    )
+                ]
+                if keep_every
+                else []
+            ),
         ],
         log_every_n_steps=log_every,
         val_check_interval=max(1, steps // 4),
@@ -471,6 +490,11 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         )
         if v is not None
     }
+    selection = getattr(args, "posttrain_selection", None)
+    if selection is not None:
+        if selection not in ("val_lpips", "last"):
+            raise ConfigError(f"posttrain_selection must be val_lpips or last, got {selection!r}")
+        plan = replace(plan, selection_type=selection)
     if any(v < 1 for v in steps.values()):
         raise ConfigError(f"step counts must be >= 1, got {steps}")
     plan = replace(plan, **steps)
@@ -599,6 +623,11 @@ def posttrain(run: DemoRun) -> Path:
         log_every=max(1, plan.stage2_steps // 100),
         config=run.configs.stage2,
         label="stage 2",
+        keep_every=(
+            max(1, plan.stage2_steps // plan.selection_checkpoints)
+            if plan.selection_type == "val_lpips"
+            else None
+        ),
     )
     print(f"[demo]   judging {plan.warmup_pairs} warm-up pairs first", flush=True)
     trainer.fit(stage2, run.data)
@@ -624,6 +653,52 @@ def posttrain(run: DemoRun) -> Path:
         f"{abstained} abstained = {abstained / max(1, len(judged)):.1%}: no label kept)",
         flush=True,
     )
+    if plan.selection_type == "val_lpips":
+        select_posttrained(run)
+    return run.stage2_ckpt
+
+
+def _step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in folder.glob("step*.ckpt"):
+        digits = path.stem[len("step") :]
+        if digits.isdigit():
+            found.append((int(digits), path))
+    return sorted(found)
+
+
+def select_posttrained(run: DemoRun) -> Path:
+    """Keep the post-training checkpoint (or the stage-1 model) with the lowest LPIPS on
+    validation photos: the training photos, never the held-out ones the report measures on."""
+    from compressai_vlic_lightning import PhotosDataModule
+
+    from compressai_vlic.recipes.selection import Candidate, select_checkpoint
+
+    plan, out, report = run.plan, run.out, run.report
+    clock = _Clock(report, "selection")
+    names = list(run.data.train_photos)[: plan.selection_photos]
+    images = PhotosDataModule(max_side=plan.eval_max_side, train_photos=names)._load(names)
+    candidates = [Candidate("stage 1", Path(run.stage1_ckpt), "ema", 0)]
+    candidates += [
+        Candidate(f"step {step}", path, "raw", step)
+        for step, path in _step_checkpoints(out / "stage2" / "checkpoints")
+    ]
+    print(
+        f"[demo] choosing the post-trained codec: LPIPS of {len(candidates)} checkpoints "
+        f"(stage 1 included) on {len(names)} training photos through real bitstreams",
+        flush=True,
+    )
+    selection = select_checkpoint(candidates, images, names, "lpips", seed=run.args.seed)
+    clock.stop()
+    report.stage2["selection"] = selection.to_dict()
+    run.stage2_ckpt = Path(selection.chosen_path)
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in selection.scores.items())
+    verdict = (
+        "no post-trained checkpoint beat stage 1: the 'after' codec is stage 1 with its prior refit"
+        if selection.kept_start
+        else f"kept {selection.chosen}"
+    )
+    print(f"[demo]   {scores}; {verdict}", flush=True)
     return run.stage2_ckpt
 
 
@@ -1162,6 +1237,27 @@ def _markdown(report: DemoReport, out: Path) -> str:
                 f"| held-out {scope} | {v['before']:.4f} | {v['after']:.4f} | "
                 f"{v['delta']:+.4f} | {flag} |"
             )
+    sel = report.stage2.get("selection")
+    if sel:
+        lines += [
+            "",
+            f"Which post-trained codec is compared: of the checkpoints saved during post-training "
+            f"and the stage-1 model, the one with the lowest LPIPS on {len(sel['photos'])} "
+            f"training photos ({', '.join(sel['photos'])}; real bitstreams, not the held-out "
+            "photos above):",
+            "",
+            "| checkpoint | LPIPS (training photos) | bpp | |",
+            "|---|---|---|---|",
+        ]
+        for label, value in sel["scores"].items():
+            mark = "**kept**" if label == sel["chosen"] else ""
+            lines.append(f"| {label} | {value:.4f} | {sel['bpp'][label]:.4f} | {mark} |")
+        if sel["kept_start"]:
+            lines += [
+                "",
+                'No post-trained checkpoint beat stage 1 there, so the codec marked "after" is '
+                "the stage-1 model with its prior refit.",
+            ]
     res = report.compressai_eval.get("results", {})
     lines += [
         "",

@@ -47,6 +47,11 @@ from compressai_vlic_lightning.common import (
     load_codec,
     psnr,
 )
+from compressai_vlic_lightning.perceptual import (
+    PerceptualFallbackType,
+    PerceptualType,
+    make_perceptual_loss,
+)
 from compressai_vlic_lightning.preferences import (
     CallType,
     JudgeStats,
@@ -131,6 +136,13 @@ class Stage2Module(pl.LightningModule):
             Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
         weighting_type: w(t) of the velocity errors: "eps" (1-t)^2, "uniform", "x0" t^2.
         lambda_flow: weight of the flow-matching regulariser on the originals.
+        perceptual_weight: weight of stage 1's perceptual term (``perceptual_type`` on the
+            one-step estimate of the originals in that regulariser; default 0: VLIC's flow term
+            alone). A post-training that must keep stage 1's perceptual quality while the
+            preference signal is weak (few pairs, a small model) keeps it at stage 1's weight.
+        perceptual_type: "lpips" (default), "ms_ssim" or "student" (see Stage1Module).
+        perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
+        lpips_weights: LPIPS linear-layer weights file (default: the registry's).
         label_type: "hard" (default) or "soft": the expected DPO loss under the judge's
             P(winner better) where the judge reports answer probabilities (others count as sure).
         prior_weight: weight of the token prior's NLL (bpp), so the prior follows the encoder.
@@ -178,6 +190,10 @@ class Stage2Module(pl.LightningModule):
         beta: float = DEFAULT_BETA,
         weighting_type: WeightingType = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+        perceptual_weight: float = 0.0,
+        perceptual_type: PerceptualType = "lpips",
+        perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
+        lpips_weights: str | None = None,
         label_type: Literal["hard", "soft"] = "hard",
         prior_weight: float = 1.0,
         dpo_batch_size: int = 8,
@@ -216,6 +232,8 @@ class Stage2Module(pl.LightningModule):
             )
         if refresh_every < 1 or buffer_size < 1 or dpo_batch_size < 1:
             raise ConfigError("refresh_every, buffer_size and dpo_batch_size must be >= 1")
+        if perceptual_weight < 0:
+            raise ConfigError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
         self.save_hyperparameters(ignore=["judge"])
         if init_from:  # the checkpoint's own config: quality/model_overrides are not needed
             self.model = load_codec(init_from, init_weights_type)
@@ -232,6 +250,13 @@ class Stage2Module(pl.LightningModule):
         self.criterion = VLMRewardLoss(
             beta=beta, weighting_type=weighting_type, lambda_flow=lambda_flow, label_type=label_type
         )
+        perceptual, self.perceptual_choice = make_perceptual_loss(
+            perceptual_type if perceptual_weight > 0 else "none",
+            perceptual_fallback_type,
+            lpips_weights=lpips_weights,
+        )
+        # A list keeps the frozen metric network out of the checkpoint and the optimizer.
+        self._perceptual = [perceptual] if perceptual is not None else []
         self.pairs_per_step = pairs_per_step or max(1, math.ceil(buffer_size / refresh_every))
         self.warmup_pairs = buffer_size if warmup_pairs is None else warmup_pairs
         self._judge = judge
@@ -517,12 +542,22 @@ class Stage2Module(pl.LightningModule):
                     "train/reward_margin": out.reward_margin,
                 }
             )
+        if self._perceptual:
+            perceptual = self._perceptual_loss(flow.x0_hat, batch)
+            loss = loss + hp.perceptual_weight * perceptual
+            logs["train/perceptual"] = perceptual.detach()
         loss = loss + hp.prior_weight * prior_bpp
         logs["train/loss"] = loss.detach()
         logs.update(self._buffer_logs(step))
         self.log_dict(logs, on_step=True, batch_size=batch.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, batch_size=batch.shape[0])
         return loss
+
+    def _perceptual_loss(self, x0_hat: Tensor, x: Tensor) -> Tensor:
+        module = self._perceptual[0]
+        if next(iter(module.buffers()), x).device != x.device:
+            module.to(x.device)
+        return module(x0_hat, x)
 
     def _buffer_logs(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}
