@@ -55,7 +55,9 @@ def _demo_args(*argv: str) -> argparse.Namespace:
 
 @pytest.mark.slow
 def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
-    rc, stdout, stderr, out = _run_smoke_demo(tmp_path, monkeypatch, capsys, {})
+    rc, stdout, stderr, out = _run_smoke_demo(
+        tmp_path, monkeypatch, capsys, {}, ("--posttrain-selection", "last")
+    )
     assert rc == 0, stderr[-3000:]
     assert f"report written to {out}" in stdout
     report = json.loads((out / "report.json").read_text())
@@ -69,7 +71,11 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     assert report["judge"]["judge_type"] == "ssimulacra2"
     assert report["judge"]["judge_compose"] == {"unanimous_with": ["lpips"]}
     assert report["stage2"]["judged_pairs"] >= 8
-    assert report["prior_refit"]["steps"] == 4
+    # stage 2 froze the encoder (tiny_stage2.yaml): same tokens, so the refit is skipped
+    assert (
+        report["prior_refit"]["steps"] == 0
+        and "froze the encoder" in report["prior_refit"]["skipped"]
+    )
     # compare: both codecs and JPEG / WebP at the post-trained codec's rate, image by image
     codecs = {p["codec"] for p in report["compare"]["points"]}
     assert {"vlic-before", "vlic-after", "jpeg", "webp", "jpeg-at-rate", "webp-at-rate"} <= codecs
@@ -89,13 +95,7 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     photos = check["photos"]
     assert photos["delta"] == pytest.approx(photos["after"] - photos["before"])
     assert check["worsened"] == any(check[k]["worsened"] for k in ("photos", "crops"))
-    # the compared post-trained codec: the lowest training-photo LPIPS, stage 1 included
-    sel = report["stage2"]["selection"]
-    assert list(sel["scores"]) == ["stage 1", "step 2", "step 4"]
-    assert sel["scores"][sel["chosen"]] == min(sel["scores"].values())
-    assert not {"chelsea", "flower"} & set(sel["photos"])
-    assert sel["kept_start"] == (sel["chosen"] == "stage 1")
-    assert "Which post-trained codec is compared" in (out / "report.md").read_text()
+    assert "selection" not in report["stage2"]  # --posttrain-selection last
     # the pictures: five panels per held-out photo, the plot, the training curves
     for row in report["per_image"]:
         with Image.open(out / "side_by_side" / row["image"]) as img:
@@ -180,7 +180,7 @@ def test_demo_uses_a_configured_vlm_endpoint(tmp_path, monkeypatch, capsys):
                 "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
                 "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
             },
-            ("--judge-api-key-env", ""),
+            ("--judge-api-key-env", "", "--refit-type", "always"),
         )
         stats = server.stats()
     assert rc == 0, stderr[-3000:]
@@ -189,3 +189,6 @@ def test_demo_uses_a_configured_vlm_endpoint(tmp_path, monkeypatch, capsys):
     assert report["judge"]["judge_kwargs"]["model"] == "loopback-vlm"
     assert report["stage2"]["judged_pairs"] >= 8
     assert stats["requests"] >= 2 * report["stage2"]["judged_pairs"]  # both orders per pair
+    assert (
+        report["prior_refit"]["steps"] == 4
+    )  # --refit-type always: refit despite the frozen encoder

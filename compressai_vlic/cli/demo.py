@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage2-steps", type=int, help="override the post-training steps")
     parser.add_argument("--refit-steps", type=int, help="override the prior-refit steps")
     parser.add_argument(
+        "--refit-type",
+        choices=("auto", "always"),
+        default=None,
+        help="prior refit after stage 2: auto (default: only when stage 2 trained the encoder) "
+        "or always",
+    )
+    parser.add_argument(
         "--judge",
         default=None,
         help=f"judge type (default: 'openai' when --judge-base-url or ${JUDGE_URL_ENV} is set, else 'ssimulacra2')",

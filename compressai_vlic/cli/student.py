@@ -75,13 +75,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compared layers (default pixel conv1 conv2 conv3)",
     )
     t.add_argument(
-        "--input-pool", type=int, default=2, help="image pooling before the backbone (speed)"
+        "--input-pool",
+        type=int,
+        default=1,
+        help="image pooling before the backbone (default 1; 2 is faster but misses fine detail)",
     )
     t.add_argument("--init-type", choices=("imagenet", "random"), default="imagenet")
     t.add_argument(
         "--opinions",
         type=Path,
         help="opinion scores (JSONL/CSV reference,image,opinion) to calibrate on",
+    )
+    t.add_argument(
+        "--calibration-images",
+        type=int,
+        default=64,
+        help="training images whose activation ranges are stored for the int8 judge (0: none)",
     )
     t.add_argument("--overwrite", action="store_true", help="replace a student already in --output")
     t.add_argument("--seed", type=int, default=0)
@@ -108,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="fit the calibration on the first N opinion rows, score the rest",
+    )
+    e.add_argument(
+        "--precision",
+        choices=("float32", "int8", "auto"),
+        default="float32",
+        help="backbone arithmetic (int8: as the judge runs it; default float32)",
     )
     e.add_argument("--json", type=Path, help="also write the figures as JSON here")
     e.add_argument("--seed", type=int, default=0)
@@ -138,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 args.opinions,
                 args.overwrite,
                 args.seed,
+                args.calibration_images,
             )
             print(json.dumps(result.summary, indent=2))
             print(f"student written to {args.output}")
@@ -149,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             args.opinions,
             args.fit_count,
             args.seed,
+            args.precision,
         )
         print("\n".join(lines))
         if args.json is not None:

@@ -5,7 +5,8 @@
    ``init_type="scratch"`` (``--from-scratch``) runs the whole of stage 1 from random weights;
 2. stage 2: Diffusion-DPO post-training on judge preferences (SSIMULACRA 2 unanimous with LPIPS
    offline by default, a VLM behind an OpenAI-compatible endpoint when one is configured);
-3. a prior-only refit of the post-trained codec on its own tokens;
+3. a prior-only refit of the post-trained codec on its own tokens (skipped by default when stage
+   2 froze the encoder: the tokens are then stage 1's);
 4. CompressAI's own ``python -m compressai.utils.eval_model`` (a subprocess, real bitstreams) on
    the held-out photos, and this package's ``compare`` against JPEG, WebP (and AVIF when Pillow
    writes it), with JPEG and WebP also at the lowest quality that reaches the codec's rate;
@@ -121,6 +122,7 @@ class DemoPlan:
     compare_metrics: tuple[str, ...] = COMPARE_METRICS
     bootstrap_samples: int = 2000
     selection_type: str = "val_lpips"
+    refit_type: str = "auto"
     selection_photos: int = 6
     selection_checkpoints: int = 4
 
@@ -490,6 +492,11 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         )
         if v is not None
     }
+    refit_type = getattr(args, "refit_type", None)
+    if refit_type is not None:
+        if refit_type not in ("auto", "always"):
+            raise ConfigError(f"refit_type must be auto or always, got {refit_type!r}")
+        plan = replace(plan, refit_type=refit_type)
     selection = getattr(args, "posttrain_selection", None)
     if selection is not None:
         if selection not in ("val_lpips", "last"):
@@ -694,7 +701,7 @@ def select_posttrained(run: DemoRun) -> Path:
     run.stage2_ckpt = Path(selection.chosen_path)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in selection.scores.items())
     verdict = (
-        "no post-trained checkpoint beat stage 1: the 'after' codec is stage 1 with its prior refit"
+        "no post-trained checkpoint beat stage 1: the 'after' codec is the stage-1 model"
         if selection.kept_start
         else f"kept {selection.chosen}"
     )
@@ -709,14 +716,27 @@ def refit_prior(run: DemoRun) -> Path:
     from compressai_vlic_lightning import PhotosDataModule, PriorRefitModule, export_checkpoint
 
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.refit
-    print(f"[demo] prior refit: {plan.refit_steps} steps on the codec's own tokens", flush=True)
-    clock = _Clock(report, "prior_refit")
-    pl.seed_everything(run.args.seed + 2, workers=True, verbose=False)
     name = run.configs.stage1["model"]["init_args"].get("quality", "test")
     after = out / "checkpoints" / f"vlic-{name}-after.pth.tar"
     before = export_checkpoint(
         run.stage1_ckpt, out / "checkpoints" / f"vlic-{name}-before.pth.tar"
     ).path
+    frozen = run.configs.stage2["model"]["init_args"].get("freeze_type") == "encoder"
+    if plan.refit_type == "auto" and frozen:
+        # The tokens are stage 1's, and stage 2 kept training the prior on them (prior_weight);
+        # refitting on the few bundled photos would only fit those photos' tokens.
+        reason = (
+            "stage 2 froze the encoder, so the tokens are stage 1's and the prior already "
+            "trained on them in stage 2"
+        )
+        print(f"[demo] prior refit: skipped ({reason}; --refit-type always runs it)", flush=True)
+        export_checkpoint(run.stage2_ckpt, after)
+        run.exported = {"before": before, "after": after}
+        report.prior_refit = {"steps": 0, "skipped": reason}
+        return after
+    print(f"[demo] prior refit: {plan.refit_steps} steps on the codec's own tokens", flush=True)
+    clock = _Clock(report, "prior_refit")
+    pl.seed_everything(run.args.seed + 2, workers=True, verbose=False)
     args = cfg["model"]["init_args"]
     module = PriorRefitModule(
         **{
@@ -1256,7 +1276,7 @@ def _markdown(report: DemoReport, out: Path) -> str:
             lines += [
                 "",
                 'No post-trained checkpoint beat stage 1 there, so the codec marked "after" is '
-                "the stage-1 model with its prior refit.",
+                "the stage-1 model (with its prior refit when one ran).",
             ]
     res = report.compressai_eval.get("results", {})
     lines += [
@@ -1278,6 +1298,11 @@ def _markdown(report: DemoReport, out: Path) -> str:
         "",
         "## Training",
         "",
+        *(
+            [f"Prior refit skipped: {report.prior_refit['skipped']}.", ""]
+            if report.prior_refit.get("skipped")
+            else []
+        ),
         "![training curves](training_curves.png)",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings_s.items()),

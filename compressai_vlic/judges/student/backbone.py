@@ -97,16 +97,22 @@ class AlexNetStages(nn.Module):
         }
         keep = [n for n in ("conv1", "conv2", "conv3", "conv4", "conv5")][: config.depth]
         self.stages = nn.ModuleDict({n: stages[n] for n in keep})
-        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        shift, scale = torch.tensor(_SHIFT).view(1, 3, 1, 1), torch.tensor(_SCALE).view(1, 3, 1, 1)
+        # (2 x - 1 - shift) / scale as one multiply-add: x * gain + offset
+        self.register_buffer("gain", 2 / scale, persistent=False)
+        self.register_buffer("offset", -(1 + shift) / scale, persistent=False)
         self.input_pool = config.input_pool
         self.requires_grad_(False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations after each kept stage, for images in [0, 1]."""
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the backbone's input (pooled, LPIPS' AlexNet scaling)."""
         if self.input_pool > 1:
             x = nn.functional.avg_pool2d(x, self.input_pool)
-        h = (2 * x - 1 - self.shift) / self.scale
+        return torch.addcmul(self.offset, x, self.gain)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Activations after each kept stage, for images in [0, 1]."""
+        h = self.prepare_input(x)
         out = {}
         for name, stage in self.stages.items():
             h = stage(h)

@@ -19,6 +19,7 @@ import torch
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.student.model import load_student
+from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
 from compressai_vlic.judges.types import Choice, JudgeRequest, Judgment, Vote, choice_from_score
 
 
@@ -31,6 +32,8 @@ class StudentJudge:
         batch_size: pairs per forward pass (default 32).
         device: torch device (default "cpu").
         threads: torch intra-op threads while judging (default: leave torch's setting).
+        precision: backbone arithmetic: "auto" (default: int8 when the student carries int8
+            ranges and torch has an int8 engine, else float32), "int8" or "float32".
     """
 
     backend = "student"
@@ -42,12 +45,16 @@ class StudentJudge:
         batch_size: int = 32,
         device: str = "cpu",
         threads: int | None = None,
+        precision: PrecisionType = "auto",
     ) -> None:
         if not path:
             raise ConfigError("the student judge needs path=FOLDER (--judge-arg path=...)")
         if margin < 0 or batch_size < 1:
             raise ConfigError("margin must be >= 0 and batch_size >= 1")
         self.model = load_student(path, device)
+        if str(device) != "cpu" and precision == "auto":
+            precision = "float32"  # torch's int8 kernels are CPU kernels
+        self.precision = quantize_student(self.model, precision)
         self.path = str(path)
         self.margin = float(margin)
         self.batch_size = int(batch_size)
@@ -59,10 +66,21 @@ class StudentJudge:
         self._lock = threading.Lock()
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "student", "path": self.path, "margin": self.margin, "digest": self.digest}
+        return {
+            "kind": "student",
+            "path": self.path,
+            "margin": self.margin,
+            "digest": self.digest,
+            "precision": self.precision,
+        }
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"backend": self.backend, "model": f"student@{self.digest}", "margin": self.margin}
+        return {
+            "backend": self.backend,
+            "model": f"student@{self.digest}",
+            "margin": self.margin,
+            "precision": self.precision,
+        }
 
     def _judgment(self, da: float, db: float, kappa: float, latency: float) -> Judgment:
         gap = db - da  # > 0: A is closer

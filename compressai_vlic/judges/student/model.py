@@ -30,7 +30,10 @@ PathLike = str | os.PathLike[str]
 
 
 def _unit(t: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    return nn.functional.normalize(t, dim=1, eps=eps)
+    """``F.normalize(t, dim=1)``, multiplying by the reciprocal norm (a CPU divide over the
+    full map costs several times a multiply)."""
+    norm = torch.linalg.vector_norm(t, dim=1, keepdim=True)
+    return t * norm.clamp_min(eps).reciprocal()
 
 
 class StudentModel(nn.Module):
@@ -93,7 +96,12 @@ class StudentModel(nn.Module):
 
     @staticmethod
     def _channel_distances(fr: list[torch.Tensor], fx: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([(r - x).pow(2).mean(dim=(-2, -1)) for r, x in zip(fr, fx)], dim=1)
+        out = []
+        for r, x in zip(fr, fx):
+            d = r - x
+            d = d.square() if d.requires_grad else d.square_()  # in place when judging
+            out.append(d.mean(dim=(-2, -1)))
+        return torch.cat(out, dim=1)
 
     def channel_distances(self, reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(N, channels): per-channel spatial mean squared feature difference."""
@@ -115,17 +123,8 @@ class StudentModel(nn.Module):
         self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances of A and B to one reference, running the reference through once."""
-        n = self.check(reference, "reference").shape[0]
-        maps = self.feature_maps(
-            torch.cat(
-                [
-                    reference.view(-1, *reference.shape[-3:]),
-                    a.view(-1, *a.shape[-3:]),
-                    b.view(-1, *b.shape[-3:]),
-                ]
-            )
-        )
-        fr, fa, fb = ([m[i * n : (i + 1) * n] for m in maps] for i in range(3))
+        self.check(reference, "reference")
+        fr, fa, fb = (self.feature_maps(t) for t in (reference, a, b))
         w = self.weights
         return self._channel_distances(fr, fa) @ w, self._channel_distances(fr, fb) @ w
 

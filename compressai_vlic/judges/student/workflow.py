@@ -19,6 +19,7 @@ from compressai_vlic.judges.student.evaluate import (
 )
 from compressai_vlic.judges.student.model import StudentModel, load_student, student_files
 from compressai_vlic.judges.student.opinions import read_opinions
+from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
 from compressai_vlic.judges.student.reliability import ReliabilityType
 from compressai_vlic.judges.student.teacher import (
     TeacherData,
@@ -61,6 +62,7 @@ def train_from_files(
     opinions: PathLike | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    calibration_images: int = 64,
 ) -> TrainResult:
     """Train a student on teacher files, optionally calibrate it, and save it to ``output``."""
     out = Path(output)
@@ -77,7 +79,15 @@ def train_from_files(
     model = StudentModel(config or StudentConfig(teacher=teacher_name(pairs, points)))
     store = ImageStore()
     result = train_student(
-        data, model, reliability_type, point_weight, steps, lr, store=store, seed=seed
+        data,
+        model,
+        reliability_type,
+        point_weight,
+        steps,
+        lr,
+        store=store,
+        seed=seed,
+        calibration_images=calibration_images,
     )
     if opinions is not None:
         rows = read_opinions(opinions)
@@ -115,12 +125,16 @@ def evaluate_files(
     opinions: PathLike | None = None,
     fit_count: int = 0,
     seed: int = 0,
+    precision: PrecisionType = "float32",
 ) -> tuple[list[str], dict[str, Any]]:
-    """Report lines and a JSON-able dict: agreement on held-out pairs, SRCC/PLCC on opinions."""
+    """Report lines and a JSON-able dict: agreement on held-out pairs, SRCC/PLCC on opinions.
+
+    ``precision`` "auto" or "int8" scores with the judge's int8 backbone (default float32)."""
     model = load_student(student)
+    used = quantize_student(model, precision)
     store = ImageStore()
-    lines: list[str] = [f"student {student} (backbone {model.config.backbone_source})"]
-    out: dict[str, Any] = {"student": str(student)}
+    lines: list[str] = [f"student {student} (backbone {model.config.backbone_source}, {used})"]
+    out: dict[str, Any] = {"student": str(student), "precision": used}
     if pairs:
         data = read_teacher(pairs, metric_points=False)
         report: PairReport = evaluate_pairs(model, data.pairs, baselines, store, seed)
