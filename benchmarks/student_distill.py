@@ -219,6 +219,36 @@ def judge_pairs(
     print(f"{output.name}: {summary.line()}")
 
 
+def pair_kind(pair_id: str) -> str:
+    """ "two VLIC decodes of one stream" or "<codec> vs <codec>" from a pair id of make_data."""
+    a, b = (x.split(".")[1].rstrip("0123456789").split("-")[0] for x in pair_id.split("|"))
+    return "two VLIC decodes of one stream" if a == b == "vlic" else " vs ".join(sorted([a, b]))
+
+
+def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
+    """Agreement per kind of pair (float32 and int8 student, and the baselines)."""
+    from compressai_vlic.judges.student.evaluate import evaluate_pairs
+    from compressai_vlic.judges.student.model import load_student
+    from compressai_vlic.judges.student.quantized import quantize_student
+    from compressai_vlic.judges.student.teacher import read_teacher_pairs
+    from compressai_vlic.judges.student.train import ImageStore
+
+    pairs = read_teacher_pairs(test_file).pairs
+    groups: dict[str, list] = {}
+    for p in pairs:
+        groups.setdefault(pair_kind(p.pair_id), []).append(p)
+    store, out = ImageStore(), {}
+    for precision in ("float32", "int8"):
+        model = load_student(student)
+        quantize_student(model, precision)
+        for kind, group in sorted(groups.items()):
+            rep = evaluate_pairs(model, group, baselines, store)
+            out.setdefault(kind, {})[precision] = rep.to_dict()
+            print(f"{kind} ({len(group)} pairs), student in {precision}:")
+            print("\n".join("  " + line for line in rep.lines()))
+    return out
+
+
 def reliability_experiment(
     train_file: Path, test_file: Path, seeds: int, rate: float, share: float
 ) -> dict:
@@ -336,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["student", "eval", "--student", str(student), "--pairs", str(test_file)]
         argv += [f"--baseline={b}" for b in baselines]
         cli([*argv, "--json", str(work / f"eval-{teacher}.json")])
+        print(f"the same, with the judge's int8 backbone ({teacher} teacher):")
+        cli([*argv, "--precision", "int8", "--json", str(work / f"eval-{teacher}-int8.json")])
+        if args.pair_set == "hard":
+            kinds = by_kind(student, test_file, baselines)
+            (work / f"eval-{teacher}-by-kind.json").write_text(json.dumps(kinds, indent=2))
     if args.skip_extras:
         print(f"total {time.perf_counter() - t0:.0f}s")
         return 0
