@@ -1134,6 +1134,14 @@ def _plots(run: DemoRun) -> dict[str, str]:
     fig.savefig(files["rate_quality_plot"], dpi=120)
     plt.close(fig)
 
+    files["training_curves_plot"] = str(training_curves(out, run.report))
+    return files
+
+
+def training_curves(out: Path, report: DemoReport) -> Path:
+    """training_curves.png from the stages' CSV logs under ``out``."""
+    import matplotlib.pyplot as plt
+
     stage1_csv, stage2_csv = out / "stage1" / "metrics.csv", out / "stage2" / "metrics.csv"
     refit_csv = out / "prior_refit" / "metrics.csv"
     fig, axes = plt.subplots(1, 4, figsize=(16.4, 3.4))
@@ -1157,7 +1165,15 @@ def _plots(run: DemoRun) -> dict[str, str]:
             stage2_csv,
             (("buffer/staleness", "buffer staleness (steps)"), ("buffer/size", "buffer size")),
         ),
-        ("prior refit", refit_csv, (("train/bits_per_token", "bits per token"),)),
+        (
+            ("prior refit", refit_csv, (("train/bits_per_token", "bits per token"),))
+            if not report.prior_refit.get("skipped")
+            else (
+                "stage 2 regulariser (prior refit skipped)",
+                stage2_csv,
+                (("train/flow", "flow"), ("train/perceptual", "LPIPS term")),
+            )
+        ),
     )
     for ax, (title, csv_path, series) in zip(axes, panels, strict=True):
         for key, label in series:
@@ -1167,10 +1183,10 @@ def _plots(run: DemoRun) -> dict[str, str]:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    files["training_curves_plot"] = str(out / "training_curves.png")
-    fig.savefig(files["training_curves_plot"], dpi=110)
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return files
+    return path
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
