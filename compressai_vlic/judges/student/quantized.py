@@ -172,12 +172,16 @@ def quantize_student(model: Any, precision: PrecisionType = "auto") -> str:
         reason = "the student carries no int8 ranges (train it again with this version)"
     elif engine is None:
         reason = "this torch build has no int8 engine"
+    elif next(model.parameters()).device.type != "cpu":
+        reason = "torch's int8 kernels run on the CPU only; the student is on another device"
     if reason is None:
         try:
             model.backbone = QuantizedStages(model.backbone, calibration, engine)
             return "int8"
         except ConfigError as exc:
             reason = str(exc)
+        except Exception as exc:  # a torch whose FX quantisation changed or is gone
+            reason = f"int8 quantisation failed in this torch ({type(exc).__name__}: {exc})"
     if precision == "int8":
         raise ConfigError(f"student: int8 asked for, but {reason}")
     log.info("student judge in float32: %s", reason)
