@@ -120,6 +120,16 @@ def test_planner_reads_a_config_and_finds_the_largest_micro_batch(tmp_path):
     # the plan is linear in the micro-batch: one more sample than the largest does not fit
     assert p.fixed + largest * p.per_sample <= 4 * gib < p.fixed + (largest + 1) * p.per_sample
     assert train_main(["plan", "--config", str(path), "--gpu-memory", "4"]) == 0
+    # stage 2 counts the perceptual network only where its regulariser keeps stage 1's term
+    stage2 = yaml.safe_load((CONFIGS / "tiny_stage2.yaml").read_text())
+    stage2["model"]["init_args"]["quality"] = "tiny"
+    kept, plain = tmp_path / "s2.yaml", tmp_path / "s2-plain.yaml"
+    kept.write_text(yaml.safe_dump(stage2))
+    stage2["model"]["init_args"]["perceptual_weight"] = 0.0
+    plain.write_text(yaml.safe_dump(stage2))
+    with_term, without = read_setup(kept), read_setup(plain)
+    assert (with_term.perceptual_type, without.perceptual_type) == ("lpips", "none")
+    assert plan(with_term).peak > plan(without).peak
     with pytest.raises(ConfigError, match="does not exist"):
         read_setup(tmp_path / "missing.yaml")
 

@@ -363,7 +363,8 @@ def read_setup(path: str | Path) -> TrainingSetup:
             ema = True
             ema_device = str((cb.get("init_args") or {}).get("ema_device", "model"))
     perceptual = "none"
-    if stage == 1 and float(args.get("perceptual_weight", 1.0)) > 0:
+    # stage 1's perceptual term defaults to weight 1, stage 2's (on the regulariser) to 0
+    if float(args.get("perceptual_weight", 1.0 if stage == 1 else 0.0)) > 0:
         perceptual = str(args.get("perceptual_type", "lpips"))
     return TrainingSetup(
         path=str(path),
@@ -445,9 +446,9 @@ def plan(setup: TrainingSetup, measurement: Measurement | None = None) -> Memory
     # (component, samples per micro-batch) that keep activations for backward
     work = [(enc, 1.0), (dec, 1.0), (prior, 1.0)]
     ratio = 0.0
-    if setup.stage == 1:
-        work.append((perc, 1.0))
-    else:
+    if setup.stage == 1 or setup.perceptual_type != "none":
+        work.append((perc, 1.0))  # on the originals' one-step estimate
+    if setup.stage == 2:
         ratio = setup.dpo_batch_size / max(1, b)
         work.append((dec, 2 * ratio))  # policy on winners and losers
         if not setup.freeze_encoder:
