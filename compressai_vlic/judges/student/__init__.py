@@ -13,8 +13,7 @@ Names resolve on first use, so importing this package pulls in nothing heavy.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from compressai_vlic.lazy import lazy_getattr
 
 _EXPORTS = {
     "StudentConfig": "compressai_vlic.judges.student.config",
@@ -44,9 +43,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
