@@ -44,6 +44,21 @@ def judged_dataset(tmp_path, photos):
     return out
 
 
+def _fit_offline(dataset, root, make_trainer, steps: int, **module_args):
+    """A few offline Diffusion-DPO steps on the judged dataset; returns the trainer."""
+    module = Stage2Module(
+        quality="test",
+        preference_type="offline",
+        preference_dataset=str(dataset),
+        dpo_batch_size=4,
+        lr=1e-4,
+        **module_args,
+    )
+    trainer = make_trainer(max_steps=steps, limit_val_batches=0, default_root_dir=str(root))
+    trainer.fit(module, PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=4 * steps))
+    return trainer
+
+
 def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path, quiet_cpu_trainer):
     prefs = OfflinePreferences.from_dataset(judged_dataset, crop_size=32)
     assert len(prefs) == 3 and prefs.abstained == 0
@@ -54,19 +69,7 @@ def test_offline_preferences_from_a_judge_dataset(judged_dataset, tmp_path, quie
     err_l = (batch.loser - batch.reference).abs().mean(dim=(1, 2, 3))
     assert bool((err_w < err_l).all())
 
-    module = Stage2Module(
-        quality="test",
-        preference_type="offline",
-        preference_dataset=str(judged_dataset),
-        dpo_batch_size=4,
-        lr=1e-4,
-    )
-    trainer = quiet_cpu_trainer(
-        max_steps=2,
-        limit_val_batches=0,
-        default_root_dir=str(tmp_path),
-    )
-    trainer.fit(module, PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=8))
+    trainer = _fit_offline(judged_dataset, tmp_path, quiet_cpu_trainer, steps=2)
     metrics = trainer.callback_metrics
     assert "train/dpo_loss" in metrics and float(metrics["buffer/size"]) == 3
     assert float(metrics["judge/abstain_rate"]) == 0.0
@@ -78,18 +81,15 @@ def test_stage2_keeps_stage1_perceptual_term_when_asked(
     judged_dataset, tmp_path, quiet_cpu_trainer
 ):
     """perceptual_weight adds stage 1's LPIPS on the originals' one-step estimate to the loss."""
-    module = Stage2Module(
-        quality="test",
-        preference_type="offline",
-        preference_dataset=str(judged_dataset),
-        dpo_batch_size=4,
-        lr=1e-4,
+    trainer = _fit_offline(
+        judged_dataset,
+        tmp_path,
+        quiet_cpu_trainer,
+        steps=1,
         perceptual_weight=0.5,
         perceptual_fallback_type="error",  # real LPIPS weights or a failing test
     )
-    assert module.perceptual_choice.active == "lpips"
-    trainer = quiet_cpu_trainer(max_steps=1, limit_val_batches=0, default_root_dir=str(tmp_path))
-    trainer.fit(module, PhotosDataModule(crop_size=32, batch_size=4, samples_per_epoch=4))
+    assert trainer.lightning_module.perceptual_choice.active == "lpips"
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert m["train/perceptual"] > 0
     expected = m["train/dpo_loss"] + m["train/flow"] + 0.5 * m["train/perceptual"]
