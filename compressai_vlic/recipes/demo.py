@@ -492,16 +492,15 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         )
         if v is not None
     }
-    refit_type = getattr(args, "refit_type", None)
-    if refit_type is not None:
-        if refit_type not in ("auto", "always"):
-            raise ConfigError(f"refit_type must be auto or always, got {refit_type!r}")
-        plan = replace(plan, refit_type=refit_type)
-    selection = getattr(args, "posttrain_selection", None)
-    if selection is not None:
-        if selection not in ("val_lpips", "last"):
-            raise ConfigError(f"posttrain_selection must be val_lpips or last, got {selection!r}")
-        plan = replace(plan, selection_type=selection)
+    for arg, key, allowed in (
+        ("refit_type", "refit_type", ("auto", "always")),
+        ("posttrain_selection", "selection_type", ("val_lpips", "last")),
+    ):
+        value = getattr(args, arg, None)
+        if value is not None:
+            if value not in allowed:
+                raise ConfigError(f"{arg} must be {' or '.join(allowed)}, got {value!r}")
+            plan = replace(plan, **{key: value})
     if any(v < 1 for v in steps.values()):
         raise ConfigError(f"step counts must be >= 1, got {steps}")
     plan = replace(plan, **steps)

@@ -114,3 +114,10 @@ def make_perceptual_loss(
         log.warning(reason)
         loss = MSSSIMLoss() if fallback_type == "ms_ssim" else None
         return loss, PerceptualChoice("lpips", fallback_type, reason)
+
+
+def perceptual_distance(module: nn.Module, x0_hat: Tensor, x: Tensor) -> Tensor:
+    """``module(x0_hat, x)`` with the (frozen, unregistered) network moved to the images' device."""
+    if next(iter(module.buffers()), x).device != x.device:
+        module.to(x.device)
+    return module(x0_hat, x)

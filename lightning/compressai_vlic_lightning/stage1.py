@@ -33,6 +33,7 @@ from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
     PerceptualType,
     make_perceptual_loss,
+    perceptual_distance,
 )
 
 log = logging.getLogger(__name__)
@@ -157,10 +158,7 @@ class Stage1Module(pl.LightningModule):
     def _perceptual_loss(self, x0_hat: Tensor, x: Tensor) -> Tensor:
         if not self._perceptual:
             return x.new_zeros(())
-        module = self._perceptual[0]
-        if next(iter(module.buffers()), x).device != x.device:
-            module.to(x.device)
-        return module(x0_hat, x)
+        return perceptual_distance(self._perceptual[0], x0_hat, x)
 
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
         hp = self.hparams

@@ -51,6 +51,7 @@ from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
     PerceptualType,
     make_perceptual_loss,
+    perceptual_distance,
 )
 from compressai_vlic_lightning.preferences import (
     CallType,
@@ -543,7 +544,7 @@ class Stage2Module(pl.LightningModule):
                 }
             )
         if self._perceptual:
-            perceptual = self._perceptual_loss(flow.x0_hat, batch)
+            perceptual = perceptual_distance(self._perceptual[0], flow.x0_hat, batch)
             loss = loss + hp.perceptual_weight * perceptual
             logs["train/perceptual"] = perceptual.detach()
         loss = loss + hp.prior_weight * prior_bpp
@@ -552,12 +553,6 @@ class Stage2Module(pl.LightningModule):
         self.log_dict(logs, on_step=True, batch_size=batch.shape[0])
         self.log("loss", loss.detach(), prog_bar=True, batch_size=batch.shape[0])
         return loss
-
-    def _perceptual_loss(self, x0_hat: Tensor, x: Tensor) -> Tensor:
-        module = self._perceptual[0]
-        if next(iter(module.buffers()), x).device != x.device:
-            module.to(x.device)
-        return module(x0_hat, x)
 
     def _buffer_logs(self, step: int) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -52,8 +52,6 @@ class StudentJudge:
         if margin < 0 or batch_size < 1:
             raise ConfigError("margin must be >= 0 and batch_size >= 1")
         self.model = load_student(path, device)
-        if str(device) != "cpu" and precision == "auto":
-            precision = "float32"  # torch's int8 kernels are CPU kernels
         self.precision = quantize_student(self.model, precision)
         self.path = str(path)
         self.margin = float(margin)

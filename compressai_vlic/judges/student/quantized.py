@@ -102,22 +102,16 @@ def calibrate_int8(
         raise ConfigError("this torch build has no int8 engine (x86, fbgemm or qnnpack)")
     backbone = model.backbone
     prepared = _prepare(_StageStack(backbone.stages), engine)
-    seen = 0
-    batch: list[torch.Tensor] = []
-    with torch.no_grad():
-        for img in [*images, None]:
-            if img is not None:
-                batch.append(img.float())
-                seen += 1
-            shapes = {tuple(b.shape) for b in batch}
-            if batch and (img is None or len(batch) == batch_size or len(shapes) > 1):
-                last = batch.pop() if len(shapes) > 1 else None
-                prepared(backbone.prepare_input(torch.stack(batch)))
-                batch = [last] if last is not None else []
-        if batch:
-            prepared(backbone.prepare_input(torch.stack(batch)))
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for img in images:
+        by_shape.setdefault(tuple(img.shape), []).append(img.float())
+    seen = sum(len(group) for group in by_shape.values())
     if not seen:
         raise ConfigError("calibrate_int8 needs at least one image")
+    with torch.no_grad():
+        for group in by_shape.values():
+            for start in range(0, len(group), batch_size):
+                prepared(backbone.prepare_input(torch.stack(group[start : start + batch_size])))
     ranges = {
         name: [float(obs.min_val), float(obs.max_val)] for name, obs in _observers(prepared).items()
     }
