@@ -10,6 +10,7 @@ from PIL import Image
 
 from compressai_vlic.cli.main import main as vlic_main
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.student import StudentConfig, StudentModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -101,3 +102,10 @@ def test_stage2_keeps_stage1_perceptual_term_when_asked(
     assert plain.perceptual_choice.active == "none" and not plain._perceptual
     with pytest.raises(ConfigError, match="perceptual_weight"):
         Stage2Module(quality="test", perceptual_weight=-1.0)
+    with pytest.raises(ConfigError, match="student_path"):
+        Stage2Module(quality="test", perceptual_weight=0.5, perceptual_type="student")
+    student = StudentModel(StudentConfig(init_type="random")).save(tmp_path / "student")
+    with_student = Stage2Module(
+        quality="test", perceptual_weight=0.5, perceptual_type="student", student_path=str(student)
+    )
+    assert with_student.perceptual_choice.active == "student"

@@ -144,6 +144,7 @@ class Stage2Module(pl.LightningModule):
         perceptual_type: "lpips" (default), "ms_ssim" or "student" (see Stage1Module).
         perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
         lpips_weights: LPIPS linear-layer weights file (default: the registry's).
+        student_path: folder of a trained student, for ``perceptual_type="student"``.
         label_type: "hard" (default) or "soft": the expected DPO loss under the judge's
             P(winner better) where the judge reports answer probabilities (others count as sure).
         prior_weight: weight of the token prior's NLL (bpp), so the prior follows the encoder.
@@ -195,6 +196,7 @@ class Stage2Module(pl.LightningModule):
         perceptual_type: PerceptualType = "lpips",
         perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
         lpips_weights: str | None = None,
+        student_path: str | None = None,
         label_type: Literal["hard", "soft"] = "hard",
         prior_weight: float = 1.0,
         dpo_batch_size: int = 8,
@@ -255,6 +257,7 @@ class Stage2Module(pl.LightningModule):
             perceptual_type if perceptual_weight > 0 else "none",
             perceptual_fallback_type,
             lpips_weights=lpips_weights,
+            student_path=student_path,
         )
         # A list keeps the frozen metric network out of the checkpoint and the optimizer.
         self._perceptual = [perceptual] if perceptual is not None else []
