@@ -4,6 +4,7 @@ one-vs-many, scene-bootstrap Spearman, attribute-weighting fit), with known answ
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -171,7 +172,9 @@ def test_weighting_fit_equals_hand_computation():
     exact = attribute_weights(c, f, c, ["a", "b", "c", "a", "b", "c"], 0, rng)
     assert exact.w_contrast.value == pytest.approx(1.0)
     assert exact.w_colorfulness.value == pytest.approx(0.0, abs=1e-12)
-    assert exact.r2 == pytest.approx(1.0)
+    assert exact.r2 == pytest.approx(1.0) and exact.identifiable
+    # the same answers to both attributes: the weights are not identifiable, and say so
+    assert not attribute_weights(c, c, o, ["a"] * 6, 0, rng).identifiable
 
 
 def test_zscore_one_vs_many_and_scene_bootstrap():
@@ -237,6 +240,15 @@ def test_psychophysics_end_to_end_with_attribute_judges(tmp_path, bases):
     text = format_psychophysics(report)
     assert "VR %" in text and "w_c/(|w_c|+|w_f|)" in text
     assert report.to_dict()["z_responses"]["attribute"]["contrast"]
+
+    from compressai_vlic.cli.main import main
+
+    out = tmp_path / "psy"
+    argv = ["judge", "psychophysics", "--csv", str(tmp_path / "labels.csv"), "--repeats", "2"]
+    assert main([*argv, "--bootstrap", "20", "--output-dir", str(out), "--no-progress"]) == 0
+    saved = json.loads((out / "psychophysics.json").read_text())
+    assert saved["attributes"] == ["colorfulness", "contrast", "overall"]
+    assert {s["observer"] for s in saved["stats"]} == {"human", "attribute"}
 
 
 def test_psychophysics_rejects_mismatched_answers(tmp_path, bases):

@@ -136,6 +136,7 @@ class WeightFit:
     relative_contrast: Estimate  # w_c / (|w_c| + |w_f|)
     r2: float
     n_trials: int
+    identifiable: bool = True  # False: contrast and colourfulness responses are collinear
 
 
 def _lstsq(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -177,6 +178,8 @@ def attribute_weights(
             "contrast, colorfulness, overall and scenes must have one entry per trial"
         )
     wc, wf, r2 = _lstsq(x, y)
+    design = np.stack([zscore(x[:, 0]), zscore(x[:, 1])], axis=1)
+    identifiable = bool(np.linalg.matrix_rank(design, tol=1e-9) == 2)
 
     def rel(a: float, b: float) -> float:
         den = abs(a) + abs(b)
@@ -195,6 +198,7 @@ def attribute_weights(
         _interval(rel(wc, wf), br) if br else Estimate(rel(wc, wf), rel(wc, wf), rel(wc, wf)),
         r2,
         int(y.shape[0]),
+        identifiable,
     )
 
 
@@ -429,6 +433,7 @@ def format_psychophysics(report: PsychophysicsReport) -> str:
                 f"  {observer:<24} w_c {w.w_contrast.fmt(pct=False):>22}  "
                 f"w_f {w.w_colorfulness.fmt(pct=False):>22}  "
                 f"w_c/(|w_c|+|w_f|) {w.relative_contrast.fmt(pct=False):>22}  R^2 {w.r2:.3f}"
+                + ("" if w.identifiable else "  (contrast and colourfulness answers collinear)")
             )
     for s in report.stats:
         if s.separability:
