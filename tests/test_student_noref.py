@@ -130,3 +130,32 @@ def test_calibration_from_a_mos_csv_and_round_trip(tmp_path, bases):
     (tmp_path / "bad.csv").write_text("image,score\nx.png,1\n")
     with pytest.raises(DatasetError, match="image,mos"):
         read_mos_csv(tmp_path / "bad.csv")
+
+
+def test_student_commands_no_reference(tmp_path, photos, capsys):
+    from compressai_vlic.cli.main import main
+
+    for d in ("orig", "a", "b"):
+        (tmp_path / d).mkdir()
+    rows = ["image,mos"]
+    for k, name in enumerate(photos):
+        base = photo_tensor(photos[name], crop=(40, 40))[0]
+        for d, sigma in (("orig", 0.0), ("a", 0.02), ("b", 0.1)):
+            img = noisy(base, sigma, k).permute(1, 2, 0).numpy()
+            Image.fromarray(np.round(img * 255).astype(np.uint8)).save(tmp_path / d / f"{name}.png")
+            rows.append(f"{d}/{name}.png,{5 - 30 * sigma}")
+    (tmp_path / "mos.csv").write_text("\n".join(rows) + "\n")
+    prefs = tmp_path / "prefs.jsonl"
+    judge = ["judge", "--originals", str(tmp_path / "orig"), "--recon-a", str(tmp_path / "a")]
+    judge += ["--recon-b", str(tmp_path / "b"), "--output", str(prefs), "--judge-type", "psnr"]
+    assert main([*judge, "--no-progress"]) == 0
+    out = tmp_path / "nr"
+    train = ["student", "train", "--student-type", "no-reference", "--pairs", str(prefs)]
+    train += ["--output", str(out), "--init-type", "random", "--steps", "30"]
+    assert main([*train, "--mos", str(tmp_path / "mos.csv")]) == 0
+    assert (out / "noref.safetensors").is_file() and load_noref_student(out).calibration()
+    assert main(train) == 2  # never over an existing student unasked
+    capsys.readouterr()
+    assert main(["student", "eval", "--student", str(out), "--pairs", str(prefs)]) == 0
+    text = capsys.readouterr().out
+    assert "no-reference student:" in text and "psnr:" in text and "of 4 pairs" in text

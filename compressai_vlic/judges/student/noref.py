@@ -310,3 +310,136 @@ def calibrate_noref(
     cal = fit_calibration(scores, [r[1] for r in rows])
     model.meta["calibration"] = cal.to_dict()
     return cal
+
+
+def evaluate_noref_pairs(
+    model: NoRefStudent,
+    pairs: Sequence[Any],
+    baselines: Sequence[str] = ("psnr",),
+    store: ImageStore | None = None,
+    full_reference: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The no-reference student against the teacher's labels, beside full-reference baselines.
+
+    Agreement (Wilson intervals) of the student (which never sees the reference), of each
+    baseline metric and, when given, of a full-reference student; and the student's advantage
+    over each, a paired bootstrap that resamples whole reference images.
+
+    Args:
+        model: the no-reference student.
+        pairs: teacher pairs (abstentions are left out).
+        baselines: full-reference metric names (e.g. psnr, ms_ssim).
+        store: image loader/cache.
+        full_reference: a full-reference :class:`~.model.StudentModel` to compare with.
+        seed: bootstrap seed.
+    """
+    from compressai_vlic.judges.student.agreement import agreement, bootstrap_difference, correct
+    from compressai_vlic.judges.student.evaluate import metric_values, student_distances
+    from compressai_vlic.judges.types import Choice
+
+    store = store or ImageStore()
+    labelled = [p for p in pairs if p.label is not Choice.ABSTAIN]
+    if not labelled:
+        raise ConfigError("no labelled teacher pairs to evaluate on")
+    targets = [1.0 if p.label is Choice.A else 0.0 for p in labelled]
+    groups = [p.group or str(p.reference) for p in labelled]
+    qa = noref_scores(model, [p.a for p in labelled], store)
+    qb = noref_scores(model, [p.b for p in labelled], store)
+    mine = correct(qa - qb, targets)
+    results = [agreement("no-reference student", qa - qb, targets)]
+    others: dict[str, np.ndarray] = {}
+    couples_a = [(p.reference, p.a) for p in labelled]
+    couples_b = [(p.reference, p.b) for p in labelled]
+    if full_reference is not None:
+        da = student_distances(full_reference, couples_a, store)
+        db = student_distances(full_reference, couples_b, store)
+        results.append(agreement("full-reference student", db - da, targets))
+        others["full-reference student"] = correct(db - da, targets)
+    for name in baselines:
+        va, higher = metric_values(name, couples_a, store)
+        vb, _ = metric_values(name, couples_b, store)
+        prefers = (va - vb) if higher else (vb - va)
+        results.append(agreement(name, prefers, targets))
+        others[name] = correct(prefers, targets)
+    advantage = {
+        name: bootstrap_difference(mine, ok, groups, seed=seed) for name, ok in others.items()
+    }
+    return {
+        "n_pairs": len(labelled),
+        "agreement": [r.__dict__ for r in results],
+        "advantage": {k: list(v) for k, v in advantage.items()},
+        "lines": [r.line() for r in results]
+        + [
+            f"no-reference student - {k}: {100 * m:+.1f} points (95% bootstrap CI over reference "
+            f"images {100 * lo:+.1f} to {100 * hi:+.1f})"
+            for k, (m, lo, hi) in advantage.items()
+        ],
+    }
+
+
+def train_noref_from_files(
+    output: PathLike,
+    pairs: Sequence[PathLike] = (),
+    points: Sequence[PathLike] = (),
+    reliability_type: ReliabilityType = "all",
+    point_weight: float = 0.5,
+    steps: int = 500,
+    lr: float = 3e-3,
+    metric_points: bool = True,
+    mos: PathLike | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    init_type: str = "imagenet",
+) -> dict[str, Any]:
+    """Train a no-reference student on teacher files, calibrate it on a MOS CSV, save it.
+
+    Args:
+        output: folder for ``noref.safetensors`` and ``noref.json`` (never overwritten unasked).
+        pairs: preference datasets of the teacher.
+        points: point-wise score files of the teacher.
+        reliability_type: pair weighting.
+        point_weight: weight of the point-wise regression.
+        steps: training steps.
+        lr: learning rate.
+        metric_points: use a metric teacher's values as point-wise scores.
+        mos: CSV ``image,mos`` to calibrate on.
+        overwrite: replace a student already in ``output``.
+        seed: head initialisation seed.
+        init_type: backbone weights ("imagenet" or "random").
+    """
+    from compressai_vlic.judges.student.workflow import read_teacher, teacher_name
+
+    out = Path(output)
+    if not overwrite and ((out / NOREF_WEIGHTS).exists() or (out / NOREF_META).exists()):
+        raise ConfigError(f"{out} already holds a no-reference student; pass --overwrite")
+    data = read_teacher(pairs, points, metric_points)
+    model = NoRefStudent(NoRefConfig(init_type=init_type, teacher=teacher_name(pairs, points)))
+    store = ImageStore()
+    summary = train_noref(
+        data, model, reliability_type, point_weight, steps, lr, store=store, seed=seed
+    )
+    if mos is not None:
+        cal = calibrate_noref(model, read_mos_csv(mos), store)
+        model.meta["calibration"]["mos"] = str(mos)
+        summary["calibration"] = cal.to_dict()
+    model.save(out, overwrite=overwrite)
+    return summary
+
+
+def evaluate_noref_files(
+    student: PathLike,
+    pairs: Sequence[PathLike],
+    baselines: Sequence[str] = ("psnr",),
+    full_reference: PathLike | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_noref_pairs` on held-out preference datasets."""
+    from compressai_vlic.judges.student.model import load_student
+    from compressai_vlic.judges.student.teacher import read_teacher_pairs
+
+    if not pairs:
+        raise ConfigError("student eval needs --pairs (held-out preference datasets)")
+    model = load_noref_student(student)
+    labelled = [p for path in pairs for p in read_teacher_pairs(path).pairs]
+    fr = load_student(full_reference) if full_reference is not None else None
+    return evaluate_noref_pairs(model, labelled, baselines, ImageStore(), fr)
