@@ -297,8 +297,8 @@ def read_mos_csv(path: PathLike) -> list[tuple[str, float]]:
             if not image.is_file():
                 raise DatasetError(f"{path}:{lineno}: {image} does not exist")
             rows.append((str(image), mos))
-    if len(rows) < 4:
-        raise DatasetError(f"{path}: a 4-parameter calibration needs at least 4 rows")
+    if len(rows) < 5:
+        raise DatasetError(f"{path}: a 4-parameter calibration needs at least 5 rows")
     return rows
 
 
