@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"trained in {time.perf_counter() - t0:.0f}s")
     model = load_noref_student(out)
-    fr = load_student(work / f"student-{args.teacher}")
+    fr_dir = work / f"student-{args.teacher}"
+    for _ in range(120):  # student_distill.py may still be training it
+        if (fr_dir / "student.json").is_file():
+            break
+        time.sleep(10)
+    fr = load_student(fr_dir)
     pairs = read_teacher_pairs(test_file).pairs
     store = ImageStore()
     report = {"all": evaluate_noref_pairs(model, pairs, ["psnr", "ms_ssim"], store, fr)}
