@@ -673,9 +673,7 @@ class CodecPairMaker:
         source, top, left = crop
         tile = int(self.model.config.image_size)
         x = load_image(source).tensor[:, top : top + tile, left : left + tile]
-        tmp = pair.reference.with_name(f".tmp-{pair.reference.name}")
-        save_png(x, tmp)
-        os.replace(tmp, pair.reference)
+        save_png(x, pair.reference)  # atomic
 
     def _codes(self, pair: PairInputs, data: bytes) -> None:
         """Store the tokens and layout inside the bitstream (exactly what A and B decode)."""
