@@ -48,6 +48,7 @@ FALLBACK_MAX_IMAGE_MB = 8192
 
 _PILLOW_LIMIT_LOCK = threading.Lock()
 _MIB = 1 << 20
+_DECODE_OVERHEAD = 32 * _MIB  # decoder state and allocator slack, whatever the size
 
 # Pillow raw modes of 16-bit-per-channel colour data (PNG, TIFF), mapped to the raw mode that
 # unpacks the other byte of every sample: Pillow keeps one byte, two passes keep both.
@@ -112,7 +113,7 @@ class ImageHeader:
     @property
     def decode_bytes(self) -> int:
         """Peak memory :func:`load_image` takes for this image (an upper estimate)."""
-        return self.pixels * _bytes_per_pixel(self)
+        return self.pixels * _bytes_per_pixel(self) + _DECODE_OVERHEAD
 
 
 class _NonFiniteImage(ValueError):
@@ -122,9 +123,9 @@ class _NonFiniteImage(ValueError):
 def _bytes_per_pixel(header: ImageHeader) -> int:
     """Peak bytes per pixel of the decode below: Pillow's image(s), the numpy view, the float
     tensor; measured per path (tests/test_image_limits.py) and rounded up."""
-    if header.rawmode in _OTHER_BYTE:  # two Pillow images, two byte planes, float32 planes
+    if header.rawmode in _OTHER_BYTE or header.rawmode in _LA16:  # two passes / byte planes
         per = 64
-    elif header.rawmode in _LA16 or header.mode in ("I", "F"):
+    elif header.mode in ("I", "F"):
         per = 48
     elif header.mode.startswith("I;16") or header.mode in ("L", "1"):
         per = 32
