@@ -255,3 +255,93 @@ def test_a_write_killed_midway_leaves_no_file_a_reader_takes_and_is_cleaned(tmp_
     atomic_write_bytes(folder / "other.bin", b"x")
     assert not left[0].exists()
     assert clean_stale_temporaries(folder) == []
+
+
+@pytest.fixture
+def batch_folder(tmp_path, photos) -> Path:
+    """Two good 32x32 photos and bad items: a truncated GIF, a PNG over the memory budget (inside
+    the pixel limit), one over the pixel limit, and one smaller than the codec's tile."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.ascontiguousarray(photos["astronaut"][100:132, 180:212])).save(
+        folder / "a_good.png"
+    )
+    Image.fromarray(np.ascontiguousarray(photos["coffee"][100:132, 300:332])).save(
+        folder / "b_good.png"
+    )
+    frames = [
+        Image.fromarray(photos["rocket"][:40, :48]),
+        Image.fromarray(photos["chelsea"][:40, :48]),
+    ]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    data = (tmp_path / "anim.gif").read_bytes()
+    for cut in range(len(data) // 2, len(data)):  # the first cut the reader cannot decode
+        (folder / "c_cut.gif").write_bytes(data[:cut])
+        try:
+            load_image(folder / "c_cut.gif")
+        except Exception:
+            break
+    _forged_png(folder / "e_budget.png", 9_000, 8_000, 16, 6)  # 72 MP of 16-bit RGBA
+    _forged_png(folder / "f_pixels.png", 20_000, 20_000)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "g_small.png")
+    return folder
+
+
+BAD = ("c_cut.gif", "e_budget.png", "f_pixels.png")  # (16-bit PNGs: in a child process above)
+
+
+def _cli(*argv: str) -> tuple[int, str]:
+    """The real dispatcher in process, with its exit status and stderr."""
+    import contextlib
+    import io
+
+    from compressai_vlic.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        status = main(list(argv))
+    return status, err.getvalue()
+
+
+def test_encode_batch_skips_every_bad_item_by_name_and_goes_on(batch_folder, tmp_path):
+    out = tmp_path / "streams"
+    status, err = _cli(
+        "encode", str(batch_folder), "-o", str(out), "--quality", "test", "--max-image-mb", "2048"
+    )  # fmt: skip
+    assert status == 1, err[-2000:]  # the CLI's status for "some inputs failed"
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.vlic", "b_good.vlic", "g_small.vlic"]
+    assert "3 input(s) failed" in err
+    for name in BAD:
+        assert f"{batch_folder / name}: " in err, name
+    assert "over the memory budget of 2048 MiB" in err
+    assert "exceeds the limit of 100000000 pixels" in err
+
+
+def test_compare_batch_leaves_out_bad_images_and_goes_on(batch_folder, tmp_path):
+    from compressai_vlic.cli.main import main
+
+    status = main(
+        ["compare", str(batch_folder), "--codec", "jpeg@q50", "--metrics", "psnr",
+         "--distribution-metrics", "none", "--plot-type", "none", "--no-progress",
+         "-o", str(tmp_path / "cmp")]
+    )  # fmt: skip
+    assert status == 1
+    rows = (tmp_path / "cmp" / "rows.csv").read_text()
+    assert "a_good.png" in rows and "g_small.png" in rows and "c_cut.gif" not in rows
+    skipped = (tmp_path / "cmp" / "skipped.json").read_text()
+    assert all(name in skipped for name in BAD)
+
+
+def test_judge_codec_mode_skips_bad_huge_and_small_originals(batch_folder, tmp_path):
+    out = tmp_path / "prefs.jsonl"
+    (batch_folder / "b_good.png").unlink()  # one good original is enough (two decodes)
+    status, err = _cli(
+        "judge", "--originals", str(batch_folder), "--codec-quality", "test", "--judge-type", "psnr",
+        "--output", str(out), "--no-progress", "--max-image-mb", "2048",
+    )  # fmt: skip
+    assert status == 1, err[-2000:]
+    rows = [line for line in out.read_text().splitlines() if '"pair_id"' in line]
+    assert len(rows) == 1 and '"a_good#s0-s1"' in rows[0]
+    for name in (*BAD, "g_small.png"):
+        assert f"skipped original {Path(name).stem}: " in err, name
+    assert "smaller than the codec's 32-px tile" in err
