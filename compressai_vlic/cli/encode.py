@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             out = batch.model.compress(image.tensor[None], seed=args.seed)
             data = b"".join(out["strings"][0])
             atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
-        except (ImageReadError, VLICError, OSError) as exc:
+        except (ImageReadError, VLICError, OSError, MemoryError) as exc:  # skip, go on
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue
         height, width = image.size

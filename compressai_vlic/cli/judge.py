@@ -293,6 +293,8 @@ def run_build(args: argparse.Namespace) -> int:
         progress=args.progress,
         prepare=prepare,
     )
+    if codec is not None:  # originals the codec could not use: skipped, named, exit status 1
+        summary.skipped.update({f"original {k}": v for k, v in maker.skipped.items()})
     if summary.repaired_bytes:
         print(
             f"cut off a torn last line ({summary.repaired_bytes} bytes) left by an interrupted run",

@@ -59,6 +59,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Sub-commands that forward their whole argv to another program's parser.
 PASSTHROUGH = {"eval", "update"}
+# Sub-commands that read input images: they take --max-pixels and --max-image-mb.
+IMAGE_COMMANDS = {"encode", "compare", "judge"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run_argv(rest) or 0)
     parser = argparse.ArgumentParser(prog=f"compressai-vlic {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
+    if name in IMAGE_COMMANDS:
+        from compressai_vlic.cli._args import add_image_limit_arguments, apply_image_limits
+
+        add_image_limit_arguments(parser)
     args = parser.parse_args(rest)
+    if name in IMAGE_COMMANDS:
+        apply_image_limits(args)
     return int(module.run(args) or 0)
 
 

@@ -579,10 +579,10 @@ class FetchResult:
 
 
 def _save_atomic(state: StateDict, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
 
 
 def _download(url: str, target: Path, timeout: float) -> None:
