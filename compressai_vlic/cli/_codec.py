@@ -31,8 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
     group.add_argument(
         "--quality",
-        help="zoo quality: 'test' (tiny untrained model, fixed seed) or a paper point (1, 2) "
-        "whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
+        help="zoo quality: 'tiny' (or 0): the trained model shipped with the package, use this "
+        "one; 'test': random weights from a fixed seed, for tests only (its output is noise); "
+        "1 or 2: paper-size models whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
     )
 
 
