@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import get_args
 
 EXPORT = "export"
 PLAN = "plan"
@@ -109,11 +108,14 @@ def _export(argv: list[str]) -> int:
     args = parser.parse_args(argv)  # before any heavy import: `export --help` is quick
     from compressai_vlic.atomic import refuse_existing
     from compressai_vlic.errors import VLICError
+    from compressai_vlic.options import check_option
     from compressai_vlic_lightning.common import WeightsType
     from compressai_vlic_lightning.export import export_checkpoint
 
-    if args.weights_type not in get_args(WeightsType):
-        parser.error(f"--weights-type must be one of {', '.join(get_args(WeightsType))}")
+    try:
+        check_option("weights_type", args.weights_type, WeightsType)
+    except VLICError as exc:
+        parser.error(str(exc))
     try:
         refuse_existing(args.output, args.overwrite)
         result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
