@@ -147,3 +147,32 @@ def test_prepare_photos_held_out_without_its_package_says_what_to_install(tmp_pa
     assert proc.returncode != 0
     assert "mate-backgrounds" in proc.stderr and "apt-get" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+_HELP_PROBE = """
+import contextlib, io, sys
+from compressai_vlic.cli.main import main
+from compressai_vlic_lightning.cli import main as train_main
+calls = [(main, []), (main, ["encode"]), (main, ["decode"]), (main, ["eval"]), (main, ["update"]),
+         (main, ["demo"]), (train_main, []), (train_main, ["plan"]), (train_main, ["export"])]
+for fn, argv in calls:
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            fn([*argv, "--help"])
+    except SystemExit:
+        pass
+    assert "usage" in out.getvalue(), argv
+    heavy = sorted({"torch", "pytorch_lightning", "compressai"} & set(sys.modules))
+    print(fn.__module__, argv, heavy)
+"""
+
+
+def test_help_imports_no_torch():
+    """`--help` answers at once: its parsers are built without torch, Lightning or CompressAI."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE], env=_env(), capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 9 and all(line.endswith("[]") for line in lines), proc.stdout
