@@ -92,6 +92,12 @@ def test_plan_takes_a_shipped_config_by_name_from_another_folder(tmp_path, monke
     assert Path(report["config"]).name == "tiny_stage1.yaml" and report["fits"]
     # the repository-relative path a README shows works from elsewhere too
     assert train_main(["plan", "--config", "configs/train/tiny_stage1.yaml", "--json"]) == 0
+    # `fit --config NAME` gets the shipped file; other values reach LightningCLI unchanged
+    from compressai_vlic_lightning.cli import _config_names
+
+    argv = _config_names(["--config", "tiny_stage1", "--config=nope.yaml", "--x", "tiny_stage1"])
+    assert Path(argv[1]).is_file() and Path(argv[1]).name == "tiny_stage1.yaml"
+    assert argv[2:] == ["--config=nope.yaml", "--x", "tiny_stage1"]
 
 
 def test_plain_encode_prints_no_warning(tmp_path, photos):
