@@ -21,7 +21,6 @@ from compressai_vlic.cli._codec import (
     open_batch,
 )
 from compressai_vlic.errors import ImageReadError, VLICError
-from compressai_vlic.image_io import find_images, load_image
 
 STREAM_SUFFIX = ".vlic"
 
@@ -45,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from compressai_vlic.image_io import find_images, load_image  # imports torch: not for --help
 
     batch = open_batch(
         args,

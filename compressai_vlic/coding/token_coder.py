@@ -44,9 +44,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
+from compressai_vlic._compressai import BufferedRansEncoder, RansDecoder
 from compressai_vlic.coding.cdf import (
     DEFAULT_LOGIT_STEP,
     DEFAULT_PRECISION,

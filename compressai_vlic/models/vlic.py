@@ -24,11 +24,10 @@ from typing import Any, Literal
 
 import torch
 import torch.utils.checkpoint
-from compressai.models import CompressionModel
-from compressai.registry import register_model
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
+from compressai_vlic._compressai import CompressionModel, register_model
 from compressai_vlic.bitstream import StreamHeader, pack, unpack
 from compressai_vlic.coding import TokenCoder
 from compressai_vlic.errors import (
