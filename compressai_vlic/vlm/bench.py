@@ -298,6 +298,7 @@ class VLMBench:
         self.answerer = answerer
         self.output_dir = Path(output_dir)
         self.images_dir = self.output_dir / "images"
+        self._aliases: dict[str, list[str]] = {}
         self.notices: list[str] = []
         self._notify_fn = notify or (lambda text: print(f"notice: {text}", file=sys.stderr))
 
@@ -330,6 +331,11 @@ class VLMBench:
                     if not png.is_file():
                         save_png(tensor, png)
                     keys[(task.name, item.index)] = key
+                    # a folder codec finds this image by its file stem or its row index
+                    names = self._aliases.setdefault(f"{key}.png", [])
+                    for name in (item.image_path.stem if item.image_path else None, item.index):
+                        if name and name not in names:
+                            names.append(name)
         finally:
             progress.close()
         if not keys:
@@ -351,6 +357,7 @@ class VLMBench:
             distribution_metrics=[],
             device=self.settings.device,
             progress=self.settings.progress,
+            image_names={k: v for k, v in self._aliases.items() if k[:-4] in image_keys},
         )
         result = run_comparison(
             paths, list(self.codecs.values()), self.output_dir / "codecs", settings, self._notify
