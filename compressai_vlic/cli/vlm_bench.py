@@ -87,9 +87,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="any other answerer option (e.g. temperature=0.2, seed=1, local_files_only=true)",
     )
     run.add_argument(
-        "--short-answer-metric", choices=("vqa_accuracy", "exact_match"), default="vqa_accuracy"
+        "--yes-no-metric",
+        choices=("accuracy", "pope_f1", "mme"),
+        default=None,
+        help="default: pope_f1 for a task named POPE*, mme for MME*, else accuracy",
     )
-    run.add_argument("--ocr-metric", choices=("anls", "exact_match"), default="anls")
+    run.add_argument(
+        "--short-answer-metric",
+        choices=("vqa_accuracy", "exact_match", "ocrbench"),
+        default=None,
+        help="default: ocrbench for a task named OCRBench*, else vqa_accuracy",
+    )
+    run.add_argument(
+        "--ocr-metric",
+        choices=("anls", "exact_match", "ocrbench"),
+        default=None,
+        help="default: ocrbench for a task named OCRBench*, else anls",
+    )
     run.add_argument(
         "--cache",
         type=Path,
@@ -165,7 +179,15 @@ def _run(args: argparse.Namespace) -> int:
         answerer = CachedAnswerer(answerer, args.cache or args.output_dir / "answers-cache.sqlite")
     settings = BenchSettings(
         reference_codec=args.reference_codec,
-        metrics={"short_answer": args.short_answer_metric, "ocr": args.ocr_metric},
+        metrics={
+            kind: metric
+            for kind, metric in (
+                ("yes_no", args.yes_no_metric),
+                ("short_answer", args.short_answer_metric),
+                ("ocr", args.ocr_metric),
+            )
+            if metric is not None
+        },
         max_pixels=args.max_pixels,
         image_errors=args.image_errors,
         device=args.device,

@@ -291,7 +291,9 @@ class VLMBench:
         if s.reference_codec is not None and s.reference_codec not in codec_names:
             raise ConfigError(f"reference codec {s.reference_codec!r} is not among {codec_names}")
         self.tasks = list(tasks)
-        self.metrics = {t.name: metric_for(t.task_type, s.metrics.get(t.task_type)) for t in tasks}
+        self.metrics = {
+            t.name: metric_for(t.task_type, s.metrics.get(t.task_type), t.name) for t in tasks
+        }
         if "cider" in self.metrics.values():
             cider_scorer()  # missing scorer: fail now, not after every question was asked
         self.codecs = {c.name: c for c in codecs}
@@ -484,7 +486,7 @@ class VLMBench:
             image_keys = sorted({keys[(task.name, it.index)] for it in items})
             ceiling: float | None = None
             for condition in self.conditions():
-                answers, refs, options = [], [], []
+                answers, refs, options, categories, groups = [], [], [], [], []
                 for item in items:
                     row = log.get(
                         (
@@ -501,7 +503,11 @@ class VLMBench:
                     answers.append(row["answer"])
                     refs.append(item.answers)
                     options.append(item.options)
-                result = score_task(task.task_type, metric, answers, refs, options)
+                    categories.append(item.category)
+                    groups.append(keys[(task.name, item.index)])  # the image, by its pixels
+                result = score_task(
+                    task.task_type, metric, answers, refs, options, categories, groups
+                )
                 if condition.codec == UNCOMPRESSED:
                     bpp = None
                     ceiling = result.score
