@@ -319,7 +319,7 @@ def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| choice | accuracy | jpeg | q20 |" in printed
-    assert "BD of the task score" in printed
+    assert "BD of the task score" in printed and "BD-metric vs uncompressed" in printed
     assert SECRET not in printed
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert {(r["codec"], r["rate_point"]) for r in rows} == {
@@ -332,6 +332,8 @@ def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     assert "generalisation gap" in capsys.readouterr().out
     data = json.loads((tmp_path / "gaps" / "gaps.json").read_text())
     assert len(data["rows"]) == 4 and all(r["generalisation_gap"] == 0 for r in data["rows"])
+    assert data["loss_type"] == "score" and len(data["bd"]) == 2  # BD form per codec
+    assert all(r["bd_generalisation_gap"] == 0 for r in data["bd"])
     missing = tmp_path / "missing.tsv"
     assert main(["vlm-bench", "run", "--task", str(missing), "--model", "m", "-o", str(out)]) == 2
     assert "missing.tsv: no such task file" in capsys.readouterr().err

@@ -122,8 +122,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     gaps = sub.add_parser("gaps", help="information and generalisation gaps of an adapted VLM")
     gaps.add_argument("--base", type=Path, required=True, help="output dir of the base run")
-    gaps.add_argument("--adapted", type=Path, required=True, help="output dir of the adapted run")
-    gaps.add_argument("--loss-type", choices=choices(LossType), default="error")
+    gaps.add_argument(
+        "--adapted",
+        type=Path,
+        action="append",
+        required=True,
+        help="output dir of an adapted run, repeatable: theta* is the best run per codec and rate",
+    )
+    gaps.add_argument(
+        "--loss-type",
+        choices=choices(LossType),
+        default="score",
+        help="score: L = task score, gaps positive when compression costs (the paper's); "
+        "error: L = 1 - score",
+    )
     gaps.add_argument("--output-dir", "-o", type=Path, required=True)
 
 
@@ -216,11 +228,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _gaps(args: argparse.Namespace) -> int:
-    from compressai_vlic.vlm.gaps import gaps_from_runs, gaps_table, write_gaps
+    from compressai_vlic.vlm.gaps import (
+        bd_gaps,
+        bd_gaps_table,
+        gaps_from_runs,
+        gaps_table,
+        write_gaps,
+    )
 
-    rows, identities = gaps_from_runs(args.base, args.adapted, args.loss_type)
-    write_gaps(rows, args.output_dir, args.loss_type, identities)
-    print(f"loss: {'1 - score' if args.loss_type == 'error' else 'score'}")
+    rows, identities, runs, base = gaps_from_runs(args.base, args.adapted, args.loss_type)
+    bd_rows = bd_gaps(base, runs, args.loss_type)
+    write_gaps(rows, args.output_dir, args.loss_type, identities, bd_rows)
+    print(f"L = {'1 - score' if args.loss_type == 'error' else 'score'}")
     print(gaps_table(rows))
+    print(bd_gaps_table(bd_rows))
     print(f"wrote {args.output_dir}/ (gaps.json, gaps.csv, gaps.md)")
     return 0

@@ -161,6 +161,7 @@ class BenchResult:
 
     rows: list[ScoreRow]
     bd: list[BDRow]
+    drops: list[DropRow]
     output_dir: Path
     answerer: dict[str, Any]
     failed: int  # answers that failed this run (asked again on the next run)
@@ -562,6 +563,7 @@ class VLMBench:
         result = BenchResult(
             rows=rows,
             bd=bd,
+            drops=bd_drop_rows(rows, self.settings.bd_method),
             output_dir=self.output_dir,
             answerer=identity,
             failed=failed,
@@ -656,6 +658,63 @@ def bd_task_scores(
     return out
 
 
+# ----------------------------------------------------------------------------- BD vs uncompressed
+@dataclass(frozen=True)
+class DropRow:
+    """BD-metric of one codec against the uncompressed level (the paper's Tables 2 and 16): the
+    mean drop of the task score from the ceiling over the codec's own log-bpp range
+    (positive = compression costs score); None + note when it has fewer than 2 rate points."""
+
+    task: str
+    metric: str
+    codec: str
+    ceiling: float
+    bd_drop: float | None
+    log_rate_interval: tuple[float, float] | None
+    note: str = ""
+
+
+def curve_mean(bpps: Sequence[float], scores: Sequence[float], method: str = "pchip") -> float:
+    """Mean of the score curve fitted against log-bpp (PCHIP or cubic, as the BD deltas) over
+    the curve's own log-bpp range."""
+    from compressai_vlic.evaluation.bd import bd_metric
+
+    zero = [0.0] * len(scores)
+    return bd_metric(bpps, zero, bpps, scores, method=method).value
+
+
+def bd_drop_rows(rows: Sequence[ScoreRow], method: str = "pchip") -> list[DropRow]:
+    """:class:`DropRow` per task and codec: ``ceiling - curve_mean(bpp, score)``."""
+    out: list[DropRow] = []
+    for task in dict.fromkeys(r.task for r in rows):
+        mine = [r for r in rows if r.task == task]
+        ceiling = next((r for r in mine if r.codec == UNCOMPRESSED), None)
+        if ceiling is None:
+            continue
+        for codec in dict.fromkeys(r.codec for r in mine if r.codec != UNCOMPRESSED):
+            curve = sorted(
+                (r for r in mine if r.codec == codec and r.bpp is not None),
+                key=lambda r: r.bpp or 0.0,
+            )
+            if len(curve) < 2:
+                out.append(DropRow(task, ceiling.metric, codec, ceiling.score, None, None,
+                                   "needs 2+ rate points"))  # fmt: skip
+                continue
+            bpps = [r.bpp for r in curve]
+            try:
+                mean = curve_mean(bpps, [r.score for r in curve], method)  # type: ignore[arg-type]
+            except ConfigError as exc:  # two rate points with one bpp
+                out.append(
+                    DropRow(task, ceiling.metric, codec, ceiling.score, None, None, str(exc))
+                )
+                continue
+            interval = (math.log(min(bpps)), math.log(max(bpps)))  # type: ignore[type-var]
+            out.append(
+                DropRow(task, ceiling.metric, codec, ceiling.score, ceiling.score - mean, interval)
+            )
+    return out
+
+
 # ----------------------------------------------------------------------------- outputs
 CSV_COLUMNS = [
     "task", "task_type", "metric", "codec", "rate_point", "rate_level", "bpp", "score", "n",
@@ -675,6 +734,25 @@ def _md_table(rows: Sequence[ScoreRow]) -> str:
         lines.append(
             f"| {r.task} | {r.metric} | {r.codec} | {r.rate_point} | {bpp} | {r.score:.4f} | "
             f"{r.drop:+.4f} | {n} | {r.unparsed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _drops_md(rows: Sequence[DropRow]) -> str:
+    lines = [
+        "BD-metric vs uncompressed: mean drop of the task score from the uncompressed level over "
+        "each codec's log-bpp range (positive = compression costs score)",
+        "",
+        "| task | metric | codec | uncompressed | BD drop | log-bpp range | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        value = "n/a" if r.bd_drop is None else f"{r.bd_drop:+.4f}"
+        span = (
+            "–" if r.log_rate_interval is None else "[{:.3f}, {:.3f}]".format(*r.log_rate_interval)
+        )
+        lines.append(
+            f"| {r.task} | {r.metric} | {r.codec} | {r.ceiling:.4f} | {value} | {span} | {r.note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -707,6 +785,7 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
         },
         "rows": [asdict(r) for r in result.rows],
         "bd": [asdict(b) for b in result.bd],
+        "bd_vs_uncompressed": [asdict(d) for d in result.drops],
         "failed_answers": result.failed,
         "skipped_items": result.skipped_items,
     }
@@ -725,7 +804,9 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
     paths["bd_json"] = atomic_write_text(
         out / "bd.json", json.dumps([asdict(b) for b in result.bd], indent=1)
     )
-    paths["bd"] = atomic_write_text(out / "bd.md", _bd_md(result.bd))
+    paths["bd"] = atomic_write_text(
+        out / "bd.md", _drops_md(result.drops) + "\n" + _bd_md(result.bd)
+    )
     return paths
 
 
