@@ -309,7 +309,8 @@ def test_folder_and_hub_codecs_in_vlm_bench(originals, hub_repo, tmp_path, one_t
     answerer = HFAnswerer(str(build_tiny_vlm(tmp_path / "vlm", seed=0)), max_new_tokens=2)
     result = run_vlm_bench(
         [load_task(tmp_path / "tasks" / "yn.jsonl")], codecs, answerer, tmp_path / "bench",
-        BenchSettings(progress=False, plot_type="none"),
+        BenchSettings(progress=False, plot_type="none", quality_metrics=["psnr"],
+                      distribution_metrics=[]),
     )  # fmt: skip
     assert not result.skipped_items and result.failed == 0
     sizes = json.loads((root / "q10" / "bytes.json").read_text())
@@ -318,3 +319,11 @@ def test_folder_and_hub_codecs_in_vlm_bench(originals, hub_repo, tmp_path, one_t
         np.mean([v * 8 / (64 * 80) for v in sizes.values()])
     )
     assert result.row("yn", "tinyhub", "tiny_illm_1").bpp > 0
+    # image quality of the same reconstructions, averaged over the task's images
+    psnrs = []
+    for name in NAMES:
+        ref = np.asarray(Image.open(originals / f"{name}.png"), dtype=np.float64)
+        rec = np.asarray(Image.open(root / "q10" / f"{name}.png"), dtype=np.float64)
+        psnrs.append(10 * np.log10(255**2 / np.mean((ref - rec) ** 2)))
+    assert row.quality["psnr"] == pytest.approx(np.mean(psnrs), rel=1e-6)
+    assert {c.quality_metric for c in result.correlations} == {"psnr"}

@@ -96,7 +96,9 @@ def _http(server, **kw) -> OpenAIAnswerer:
 
 
 def _settings(**kw) -> BenchSettings:
-    return BenchSettings(**{"progress": False, **kw})
+    # PSNR only: the deep metrics' networks cost load time and are tested elsewhere
+    base = {"progress": False, "quality_metrics": ["psnr"], "distribution_metrics": []}
+    return BenchSettings(**{**base, **kw})
 
 
 def _image_key(img) -> str:
@@ -315,7 +317,8 @@ def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     argv = ["vlm-bench", "run", "--task", f"choice={task_dir / 'mc.jsonl'}",
             "--codec", "jpeg@q20,q80", "--codec", "webp@q20,q80", "--backend", "openai",
             "--model", "loopback", "--base-url", server.base_url, "--api-key-env", KEY_ENV,
-            "--no-progress", "-o", str(out)]  # fmt: skip
+            "--no-progress", "--quality-metrics", "psnr", "--distribution-metrics",
+            "-o", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| choice | accuracy | jpeg | q20 |" in printed

@@ -9,7 +9,7 @@ import pytest
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.evaluation.bd import bd_metric
-from compressai_vlic.vlm.bench import ScoreRow, bd_drop_rows, bd_task_scores
+from compressai_vlic.vlm.bench import ScoreRow, bd_drop_rows, bd_task_scores, quality_correlations
 from compressai_vlic.vlm.gaps import bd_gaps, compute_gaps, write_gaps
 
 
@@ -161,3 +161,20 @@ def test_gaps_sum_to_the_performance_gap(tmp_path):
         compute_gaps(base, adapted[:-1])
     with pytest.raises(ConfigError, match="loss_type"):
         compute_gaps(base, adapted, "accuracy")  # type: ignore[arg-type]
+
+
+def test_spearman_of_scores_and_quality_equals_a_hand_computation():
+    # ranks of the scores 1, 2, 3, 4; PSNR 20, 25, 24, 30 -> 1, 3, 2, 4: sum d^2 = 2,
+    # rho = 1 - 6 * 2 / (4 * 15) = 0.8; LPIPS 0.5, 0.3, 0.35, 0.1 -> 4, 2, 3, 1: sum d^2 = 18,
+    # rho = 1 - 6 * 18 / 60 = -0.8 (lower is better: tracking the score makes rho negative)
+    rows = [_row("uncompressed", "original", None, 0.9)]
+    for i, (score, psnr, lp) in enumerate(
+        [(0.2, 20, 0.5), (0.4, 25, 0.3), (0.6, 24, 0.35), (0.8, 30, 0.1)]
+    ):
+        row = _row("jpeg" if i < 2 else "webp", f"r{i}", 0.1 * (i + 1), score)
+        rows.append(ScoreRow(**{**row.__dict__, "quality": {"psnr": psnr, "lpips": lp}}))
+    got = {c.quality_metric: c for c in quality_correlations(rows, {"psnr": True, "lpips": False})}
+    assert got["psnr"].spearman == pytest.approx(0.8) and got["psnr"].n == 4
+    assert got["lpips"].spearman == pytest.approx(-0.8) and not got["lpips"].higher_is_better
+    few = quality_correlations(rows[:3], {"psnr": True})
+    assert few[0].spearman is None and few[0].note == "needs 3+ codec points"

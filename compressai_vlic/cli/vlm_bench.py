@@ -111,6 +111,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer cache (SQLite; default OUTPUT_DIR/answers-cache.sqlite)",
     )
     run.add_argument("--cache-type", choices=("sqlite", "none"), default="sqlite")
+    run.add_argument(
+        "--quality-metrics",
+        nargs="*",
+        default=["psnr", "lpips", "dists"],
+        help="image-quality metrics per codec and rate point, correlated with the task scores "
+        "(any of compare's; none: omit)",
+    )
+    run.add_argument(
+        "--distribution-metrics",
+        nargs="*",
+        default=["fid"],
+        help="set metrics per codec and rate point over HiFiC patches (fid, kid, fd_dino)",
+    )
+    run.add_argument("--patch-size", type=int, default=256, help="HiFiC patch size for FID")
     run.add_argument("--max-items", type=int, default=None, help="first N items of each task")
     run.add_argument("--max-pixels", type=int, default=None, help="pixel limit per image")
     run.add_argument("--image-errors", choices=choices(ImageErrorsType), default="raise")
@@ -205,6 +219,9 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=args.progress,
         plot_type=args.plot_type,
+        quality_metrics=args.quality_metrics,
+        distribution_metrics=args.distribution_metrics,
+        patch_size=args.patch_size,
     )
     try:
         result = run_vlm_bench(tasks, codecs, answerer, args.output_dir, settings)
@@ -212,7 +229,8 @@ def _run(args: argparse.Namespace) -> int:
         answerer.close()
     print((args.output_dir / "table.md").read_text())
     print((args.output_dir / "bd.md").read_text())
-    print(f"wrote {args.output_dir}/ (summary.json, summary.csv, table.md, bd.md)")
+    print((args.output_dir / "quality.md").read_text())
+    print(f"wrote {args.output_dir}/ (summary.json, summary.csv, table.md, bd.md, quality.md)")
     if result.failed or result.skipped_items:
         if result.failed:
             print(

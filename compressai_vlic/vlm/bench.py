@@ -91,6 +91,13 @@ class BenchSettings:
         device: torch device the codecs run on (default "cpu").
         progress: tqdm progress bars (default True).
         plot_type: "all" (default) writes ``rate_accuracy.png``; "none" writes no figure.
+        quality_metrics: full-reference image-quality metrics of every reconstruction
+            (default psnr, lpips, dists; any of ``compare``'s; a metric without its weights is
+            skipped with a notice), averaged per task, codec and rate point.
+        distribution_metrics: set metrics per codec and rate point over all the benchmark's
+            images (default fid, on HiFiC patches of ``patch_size``; skipped with a notice when
+            the images give too few patches).
+        patch_size: HiFiC patch size of the distribution metrics (default 256).
     """
 
     reference_codec: str | None = None
@@ -102,6 +109,9 @@ class BenchSettings:
     device: str = "cpu"
     progress: bool = True
     plot_type: PlotType = "all"
+    quality_metrics: Sequence[str] = ("psnr", "lpips", "dists")
+    distribution_metrics: Sequence[str] = ("fid",)
+    patch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ class ScoreRow:
     unparsed: int  # answers no decision could be read from (scored 0)
     drop: float  # ceiling score - this score
     extra: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)  # image-quality metrics here
 
     @property
     def complete(self) -> bool:
@@ -162,6 +173,7 @@ class BenchResult:
     rows: list[ScoreRow]
     bd: list[BDRow]
     drops: list[DropRow]
+    correlations: list[CorrelationRow]
     output_dir: Path
     answerer: dict[str, Any]
     failed: int  # answers that failed this run (asked again on the next run)
@@ -302,6 +314,10 @@ class VLMBench:
         self.output_dir = Path(output_dir)
         self.images_dir = self.output_dir / "images"
         self._aliases: dict[str, list[str]] = {}
+        # (codec, rate point, image key) -> metrics; (codec, rate point) -> set metrics
+        self._quality: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._distribution: dict[tuple[str, str], dict[str, float]] = {}
+        self.higher_is_better: dict[str, bool] = {}
         self.notices: list[str] = []
         self._notify_fn = notify or (lambda text: print(f"notice: {text}", file=sys.stderr))
 
@@ -356,8 +372,9 @@ class VLMBench:
 
         paths = [self.images_dir / f"{k}.png" for k in sorted(image_keys)]
         settings = CompareSettings(
-            metrics=[],
-            distribution_metrics=[],
+            metrics=list(self.settings.quality_metrics),
+            distribution_metrics=list(self.settings.distribution_metrics),
+            patch_size=self.settings.patch_size,
             device=self.settings.device,
             progress=self.settings.progress,
             image_names={k: v for k, v in self._aliases.items() if k[:-4] in image_keys},
@@ -372,6 +389,13 @@ class VLMBench:
                 row.bpp,
                 result.reconstructions[(row.codec, row.rate_point, row.image)],
             )
+            self._quality[(row.codec, row.rate_point, key)] = dict(row.metrics)
+        for point in result.points:
+            self._distribution[(point.codec, point.rate_point)] = dict(point.distribution)
+        self.higher_is_better = {
+            n: result.higher_is_better.get(n, True)
+            for n in [*result.metric_names, *result.distribution_names]
+        }
         failed = {Path(name).stem for name in result.failed_images}
         return coded, failed
 
@@ -509,10 +533,22 @@ class VLMBench:
                 result = score_task(
                     task.task_type, metric, answers, refs, options, categories, groups
                 )
+                quality: dict[str, float] = {}
                 if condition.codec == UNCOMPRESSED:
                     bpp = None
                     ceiling = result.score
                 else:
+                    point = (condition.codec, condition.rate_point)
+                    for name in self.higher_is_better:
+                        values = [
+                            self._quality.get((*point, k), {}).get(name, math.nan)
+                            for k in image_keys
+                        ]
+                        finite = [v for v in values if math.isfinite(v)]
+                        if finite:
+                            quality[name] = float(np.mean(finite))
+                        elif name in self._distribution.get(point, {}):
+                            quality[name] = self._distribution[point][name]
                     bpp = float(
                         np.mean(
                             [
@@ -536,6 +572,7 @@ class VLMBench:
                         unparsed=result.unparsed,
                         drop=(ceiling - result.score) if ceiling is not None else 0.0,
                         extra=result.extra,
+                        quality=quality,
                     )
                 )
         return rows
@@ -564,6 +601,7 @@ class VLMBench:
             rows=rows,
             bd=bd,
             drops=bd_drop_rows(rows, self.settings.bd_method),
+            correlations=quality_correlations(rows, self.higher_is_better),
             output_dir=self.output_dir,
             answerer=identity,
             failed=failed,
@@ -658,6 +696,49 @@ def bd_task_scores(
     return out
 
 
+# ----------------------------------------------------------------------------- quality vs score
+@dataclass(frozen=True)
+class CorrelationRow:
+    """Spearman rank correlation, over a task's codec points, of the task score with one
+    image-quality metric (the paper's Finding 5); None + note with fewer than 3 points."""
+
+    task: str
+    quality_metric: str
+    higher_is_better: bool
+    n: int
+    spearman: float | None
+    p_value: float | None
+    note: str = ""
+
+
+def quality_correlations(
+    rows: Sequence[ScoreRow], higher_is_better: dict[str, bool]
+) -> list[CorrelationRow]:
+    """:class:`CorrelationRow` per task and quality metric over every (codec, rate point) of the
+    task (the uncompressed ceiling is left out). A metric where lower is better (LPIPS, DISTS,
+    FID) that tracks the score has a negative rho."""
+    from scipy.stats import spearmanr
+
+    out: list[CorrelationRow] = []
+    for task in dict.fromkeys(r.task for r in rows):
+        points = [r for r in rows if r.task == task and r.codec != UNCOMPRESSED]
+        for name, higher in higher_is_better.items():
+            pairs = [(r.score, r.quality[name]) for r in points if name in r.quality]
+            if len(pairs) < 3:
+                out.append(CorrelationRow(task, name, higher, len(pairs), None, None,
+                                          "needs 3+ codec points"))  # fmt: skip
+                continue
+            scores, values = zip(*pairs)
+            if len(set(scores)) < 2 or len(set(values)) < 2:
+                out.append(CorrelationRow(task, name, higher, len(pairs), None, None,
+                                          "constant: no ranking"))  # fmt: skip
+                continue
+            res = spearmanr(scores, values)
+            out.append(CorrelationRow(task, name, higher, len(pairs), float(res.statistic),
+                                      float(res.pvalue)))  # fmt: skip
+    return out
+
+
 # ----------------------------------------------------------------------------- BD vs uncompressed
 @dataclass(frozen=True)
 class DropRow:
@@ -738,6 +819,40 @@ def _md_table(rows: Sequence[ScoreRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _quality_md(rows: Sequence[ScoreRow], correlations: Sequence[CorrelationRow]) -> str:
+    names = list(dict.fromkeys(n for r in rows for n in r.quality))
+    lines = [
+        "| task | codec | rate point | bpp | score | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for r in rows:
+        if r.codec == UNCOMPRESSED:
+            continue
+        cells = ["–" if n not in r.quality else f"{r.quality[n]:.4g}" for n in names]
+        bpp = "–" if r.bpp is None else f"{r.bpp:.4g}"
+        lines.append(
+            f"| {r.task} | {r.codec} | {r.rate_point} | {bpp} | {r.score:.4g} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Spearman rank correlation of the task score with each metric over the codec points "
+        "(lower-is-better metrics that track the score have a negative rho)",
+        "",
+        "| task | metric | better | n | Spearman rho | p | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in correlations:
+        rho = "n/a" if c.spearman is None else f"{c.spearman:+.3f}"
+        p = "–" if c.p_value is None else f"{c.p_value:.3g}"
+        arrow = "↑" if c.higher_is_better else "↓"
+        lines.append(
+            f"| {c.task} | {c.quality_metric} | {arrow} | {c.n} | {rho} | {p} | {c.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _drops_md(rows: Sequence[DropRow]) -> str:
     lines = [
         "BD-metric vs uncompressed: mean drop of the task score from the uncompressed level over "
@@ -786,6 +901,7 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
         "rows": [asdict(r) for r in result.rows],
         "bd": [asdict(b) for b in result.bd],
         "bd_vs_uncompressed": [asdict(d) for d in result.drops],
+        "quality_correlation": [asdict(c) for c in result.correlations],
         "failed_answers": result.failed,
         "skipped_items": result.skipped_items,
     }
@@ -806,6 +922,9 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
     )
     paths["bd"] = atomic_write_text(
         out / "bd.md", _drops_md(result.drops) + "\n" + _bd_md(result.bd)
+    )
+    paths["quality"] = atomic_write_text(
+        out / "quality.md", _quality_md(result.rows, result.correlations)
     )
     return paths
 
