@@ -10,10 +10,14 @@
    killed run resumes where it stopped; answers that failed (no reply) are not written and are
    asked again on the next run.
 4. Scores per (task, codec, rate point) with the real mean bpp and the drop from the ceiling go
-   to ``summary.json`` / ``summary.csv``; the Bjontegaard delta of the task score at equal rate
-   of every codec against a reference codec to ``bd.json`` / ``bd.md``
-   (:func:`~compressai_vlic.evaluation.bd.bd_metric`, with its overlap checks); rate-accuracy
-   curves to ``rate_accuracy.png``.
+   to ``summary.json`` / ``summary.csv`` (POPE, MME and OCRBench scored as VLMEvalKit scores
+   them, see :mod:`compressai_vlic.vlm.scoring`); the BD-metric of every codec against the
+   uncompressed level (:func:`bd_drop_rows`, the paper's Tables 2 and 16) and the Bjontegaard
+   delta of the task score at equal rate of every codec against a reference codec to
+   ``bd.json`` / ``bd.md`` (:func:`~compressai_vlic.evaluation.bd.bd_metric`, with its overlap
+   checks); image-quality metrics of the same reconstructions and their Spearman correlation with
+   the task scores to ``quality.md`` (:func:`quality_correlations`); rate-accuracy curves to
+   ``rate_accuracy.png``.
 """
 
 from __future__ import annotations
