@@ -298,17 +298,16 @@ def test_folder_and_hub_codecs_in_vlm_bench(originals, hub_repo, tmp_path, one_t
     from compressai_vlic.vlm.tasks import load_task
 
     lines = [
-        {"id": f"y{i}", "image": f"../originals/{n}.png", "question": "Is there a cat?",
+        {"id": f"y{i}", "image": f"originals/{n}.png", "question": "Is there a cat?",
          "answer": "yes" if n == "chelsea" else "no"}
         for i, n in enumerate(NAMES)
     ]  # fmt: skip
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "yn.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (tmp_path / "yn.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     root = _recon_folder(originals, tmp_path / "stored", {"q10": (10, "json"), "q50": (50, "json")})
     codecs = [make_codec(f"folder:{root}"), make_codec(f"hub:{hub_repo}@tiny_illm_1")]
     answerer = HFAnswerer(str(build_tiny_vlm(tmp_path / "vlm", seed=0)), max_new_tokens=2)
     result = run_vlm_bench(
-        [load_task(tmp_path / "tasks" / "yn.jsonl")], codecs, answerer, tmp_path / "bench",
+        [load_task(tmp_path / "yn.jsonl")], codecs, answerer, tmp_path / "bench",
         BenchSettings(progress=False, plot_type="none", quality_metrics=["psnr"],
                       distribution_metrics=[]),
     )  # fmt: skip

@@ -219,3 +219,28 @@ def test_benchmark_metric_chosen_by_task_name():
     assert metric_for("ocr", task_name="OCRBench") == "ocrbench"
     assert metric_for("yes_no", task_name="my_pope") == "accuracy"
     assert metric_for("yes_no", "accuracy", task_name="POPE") == "accuracy"
+
+
+def test_ocrbench_tsv_answer_lists(tmp_path, photos):
+    """VLMEvalKit's OCRBench file stores each row's answers as a Python list literal."""
+    import base64
+    import csv
+    import io
+
+    from PIL import Image
+
+    from compressai_vlic.vlm.tasks import load_task
+
+    buf = io.BytesIO()
+    Image.fromarray(photos["rocket"][:48, :64]).save(buf, format="PNG")
+    img = base64.b64encode(buf.getvalue()).decode()
+    with open(tmp_path / "OCRBench.tsv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["index", "question", "answer", "category", "image"])
+        writer.writerow(
+            [0, "What is written?", "['SALE', 'sale']", "Regular Text Recognition", img]
+        )
+        writer.writerow([1, "What is written?", "[not a list", "Regular Text Recognition", img])
+    task = load_task(tmp_path / "OCRBench.tsv", "ocr")
+    assert task.items[0].answers == ("SALE", "sale")
+    assert task.items[1].answers == ("[not a list",)

@@ -190,19 +190,3 @@ def test_task_specs():
     name, path, kind = parse_task_spec("ocr=data/ocrbench.jsonl@ocr")
     assert (name, str(path), kind) == ("ocr", "data/ocrbench.jsonl", "ocr")
     assert parse_task_spec("a/b@c.tsv")[2] == "auto"  # '@' that names no task type is the path
-
-
-def test_ocrbench_tsv_answer_lists(tmp_path, photos):
-    """VLMEvalKit's OCRBench file stores each row's answers as a Python list literal."""
-    img = _b64(_crop(photos["rocket"]), "PNG")
-    path = _write_tsv(
-        tmp_path / "OCRBench.tsv",
-        ["index", "question", "answer", "category", "image"],
-        [
-            [0, "What is written?", "['SALE', 'sale']", "Regular Text Recognition", img],
-            [1, "What is written?", "[not a list", "Regular Text Recognition", img],
-        ],
-    )
-    task = load_task(path, "ocr")
-    assert task.items[0].answers == ("SALE", "sale")
-    assert task.items[1].answers == ("[not a list",)
