@@ -387,3 +387,60 @@ def test_cli_train_check_apply_eval(tiny_folder, tmp_path, capsys):
     other = build_tiny_vlm(tmp_path / "other", seed=2, image_size=SIZE)
     assert main(["adaptor", "apply", "--model", str(other), "--adaptor", str(out), "--check"]) == 2
     assert "trained on" in capsys.readouterr().err
+
+
+def test_a_condition_on_the_rotary_angles_cancels_in_attention():
+    """Why C goes to the patch embeddings of a rotary tower: one shift d of every token's RoPE
+    angles (the paper's reference code adds its codec embedding there) rotates queries and keys
+    alike, so q_i . k_j, and with it the tower's output, does not change."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    config = Qwen2VLConfig(
+        vision_config={
+            "depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "patch_size": 4,
+            "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+        text_config={
+            "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 2, 4], "rope_theta": 1e4},
+        },
+        image_token_id=5, video_token_id=6, vision_start_token_id=7,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    tower = find_vision_tower(model)
+    rotary = tower.module.rotary_pos_emb
+    with torch.no_grad():  # sharp attention, so that rotating queries and keys can matter
+        for block in tower.blocks:
+            block.attn.qkv.weight.mul_(30.0)
+    inputs = {
+        "pixel_values": torch.rand(16, 3 * 2 * 4 * 4),
+        "image_grid_thw": torch.tensor([[1, 4, 4]]),
+    }
+    half = None
+
+    def shift_angles(module, args, output):  # (cos, sin) of angle + d, d the same for all tokens
+        cos, sin = output
+        d = torch.cat([half, half]).to(cos.dtype)
+        return cos * d.cos() - sin * d.sin(), sin * d.cos() + cos * d.sin()
+
+    with torch.no_grad():
+        base = torch.cat(image_features(model, inputs))
+        hook = rotary.register_forward_hook(shift_angles)
+        half = torch.randn(tower.module.rotary_pos_emb.inv_freq.numel() * 2) * 3.0
+        shifted = torch.cat(image_features(model, inputs))
+        hook.remove()
+        torch.testing.assert_close(shifted, base, rtol=1e-4, atol=1e-5)
+
+        # the same d on only some tokens does change it: the hook does reach the attention
+        def shift_some(module, args, output):
+            cos, sin = output
+            d = torch.cat([half, half]).to(cos.dtype).expand_as(cos).clone()
+            d[: cos.shape[0] // 2] = 0
+            return cos * d.cos() - sin * d.sin(), sin * d.cos() + cos * d.sin()
+
+        hook = rotary.register_forward_hook(shift_some)
+        changed = torch.cat(image_features(model, inputs))
+        assert (changed - base).abs().max() > 100 * (shifted - base).abs().max() + 1e-3
+        hook.remove()

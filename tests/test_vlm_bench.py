@@ -96,7 +96,9 @@ def _http(server, **kw) -> OpenAIAnswerer:
 
 
 def _settings(**kw) -> BenchSettings:
-    return BenchSettings(**{"progress": False, **kw})
+    # PSNR only: the deep metrics' networks cost load time and are tested elsewhere
+    base = {"progress": False, "quality_metrics": ["psnr"], "distribution_metrics": []}
+    return BenchSettings(**{**base, **kw})
 
 
 def _image_key(img) -> str:
@@ -315,11 +317,12 @@ def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     argv = ["vlm-bench", "run", "--task", f"choice={task_dir / 'mc.jsonl'}",
             "--codec", "jpeg@q20,q80", "--codec", "webp@q20,q80", "--backend", "openai",
             "--model", "loopback", "--base-url", server.base_url, "--api-key-env", KEY_ENV,
-            "--no-progress", "-o", str(out)]  # fmt: skip
+            "--no-progress", "--quality-metrics", "psnr", "--distribution-metrics",
+            "-o", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| choice | accuracy | jpeg | q20 |" in printed
-    assert "BD of the task score" in printed
+    assert "BD of the task score" in printed and "BD-metric vs uncompressed" in printed
     assert SECRET not in printed
     rows = json.loads((out / "summary.json").read_text())["rows"]
     assert {(r["codec"], r["rate_point"]) for r in rows} == {
@@ -332,6 +335,8 @@ def test_cli_run_and_gaps(server, task_dir, tmp_path, capsys):
     assert "generalisation gap" in capsys.readouterr().out
     data = json.loads((tmp_path / "gaps" / "gaps.json").read_text())
     assert len(data["rows"]) == 4 and all(r["generalisation_gap"] == 0 for r in data["rows"])
+    assert data["loss_type"] == "score" and len(data["bd"]) == 2  # BD form per codec
+    assert all(r["bd_generalisation_gap"] == 0 for r in data["bd"])
     missing = tmp_path / "missing.tsv"
     assert main(["vlm-bench", "run", "--task", str(missing), "--model", "m", "-o", str(out)]) == 2
     assert "missing.tsv: no such task file" in capsys.readouterr().err

@@ -122,3 +122,125 @@ def test_cider_with_pycocoevalcap():
     good = scoring.cider(["a dog runs on grass", "a red car on a road"], refs)
     bad = scoring.cider(["a plate of food", "two people talking"], refs)
     assert good > bad >= 0.0
+
+
+# ----------------------------------------------------------------------------- benchmark scores
+# Expected values below were computed by running VLMEvalKit's own scoring functions on these
+# fixtures: `POPE_rating` and `MME_rating` (vlmeval/dataset/utils/yorn.py, with
+# `YOrN_Extraction` and `process_punctuation` from vlmeval/smp/misc.py) and `OCRBench.evaluate`
+# (vlmeval/dataset/image_vqa.py), VLMEvalKit 0.2rc1 as vendored in
+# github.com/bblgbr/CompressVLMBench (commit 6fdc002), the paper's benchmark code.
+POPE_FIXTURE = [  # (prediction, answer, category)
+    ("Yes", "yes", "random,popular"),
+    ("Yes, there is a dog.", "no", "adversarial"),
+    ("No.", "no", "random,popular,adversarial"),
+    ("no", "yes", "popular"),
+    ("I cannot tell.", "yes", "random"),
+    ("yes-no", "no", "adversarial"),
+    ("There is no cat; yes?", "yes", "random"),
+    ("YES!", "yes", "adversarial,popular"),
+    ("Nope, there is no person.", "no", "random"),
+    ("Yes,1,000 people", "yes", "popular"),
+]
+_MME_CATS = ["OCR", "artwork", "celebrity", "color", "count", "existence", "landmark", "position",
+             "posters", "scene", "code_reasoning", "commonsense_reasoning",
+             "numerical_calculation", "text_translation"]  # fmt: skip
+_MME_PRED = ["Yes", "No", "yes.", "No, it is not.", "Maybe", "YES", "no", "Yes!"]
+MME_FIXTURE = [  # (prediction, answer, category, image): a yes and a no question per image
+    (_MME_PRED[(3 * c + 2 * k + q) % len(_MME_PRED)], ("yes", "no")[q], cat, f"{cat}/{k}")
+    for c, cat in enumerate(_MME_CATS)
+    for k in range(1 + c % 2)
+    for q in range(2)
+]
+OCRBENCH_FIXTURE = [  # (prediction, answers, category)
+    ("The word is HELLO", ["hello"], "Regular Text Recognition"),
+    ("helo", ["hello"], "Regular Text Recognition"),
+    ("It says 42.", ["42", "forty two"], "Digit String Recognition"),
+    ("x ^ { 2 } + 1", ["x^{2}+1"], "Handwritten Mathematical Expression Recognition"),
+    ("X^{2}+1", ["x^{2}+1"], "Handwritten Mathematical Expression Recognition"),
+    ("Total: $12.50\nthanks", ["$12.50"], "Key Information Extraction"),
+    ("Stop", ["stop sign"], "Scene Text-centric VQA"),
+    ("the invoice date", ["Invoice Date"], "Doc-oriented VQA"),
+]
+
+
+def test_pope_overall_equals_vlmevalkit():
+    preds, truths, cats = zip(*POPE_FIXTURE)
+    got = score_task("yes_no", "pope_f1", preds, [[t] for t in truths], categories=cats)
+    # VLMEvalKit POPE_rating: Overall 61.538462, acc 57.142857, precision 80.0, recall 50.0
+    assert got.score == pytest.approx(61.538462, abs=1e-6)
+    assert got.extra["accuracy"] == pytest.approx(57.142857, abs=1e-6)
+    assert got.extra["precision"] == pytest.approx(80.0)
+    assert got.extra["recall"] == pytest.approx(50.0)
+    # per split: adversarial 66.666667, popular 66.666667, random 50.0
+    assert got.extra["f1/adversarial"] == pytest.approx(200 / 3)
+    assert got.extra["f1/popular"] == pytest.approx(200 / 3)
+    assert got.extra["f1/random"] == pytest.approx(50.0)
+    # neither or both: "I cannot tell.", "yes-no", "There is no cat; yes?", and "Yes,1,000 people"
+    # (a digit comma makes VLMEvalKit's rule drop every comma: "yes1000")
+    assert got.n == 10 and got.unparsed == 4
+
+
+def test_mme_perception_equals_vlmevalkit():
+    preds, truths, cats, images = zip(*MME_FIXTURE)
+    got = score_task("yes_no", "mme", preds, [[t] for t in truths], categories=cats,
+                     groups=images)  # fmt: skip
+    # VLMEvalKit MME_rating: perception 950.0, reasoning 25.0, OCR 200, artwork 100, existence
+    # 25, position 125, text_translation 25, celebrity 0
+    assert got.score == pytest.approx(950.0)
+    assert got.extra["reasoning"] == pytest.approx(25.0)
+    expected = {"OCR": 200, "artwork": 100, "celebrity": 0, "color": 0, "count": 0,
+                "existence": 25, "landmark": 200, "position": 125, "posters": 200, "scene": 100,
+                "code_reasoning": 0, "commonsense_reasoning": 0, "numerical_calculation": 0,
+                "text_translation": 25}  # fmt: skip
+    for cat, value in expected.items():
+        assert got.extra[f"mme/{cat}"] == pytest.approx(value), cat
+    # a perfect model scores the full 2000 (10 subtasks x (100 + 100))
+    perfect = score_task("yes_no", "mme", truths, [[t] for t in truths], categories=cats,
+                         groups=images)  # fmt: skip
+    assert perfect.score == pytest.approx(2000.0) and perfect.extra["reasoning"] == 800.0
+    with pytest.raises(ConfigError, match="not MME's"):
+        score_task("yes_no", "mme", ["yes"], [["yes"]], categories=["cats"], groups=["a"])
+
+
+def test_ocrbench_final_score_equals_vlmevalkit():
+    preds, refs, cats = zip(*OCRBENCH_FIXTURE)
+    got = score_task("ocr", "ocrbench", preds, refs, categories=cats)
+    # VLMEvalKit OCRBench.evaluate: Final Score 5 (Text Recognition 2, Doc-oriented VQA 1, Key
+    # Information Extraction 1, Handwritten Mathematical Expression Recognition 1, Scene 0)
+    assert got.score == 5.0 and got.extra["final_score_norm"] == 0.5
+    assert got.extra["ocrbench/Handwritten Mathematical Expression Recognition"] == 1.0
+    assert got.extra["ocrbench/Scene Text-centric VQA"] == 0.0
+
+
+def test_benchmark_metric_chosen_by_task_name():
+    assert metric_for("yes_no", task_name="POPE") == "pope_f1"
+    assert metric_for("yes_no", task_name="MME") == "mme"
+    assert metric_for("ocr", task_name="OCRBench") == "ocrbench"
+    assert metric_for("yes_no", task_name="my_pope") == "accuracy"
+    assert metric_for("yes_no", "accuracy", task_name="POPE") == "accuracy"
+
+
+def test_ocrbench_tsv_answer_lists(tmp_path, photos):
+    """VLMEvalKit's OCRBench file stores each row's answers as a Python list literal."""
+    import base64
+    import csv
+    import io
+
+    from PIL import Image
+
+    from compressai_vlic.vlm.tasks import load_task
+
+    buf = io.BytesIO()
+    Image.fromarray(photos["rocket"][:48, :64]).save(buf, format="PNG")
+    img = base64.b64encode(buf.getvalue()).decode()
+    with open(tmp_path / "OCRBench.tsv", "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["index", "question", "answer", "category", "image"])
+        writer.writerow(
+            [0, "What is written?", "['SALE', 'sale']", "Regular Text Recognition", img]
+        )
+        writer.writerow([1, "What is written?", "[not a list", "Regular Text Recognition", img])
+    task = load_task(tmp_path / "OCRBench.tsv", "ocr")
+    assert task.items[0].answers == ("SALE", "sale")
+    assert task.items[1].answers == ("[not a list",)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="codec spec, repeatable, NAME=SPEC renames: jpeg, webp, avif (rate points from --bpp, "
         "or jpeg@0.2,q50), "
         "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH (default: {' '.join(DEFAULT_CODECS)})",
+        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)})",
     )
     parser.add_argument(
         "--bpp",

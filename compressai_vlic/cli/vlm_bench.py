@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="codec spec as in `compare`, repeatable: jpeg, webp, avif, jpeg@0.2,q50, "
         "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
+        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
         "always the ceiling",
     )
     run.add_argument(
@@ -87,9 +87,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="any other answerer option (e.g. temperature=0.2, seed=1, local_files_only=true)",
     )
     run.add_argument(
-        "--short-answer-metric", choices=("vqa_accuracy", "exact_match"), default="vqa_accuracy"
+        "--yes-no-metric",
+        choices=("accuracy", "pope_f1", "mme"),
+        default=None,
+        help="default: pope_f1 for a task named POPE*, mme for MME*, else accuracy",
     )
-    run.add_argument("--ocr-metric", choices=("anls", "exact_match"), default="anls")
+    run.add_argument(
+        "--short-answer-metric",
+        choices=("vqa_accuracy", "exact_match", "ocrbench"),
+        default=None,
+        help="default: ocrbench for a task named OCRBench*, else vqa_accuracy",
+    )
+    run.add_argument(
+        "--ocr-metric",
+        choices=("anls", "exact_match", "ocrbench"),
+        default=None,
+        help="default: ocrbench for a task named OCRBench*, else anls",
+    )
     run.add_argument(
         "--cache",
         type=Path,
@@ -97,6 +111,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer cache (SQLite; default OUTPUT_DIR/answers-cache.sqlite)",
     )
     run.add_argument("--cache-type", choices=("sqlite", "none"), default="sqlite")
+    run.add_argument(
+        "--quality-metrics",
+        nargs="*",
+        default=["psnr", "lpips", "dists"],
+        help="image-quality metrics per codec and rate point, correlated with the task scores "
+        "(any of compare's; none: omit)",
+    )
+    run.add_argument(
+        "--distribution-metrics",
+        nargs="*",
+        default=["fid"],
+        help="set metrics per codec and rate point over HiFiC patches (fid, kid, fd_dino)",
+    )
+    run.add_argument("--patch-size", type=int, default=256, help="HiFiC patch size for FID")
     run.add_argument("--max-items", type=int, default=None, help="first N items of each task")
     run.add_argument("--max-pixels", type=int, default=None, help="pixel limit per image")
     run.add_argument(
@@ -117,8 +145,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     gaps = sub.add_parser("gaps", help="information and generalisation gaps of an adapted VLM")
     gaps.add_argument("--base", type=Path, required=True, help="output dir of the base run")
-    gaps.add_argument("--adapted", type=Path, required=True, help="output dir of the adapted run")
-    gaps.add_argument("--loss-type", choices=choices(LossType), default="error")
+    gaps.add_argument(
+        "--adapted",
+        type=Path,
+        action="append",
+        required=True,
+        help="output dir of an adapted run, repeatable: theta* is the best run per codec and rate",
+    )
+    gaps.add_argument(
+        "--loss-type",
+        choices=choices(LossType),
+        default="score",
+        help="score: L = task score, gaps positive when compression costs (the paper's); "
+        "error: L = 1 - score",
+    )
     gaps.add_argument("--output-dir", "-o", type=Path, required=True)
 
 
@@ -184,12 +224,23 @@ def _run(args: argparse.Namespace) -> int:
         answerer = CachedAnswerer(answerer, args.cache or args.output_dir / "answers-cache.sqlite")
     settings = BenchSettings(
         reference_codec=args.reference_codec,
-        metrics={"short_answer": args.short_answer_metric, "ocr": args.ocr_metric},
+        metrics={
+            kind: metric
+            for kind, metric in (
+                ("yes_no", args.yes_no_metric),
+                ("short_answer", args.short_answer_metric),
+                ("ocr", args.ocr_metric),
+            )
+            if metric is not None
+        },
         max_pixels=args.max_pixels,
         image_errors=args.image_errors,
         device=args.device,
         progress=args.progress,
         plot_type=args.plot_type,
+        quality_metrics=args.quality_metrics,
+        distribution_metrics=args.distribution_metrics,
+        patch_size=args.patch_size,
     )
     try:
         result = run_vlm_bench(tasks, codecs, answerer, args.output_dir, settings)
@@ -197,7 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         answerer.close()
     print((args.output_dir / "table.md").read_text())
     print((args.output_dir / "bd.md").read_text())
-    print(f"wrote {args.output_dir}/ (summary.json, summary.csv, table.md, bd.md)")
+    print((args.output_dir / "quality.md").read_text())
+    print(f"wrote {args.output_dir}/ (summary.json, summary.csv, table.md, bd.md, quality.md)")
     if result.failed or result.skipped_items:
         if result.failed:
             print(
@@ -213,11 +265,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _gaps(args: argparse.Namespace) -> int:
-    from compressai_vlic.vlm.gaps import gaps_from_runs, gaps_table, write_gaps
+    from compressai_vlic.vlm.gaps import (
+        bd_gaps,
+        bd_gaps_table,
+        gaps_from_runs,
+        gaps_table,
+        write_gaps,
+    )
 
-    rows, identities = gaps_from_runs(args.base, args.adapted, args.loss_type)
-    write_gaps(rows, args.output_dir, args.loss_type, identities)
-    print(f"loss: {'1 - score' if args.loss_type == 'error' else 'score'}")
+    rows, identities, runs, base = gaps_from_runs(args.base, args.adapted, args.loss_type)
+    bd_rows = bd_gaps(base, runs, args.loss_type)
+    write_gaps(rows, args.output_dir, args.loss_type, identities, bd_rows)
+    print(f"L = {'1 - score' if args.loss_type == 'error' else 'score'}")
     print(gaps_table(rows))
+    print(bd_gaps_table(bd_rows))
     print(f"wrote {args.output_dir}/ (gaps.json, gaps.csv, gaps.md)")
     return 0

@@ -21,6 +21,7 @@ from compressai_vlic.evaluation.compare import (
     run_comparison,
     write_outputs,
 )
+from compressai_vlic.evaluation.external import FolderCodec, HubCodec, ReconstructionFolderError
 
 __all__ = [
     "BDOverlapWarning",
@@ -31,9 +32,12 @@ __all__ = [
     "ComparisonResult",
     "CompressAICodec",
     "CurvePoint",
+    "FolderCodec",
+    "HubCodec",
     "ImageRow",
     "JudgeScore",
     "PillowCodec",
+    "ReconstructionFolderError",
     "VLICCodec",
     "bd_metric",
     "bd_rate",

@@ -9,7 +9,8 @@
 
 Spec strings (CLI; ``NAME=SPEC`` sets the codec's name): ``jpeg``, ``webp@0.1,0.3``, ``jpeg@q30,q70``, ``avif``,
 ``compressai:bmshj2018-factorized@1,2,3``, ``compressai-ckpt:ARCH:PATH``, ``vlic@test``,
-``vlic-pretrained@1``, ``vlic-ckpt:PATH``.
+``vlic-pretrained@1``, ``vlic-ckpt:PATH``, ``folder:PATH[@POINT,...]`` (reconstructions on disk) and
+``hub:REPO@ENTRY,...`` (a torch.hub codec); the last two are in :mod:`.external`.
 """
 
 from __future__ import annotations
@@ -453,9 +454,21 @@ def make_codec(
         if not arg:
             raise ConfigError("vlic-ckpt needs vlic-ckpt:PATH")
         return VLICCodec(checkpoint=arg, device=device)
+    if kind == "folder":
+        from compressai_vlic.evaluation.external import FolderCodec
+
+        if not arg:
+            raise ConfigError("folder needs folder:PATH (one subfolder per rate point)")
+        return FolderCodec(arg, points)
+    if kind == "hub":
+        from compressai_vlic.evaluation.external import HubCodec
+
+        if not arg or not points:
+            raise ConfigError("hub needs hub:REPO@ENTRY1,ENTRY2 (REPO: a folder or owner/name)")
+        return HubCodec(arg, points, device=device)
     raise ConfigError(
         f"unknown codec {spec!r}; use jpeg, webp, avif, compressai:ARCH, compressai-ckpt:ARCH:PATH, "
-        "vlic@QUALITY, vlic-pretrained@QUALITY or vlic-ckpt:PATH"
+        "vlic@QUALITY, vlic-pretrained@QUALITY, vlic-ckpt:PATH, folder:PATH or hub:REPO@ENTRY"
     )
 
 

@@ -98,6 +98,8 @@ class CompareSettings:
     crop: int | None = None
     progress: bool = True
     bpp_tolerance: float = 0.15
+    # image file name -> further names it is known by (a folder codec matches any of them)
+    image_names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,6 +158,7 @@ class _Source:
     name: str
     key: str  # stem + pixel digest
     tensor: torch.Tensor
+    names: tuple[str, ...] = ()  # what reconstructions on disk may be called (file name first)
 
 
 def _load_sources(
@@ -163,6 +166,7 @@ def _load_sources(
     crop: int | None,
     notify: Callable[[str], None],
     failed: dict[str, str] | None = None,
+    aliases: dict[str, list[str]] | None = None,
 ) -> list[_Source]:
     """Read the images; one that cannot be read goes into ``failed`` (name -> reason) when given,
     and the others are still compared."""
@@ -181,7 +185,8 @@ def _load_sources(
         tensor = _centre_crop(loaded.tensor, crop)
         pixels = quantize_uint8(tensor).numpy().tobytes()
         key = f"{_slug(path.stem)}-{hashlib.sha256(pixels).hexdigest()[:12]}"
-        sources.append(_Source(path.name, key, tensor))
+        names = (path.name, *(aliases or {}).get(path.name, []))
+        sources.append(_Source(path.name, key, tensor, names))
     if not sources:
         shown = "; ".join(list((failed or {}).values())[:3])
         raise ConfigError("no images to compare" + (f" ({shown})" if shown else ""))
@@ -300,7 +305,17 @@ class ComparisonRunner:
     def run(self, images: Sequence[str | Path]) -> ComparisonResult:
         paths = [Path(p) for p in images]
         failed_images: dict[str, str] = {}
-        sources = _load_sources(paths, self.settings.crop, self._notify, failed_images)
+        sources = _load_sources(
+            paths, self.settings.crop, self._notify, failed_images, self.settings.image_names
+        )
+        for codec in self.codecs.values():
+            unmatched = getattr(codec, "unmatched", None)
+            if callable(unmatched):
+                for point, extra in unmatched([s.names for s in sources]).items():
+                    self._notify(
+                        f"{codec.name}@{point}: {len(extra)} reconstruction(s) of images not in "
+                        f"this set left unused (e.g. {', '.join(extra[:3])})"
+                    )
         metrics = self._build_metrics()
         total = len(sources) * sum(len(c.rate_points) for c in self.codecs.values())
         progress = _Progress(total, self.settings.progress)
@@ -375,7 +390,12 @@ class ComparisonRunner:
         row = self._load_row(entry)
         fresh = row is None
         if row is None:
-            coded: CodedImage = codec.code(source.tensor, rate_point)
+            code_named = getattr(codec, "code_named", None)
+            coded: CodedImage = (
+                code_named(source.tensor, rate_point, source.names)
+                if callable(code_named)
+                else codec.code(source.tensor, rate_point)
+            )
             h, w = source.tensor.shape[-2:]
             if coded.reconstruction.shape != source.tensor.shape:
                 raise ConfigError(

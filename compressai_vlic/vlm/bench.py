@@ -10,10 +10,14 @@
    killed run resumes where it stopped; answers that failed (no reply) are not written and are
    asked again on the next run.
 4. Scores per (task, codec, rate point) with the real mean bpp and the drop from the ceiling go
-   to ``summary.json`` / ``summary.csv``; the Bjontegaard delta of the task score at equal rate
-   of every codec against a reference codec to ``bd.json`` / ``bd.md``
-   (:func:`~compressai_vlic.evaluation.bd.bd_metric`, with its overlap checks); rate-accuracy
-   curves to ``rate_accuracy.png``.
+   to ``summary.json`` / ``summary.csv`` (POPE, MME and OCRBench scored as VLMEvalKit scores
+   them, see :mod:`compressai_vlic.vlm.scoring`); the BD-metric of every codec against the
+   uncompressed level (:func:`bd_drop_rows`, the paper's Tables 2 and 16) and the Bjontegaard
+   delta of the task score at equal rate of every codec against a reference codec to
+   ``bd.json`` / ``bd.md`` (:func:`~compressai_vlic.evaluation.bd.bd_metric`, with its overlap
+   checks); image-quality metrics of the same reconstructions and their Spearman correlation with
+   the task scores to ``quality.md`` (:func:`quality_correlations`); rate-accuracy curves to
+   ``rate_accuracy.png``.
 """
 
 from __future__ import annotations
@@ -91,6 +95,13 @@ class BenchSettings:
         device: torch device the codecs run on (default "cpu").
         progress: tqdm progress bars (default True).
         plot_type: "all" (default) writes ``rate_accuracy.png``; "none" writes no figure.
+        quality_metrics: full-reference image-quality metrics of every reconstruction
+            (default psnr, lpips, dists; any of ``compare``'s; a metric without its weights is
+            skipped with a notice), averaged per task, codec and rate point.
+        distribution_metrics: set metrics per codec and rate point over all the benchmark's
+            images (default fid, on HiFiC patches of ``patch_size``; skipped with a notice when
+            the images give too few patches).
+        patch_size: HiFiC patch size of the distribution metrics (default 256).
     """
 
     reference_codec: str | None = None
@@ -102,6 +113,9 @@ class BenchSettings:
     device: str = "cpu"
     progress: bool = True
     plot_type: PlotType = "all"
+    quality_metrics: Sequence[str] = ("psnr", "lpips", "dists")
+    distribution_metrics: Sequence[str] = ("fid",)
+    patch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,7 @@ class ScoreRow:
     unparsed: int  # answers no decision could be read from (scored 0)
     drop: float  # ceiling score - this score
     extra: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)  # image-quality metrics here
 
     @property
     def complete(self) -> bool:
@@ -161,6 +176,8 @@ class BenchResult:
 
     rows: list[ScoreRow]
     bd: list[BDRow]
+    drops: list[DropRow]
+    correlations: list[CorrelationRow]
     output_dir: Path
     answerer: dict[str, Any]
     failed: int  # answers that failed this run (asked again on the next run)
@@ -291,13 +308,20 @@ class VLMBench:
         if s.reference_codec is not None and s.reference_codec not in codec_names:
             raise ConfigError(f"reference codec {s.reference_codec!r} is not among {codec_names}")
         self.tasks = list(tasks)
-        self.metrics = {t.name: metric_for(t.task_type, s.metrics.get(t.task_type)) for t in tasks}
+        self.metrics = {
+            t.name: metric_for(t.task_type, s.metrics.get(t.task_type), t.name) for t in tasks
+        }
         if "cider" in self.metrics.values():
             cider_scorer()  # missing scorer: fail now, not after every question was asked
         self.codecs = {c.name: c for c in codecs}
         self.answerer = answerer
         self.output_dir = Path(output_dir)
         self.images_dir = self.output_dir / "images"
+        self._aliases: dict[str, list[str]] = {}
+        # (codec, rate point, image key) -> metrics; (codec, rate point) -> set metrics
+        self._quality: dict[tuple[str, str, str], dict[str, float]] = {}
+        self._distribution: dict[tuple[str, str], dict[str, float]] = {}
+        self.higher_is_better: dict[str, bool] = {}
         self.notices: list[str] = []
         self._notify_fn = notify or (lambda text: print(f"notice: {text}", file=sys.stderr))
 
@@ -330,6 +354,11 @@ class VLMBench:
                     if not png.is_file():
                         save_png(tensor, png)
                     keys[(task.name, item.index)] = key
+                    # a folder codec finds this image by its file stem or its row index
+                    names = self._aliases.setdefault(f"{key}.png", [])
+                    for name in (item.image_path.stem if item.image_path else None, item.index):
+                        if name and name not in names:
+                            names.append(name)
         finally:
             progress.close()
         if not keys:
@@ -347,10 +376,12 @@ class VLMBench:
 
         paths = [self.images_dir / f"{k}.png" for k in sorted(image_keys)]
         settings = CompareSettings(
-            metrics=[],
-            distribution_metrics=[],
+            metrics=list(self.settings.quality_metrics),
+            distribution_metrics=list(self.settings.distribution_metrics),
+            patch_size=self.settings.patch_size,
             device=self.settings.device,
             progress=self.settings.progress,
+            image_names={k: v for k, v in self._aliases.items() if k[:-4] in image_keys},
         )
         result = run_comparison(
             paths, list(self.codecs.values()), self.output_dir / "codecs", settings, self._notify
@@ -362,6 +393,13 @@ class VLMBench:
                 row.bpp,
                 result.reconstructions[(row.codec, row.rate_point, row.image)],
             )
+            self._quality[(row.codec, row.rate_point, key)] = dict(row.metrics)
+        for point in result.points:
+            self._distribution[(point.codec, point.rate_point)] = dict(point.distribution)
+        self.higher_is_better = {
+            n: result.higher_is_better.get(n, True)
+            for n in [*result.metric_names, *result.distribution_names]
+        }
         failed = {Path(name).stem for name in result.failed_images}
         return coded, failed
 
@@ -477,7 +515,7 @@ class VLMBench:
             image_keys = sorted({keys[(task.name, it.index)] for it in items})
             ceiling: float | None = None
             for condition in self.conditions():
-                answers, refs, options = [], [], []
+                answers, refs, options, categories, groups = [], [], [], [], []
                 for item in items:
                     row = log.get(
                         (
@@ -494,11 +532,27 @@ class VLMBench:
                     answers.append(row["answer"])
                     refs.append(item.answers)
                     options.append(item.options)
-                result = score_task(task.task_type, metric, answers, refs, options)
+                    categories.append(item.category)
+                    groups.append(keys[(task.name, item.index)])  # the image, by its pixels
+                result = score_task(
+                    task.task_type, metric, answers, refs, options, categories, groups
+                )
+                quality: dict[str, float] = {}
                 if condition.codec == UNCOMPRESSED:
                     bpp = None
                     ceiling = result.score
                 else:
+                    point = (condition.codec, condition.rate_point)
+                    for name in self.higher_is_better:
+                        values = [
+                            self._quality.get((*point, k), {}).get(name, math.nan)
+                            for k in image_keys
+                        ]
+                        finite = [v for v in values if math.isfinite(v)]
+                        if finite:
+                            quality[name] = float(np.mean(finite))
+                        elif name in self._distribution.get(point, {}):
+                            quality[name] = self._distribution[point][name]
                     bpp = float(
                         np.mean(
                             [
@@ -522,6 +576,7 @@ class VLMBench:
                         unparsed=result.unparsed,
                         drop=(ceiling - result.score) if ceiling is not None else 0.0,
                         extra=result.extra,
+                        quality=quality,
                     )
                 )
         return rows
@@ -549,6 +604,8 @@ class VLMBench:
         result = BenchResult(
             rows=rows,
             bd=bd,
+            drops=bd_drop_rows(rows, self.settings.bd_method),
+            correlations=quality_correlations(rows, self.higher_is_better),
             output_dir=self.output_dir,
             answerer=identity,
             failed=failed,
@@ -643,6 +700,106 @@ def bd_task_scores(
     return out
 
 
+# ----------------------------------------------------------------------------- quality vs score
+@dataclass(frozen=True)
+class CorrelationRow:
+    """Spearman rank correlation, over a task's codec points, of the task score with one
+    image-quality metric (the paper's Finding 5); None + note with fewer than 3 points."""
+
+    task: str
+    quality_metric: str
+    higher_is_better: bool
+    n: int
+    spearman: float | None
+    p_value: float | None
+    note: str = ""
+
+
+def quality_correlations(
+    rows: Sequence[ScoreRow], higher_is_better: dict[str, bool]
+) -> list[CorrelationRow]:
+    """:class:`CorrelationRow` per task and quality metric over every (codec, rate point) of the
+    task (the uncompressed ceiling is left out). A metric where lower is better (LPIPS, DISTS,
+    FID) that tracks the score has a negative rho."""
+    from scipy.stats import spearmanr
+
+    out: list[CorrelationRow] = []
+    for task in dict.fromkeys(r.task for r in rows):
+        points = [r for r in rows if r.task == task and r.codec != UNCOMPRESSED]
+        for name, higher in higher_is_better.items():
+            pairs = [(r.score, r.quality[name]) for r in points if name in r.quality]
+            if len(pairs) < 3:
+                out.append(CorrelationRow(task, name, higher, len(pairs), None, None,
+                                          "needs 3+ codec points"))  # fmt: skip
+                continue
+            scores, values = zip(*pairs)
+            if len(set(scores)) < 2 or len(set(values)) < 2:
+                out.append(CorrelationRow(task, name, higher, len(pairs), None, None,
+                                          "constant: no ranking"))  # fmt: skip
+                continue
+            res = spearmanr(scores, values)
+            out.append(CorrelationRow(task, name, higher, len(pairs), float(res.statistic),
+                                      float(res.pvalue)))  # fmt: skip
+    return out
+
+
+# ----------------------------------------------------------------------------- BD vs uncompressed
+@dataclass(frozen=True)
+class DropRow:
+    """BD-metric of one codec against the uncompressed level (the paper's Tables 2 and 16): the
+    mean drop of the task score from the ceiling over the codec's own log-bpp range
+    (positive = compression costs score); None + note when it has fewer than 2 rate points."""
+
+    task: str
+    metric: str
+    codec: str
+    ceiling: float
+    bd_drop: float | None
+    log_rate_interval: tuple[float, float] | None
+    note: str = ""
+
+
+def curve_mean(bpps: Sequence[float], scores: Sequence[float], method: str = "pchip") -> float:
+    """Mean of the score curve fitted against log-bpp (PCHIP or cubic, as the BD deltas) over
+    the curve's own log-bpp range."""
+    from compressai_vlic.evaluation.bd import bd_metric
+
+    zero = [0.0] * len(scores)
+    return bd_metric(bpps, zero, bpps, scores, method=method).value
+
+
+def bd_drop_rows(rows: Sequence[ScoreRow], method: str = "pchip") -> list[DropRow]:
+    """:class:`DropRow` per task and codec: ``ceiling - curve_mean(bpp, score)``."""
+    out: list[DropRow] = []
+    for task in dict.fromkeys(r.task for r in rows):
+        mine = [r for r in rows if r.task == task]
+        ceiling = next((r for r in mine if r.codec == UNCOMPRESSED), None)
+        if ceiling is None:
+            continue
+        for codec in dict.fromkeys(r.codec for r in mine if r.codec != UNCOMPRESSED):
+            curve = sorted(
+                (r for r in mine if r.codec == codec and r.bpp is not None),
+                key=lambda r: r.bpp or 0.0,
+            )
+            if len(curve) < 2:
+                out.append(DropRow(task, ceiling.metric, codec, ceiling.score, None, None,
+                                   "needs 2+ rate points"))  # fmt: skip
+                continue
+            bpps = [r.bpp for r in curve]
+            try:
+                mean = curve_mean(bpps, [r.score for r in curve], method)  # type: ignore[arg-type]
+            except ConfigError as exc:  # two rate points with one bpp
+                out.append(
+                    DropRow(task, ceiling.metric, codec, ceiling.score, None, None, str(exc))
+                )
+                continue
+            interval = (math.log(min(bpps)), math.log(max(bpps)))  # type: ignore[type-var]
+            out.append(
+                DropRow(task, ceiling.metric, codec, ceiling.score, ceiling.score - mean, interval)
+            )
+    return out
+
+
 # ----------------------------------------------------------------------------- outputs
 CSV_COLUMNS = [
     "task", "task_type", "metric", "codec", "rate_point", "rate_level", "bpp", "score", "n",
@@ -662,6 +819,59 @@ def _md_table(rows: Sequence[ScoreRow]) -> str:
         lines.append(
             f"| {r.task} | {r.metric} | {r.codec} | {r.rate_point} | {bpp} | {r.score:.4f} | "
             f"{r.drop:+.4f} | {n} | {r.unparsed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _quality_md(rows: Sequence[ScoreRow], correlations: Sequence[CorrelationRow]) -> str:
+    names = list(dict.fromkeys(n for r in rows for n in r.quality))
+    lines = [
+        "| task | codec | rate point | bpp | score | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for r in rows:
+        if r.codec == UNCOMPRESSED:
+            continue
+        cells = ["–" if n not in r.quality else f"{r.quality[n]:.4g}" for n in names]
+        bpp = "–" if r.bpp is None else f"{r.bpp:.4g}"
+        lines.append(
+            f"| {r.task} | {r.codec} | {r.rate_point} | {bpp} | {r.score:.4g} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Spearman rank correlation of the task score with each metric over the codec points "
+        "(lower-is-better metrics that track the score have a negative rho)",
+        "",
+        "| task | metric | better | n | Spearman rho | p | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in correlations:
+        rho = "n/a" if c.spearman is None else f"{c.spearman:+.3f}"
+        p = "–" if c.p_value is None else f"{c.p_value:.3g}"
+        arrow = "↑" if c.higher_is_better else "↓"
+        lines.append(
+            f"| {c.task} | {c.quality_metric} | {arrow} | {c.n} | {rho} | {p} | {c.note} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _drops_md(rows: Sequence[DropRow]) -> str:
+    lines = [
+        "BD-metric vs uncompressed: mean drop of the task score from the uncompressed level over "
+        "each codec's log-bpp range (positive = compression costs score)",
+        "",
+        "| task | metric | codec | uncompressed | BD drop | log-bpp range | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        value = "n/a" if r.bd_drop is None else f"{r.bd_drop:+.4f}"
+        span = (
+            "–" if r.log_rate_interval is None else "[{:.3f}, {:.3f}]".format(*r.log_rate_interval)
+        )
+        lines.append(
+            f"| {r.task} | {r.metric} | {r.codec} | {r.ceiling:.4f} | {value} | {span} | {r.note} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -694,6 +904,8 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
         },
         "rows": [asdict(r) for r in result.rows],
         "bd": [asdict(b) for b in result.bd],
+        "bd_vs_uncompressed": [asdict(d) for d in result.drops],
+        "quality_correlation": [asdict(c) for c in result.correlations],
         "failed_answers": result.failed,
         "skipped_items": result.skipped_items,
     }
@@ -712,7 +924,12 @@ def write_outputs(result: BenchResult, tasks: Sequence[Task]) -> dict[str, Path]
     paths["bd_json"] = atomic_write_text(
         out / "bd.json", json.dumps([asdict(b) for b in result.bd], indent=1)
     )
-    paths["bd"] = atomic_write_text(out / "bd.md", _bd_md(result.bd))
+    paths["bd"] = atomic_write_text(
+        out / "bd.md", _drops_md(result.drops) + "\n" + _bd_md(result.bd)
+    )
+    paths["quality"] = atomic_write_text(
+        out / "quality.md", _quality_md(result.rows, result.correlations)
+    )
     return paths
 
 

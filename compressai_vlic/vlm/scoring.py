@@ -12,6 +12,19 @@
 
 An answer from which no decision can be read (a yes/no answer saying neither, a multiple-choice
 answer naming no option) scores 0 and is counted as ``unparsed``.
+
+Three benchmarks have their own score, computed as VLMEvalKit computes it (``vlmeval`` 0.2rc1:
+``dataset/utils/yorn.py`` ``POPE_rating`` and ``MME_rating``, ``dataset/image_vqa.py``
+``OCRBench.evaluate``; exact matching, no LLM fallback), on the benchmark's own scale:
+
+- ``pope_f1``: POPE's "Overall", the F1 (x 100) with "yes" as the positive class, over the items
+  counted once per category they belong to (``category`` "random,popular" counts twice);
+- ``mme``: MME's perception score, per subtask accuracy x 100 plus accuracy+ x 100 (both
+  questions about an image right), summed over the ten perception subtasks (0..2000); the
+  reasoning score (0..800) is in ``extra``;
+- ``ocrbench``: OCRBench's final score, the number of answers that contain a reference answer
+  (lowercased; spaces removed and case kept for handwritten mathematical expressions), out of
+  the 1000 questions of the full benchmark.
 """
 
 from __future__ import annotations
@@ -23,7 +36,9 @@ from typing import Literal
 
 from compressai_vlic.errors import ConfigError, MissingDependencyError
 
-MetricType = Literal["accuracy", "exact_match", "vqa_accuracy", "anls", "cider"]
+MetricType = Literal[
+    "accuracy", "exact_match", "vqa_accuracy", "anls", "cider", "pope_f1", "mme", "ocrbench"
+]
 DEFAULT_METRIC = {
     "yes_no": "accuracy",
     "multiple_choice": "accuracy",
@@ -32,20 +47,34 @@ DEFAULT_METRIC = {
     "caption": "cider",
 }
 ALLOWED_METRICS = {
-    "yes_no": ("accuracy",),
+    "yes_no": ("accuracy", "pope_f1", "mme"),
     "multiple_choice": ("accuracy",),
-    "short_answer": ("vqa_accuracy", "exact_match"),
-    "ocr": ("anls", "exact_match"),
+    "short_answer": ("vqa_accuracy", "exact_match", "ocrbench"),
+    "ocr": ("anls", "exact_match", "ocrbench"),
     "caption": ("cider",),
 }
+# VLMEvalKit picks these scores by the dataset's name; so does a task named like the benchmark
+BENCHMARK_METRICS = (("POPE", "yes_no", "pope_f1"), ("MME", "yes_no", "mme"),
+                     ("OCRBench", "ocr", "ocrbench"), ("OCRBench", "short_answer", "ocrbench"))  # fmt: skip
+MME_PERCEPTION = ("OCR", "artwork", "celebrity", "color", "count", "existence", "landmark",
+                  "position", "posters", "scene")  # fmt: skip
+MME_REASONING = (
+    "code_reasoning", "commonsense_reasoning", "numerical_calculation", "text_translation"
+)  # fmt: skip
+OCRBENCH_HMER = "Handwritten Mathematical Expression Recognition"
 CIDER_EXTRA = "pycocoevalcap"
 
 
-def metric_for(task_type: str, metric: str | None = None) -> str:
-    """The metric a task type is scored with (its default, or ``metric`` if it is allowed)."""
+def metric_for(task_type: str, metric: str | None = None, task_name: str | None = None) -> str:
+    """The metric a task is scored with: ``metric`` if it is allowed for the type, else the
+    benchmark's own score when ``task_name`` starts with POPE, MME or OCRBench (as VLMEvalKit
+    chooses by dataset name), else the type's default."""
     if task_type not in DEFAULT_METRIC:
         raise ConfigError(f"unknown task type {task_type!r}; choose {sorted(DEFAULT_METRIC)}")
     if metric is None:
+        for prefix, kind, name in BENCHMARK_METRICS:
+            if task_name and task_name.startswith(prefix) and kind == task_type:
+                return name
         return DEFAULT_METRIC[task_type]
     if metric not in ALLOWED_METRICS[task_type]:
         raise ConfigError(
@@ -56,12 +85,26 @@ def metric_for(task_type: str, metric: str | None = None) -> str:
 
 
 # ----------------------------------------------------------------------------- yes / no
-_WORDS = re.compile(r"[a-z]+")
+_YN_PUNCT = ';/[]"{}()=+\\_-><@`,?!'
+_YN_COMMA = re.compile(r"(\d)(,)(\d)")
+_YN_PERIOD = re.compile(r"(?<!\d)\.(?!\d)")
+
+
+def _process_punctuation(text: str) -> str:
+    """VLMEvalKit's ``process_punctuation`` (``vlmeval/smp/misc.py``)."""
+    out = text
+    for p in _YN_PUNCT:
+        if (p + " " in text or " " + p in text) or _YN_COMMA.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _YN_PERIOD.sub("", out)
 
 
 def extract_yes_no(answer: str) -> str | None:
-    """ "yes", "no" or None when the answer says neither or both (VLMEvalKit's rule)."""
-    words = set(_WORDS.findall(answer.lower()))
+    """ "yes", "no" or None when the answer says neither or both (VLMEvalKit's
+    ``YOrN_Extraction``: lowercase, its punctuation rule, whitespace-split words)."""
+    words = set(_process_punctuation(answer.lower()).split())
     yes, no = "yes" in words, "no" in words
     if yes and not no:
         return "yes"
@@ -286,11 +329,28 @@ def score_task(
     answers: Sequence[str],
     references: Sequence[Sequence[str]],
     options: Sequence[dict[str, str]] | None = None,
+    categories: Sequence[str | None] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> TaskScore:
-    """Score answers of one task under one condition (every answered item counts once)."""
+    """Score answers of one task under one condition.
+
+    Args:
+        task_type, metric: see :func:`metric_for`.
+        answers, references, options: per answered item.
+        categories: per item (POPE's splits, MME's subtasks, OCRBench's categories).
+        groups: per item, the image it asks about (MME's accuracy+ pairs questions by image).
+    """
     n = len(answers)
     if metric == "cider":
         return TaskScore(metric, cider(answers, references) if n else 0.0, n)
+    if metric in ("pope_f1", "mme", "ocrbench"):
+        cats = list(categories) if categories is not None else [None] * n
+        if metric == "ocrbench":
+            return ocrbench_score(answers, references, cats)
+        truths = [r[0] for r in references]
+        if metric == "pope_f1":
+            return pope_score(answers, truths, cats)
+        return mme_score(answers, truths, cats, list(groups) if groups is not None else None)
     opts = options or [{} for _ in answers]
     scores, parsed = [], 0
     for answer, refs, option in zip(answers, references, opts, strict=True):
@@ -316,3 +376,89 @@ def pope_metrics(answers: Sequence[str], truths: Sequence[str]) -> dict[str, flo
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     yes_ratio = sum(preds) / len(preds) if preds else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "yes_ratio": yes_ratio}
+
+
+# ----------------------------------------------------------------------------- benchmark scores
+def pope_score(
+    answers: Sequence[str], truths: Sequence[str], categories: Sequence[str | None]
+) -> TaskScore:
+    """POPE's "Overall" as VLMEvalKit's ``POPE_rating``: F1 x 100 over the items repeated once
+    per comma-separated category; accuracy, precision, recall (x 100) and per split F1 in
+    ``extra``."""
+    rows: list[tuple[str, str, str | None]] = []
+    for answer, truth, cats in zip(answers, truths, categories, strict=True):
+        for cat in cats.split(",") if cats else [None]:
+            rows.append((answer, truth, cat.strip() if cat else None))
+    got = pope_metrics([a for a, _, _ in rows], [t for _, t, _ in rows])
+    parsed = sum(extract_yes_no(a) is not None for a in answers)
+    correct = [float(extract_yes_no(a) == t) for a, t, _ in rows]
+    extra = {
+        "accuracy": 100 * sum(correct) / len(rows) if rows else 0.0,
+        "precision": 100 * got["precision"],
+        "recall": 100 * got["recall"],
+        "f1": 100 * got["f1"],
+        "yes_ratio": got["yes_ratio"],
+    }
+    for split in sorted({c for _, _, c in rows if c}):
+        sub = [(a, t) for a, t, c in rows if c == split]
+        extra[f"f1/{split}"] = 100 * pope_metrics([a for a, _ in sub], [t for _, t in sub])["f1"]
+    return TaskScore("pope_f1", extra["f1"], len(answers), len(answers) - parsed, extra)
+
+
+def mme_score(
+    answers: Sequence[str],
+    truths: Sequence[str],
+    categories: Sequence[str | None],
+    groups: Sequence[str] | None,
+) -> TaskScore:
+    """MME's perception score as VLMEvalKit's ``MME_rating``: per subtask, accuracy x 100 over
+    its questions plus accuracy+ x 100 over its images (both questions right), summed over the
+    perception subtasks present; the reasoning sum and each subtask in ``extra``."""
+    if groups is None:
+        raise ConfigError("the MME score needs the image of every question (groups)")
+    if any(c is None for c in categories):
+        raise ConfigError("the MME score needs every question's subtask (a 'category' column)")
+    by_cat: dict[str, dict[str, list[float]]] = {}
+    parsed = 0
+    for answer, truth, cat, group in zip(answers, truths, categories, groups, strict=True):
+        got = extract_yes_no(answer)
+        parsed += got is not None
+        by_cat.setdefault(str(cat), {}).setdefault(group, []).append(float(got == truth))
+    scores = {}
+    for cat, images in by_cat.items():
+        flat = [v for values in images.values() for v in values]
+        # accuracy+: VLMEvalKit multiplies the first two scores of each image
+        plus = [values[0] * values[1] if len(values) > 1 else 0.0 for values in images.values()]
+        scores[cat] = 100 * sum(flat) / len(flat) + 100 * sum(plus) / len(plus)
+    unknown = sorted(set(scores) - set(MME_PERCEPTION) - set(MME_REASONING))
+    if unknown:
+        raise ConfigError(f"MME subtasks {unknown} are not MME's; the categories must be MME's")
+    perception = sum(v for k, v in scores.items() if k in MME_PERCEPTION)
+    extra = {
+        "reasoning": sum(v for k, v in scores.items() if k in MME_REASONING),
+        "perception_subtasks": float(sum(k in MME_PERCEPTION for k in scores)),
+        **{f"mme/{k}": v for k, v in sorted(scores.items())},
+    }
+    return TaskScore("mme", perception, len(answers), len(answers) - parsed, extra)
+
+
+def ocrbench_score(
+    answers: Sequence[str], references: Sequence[Sequence[str]], categories: Sequence[str | None]
+) -> TaskScore:
+    """OCRBench's final score as VLMEvalKit's ``OCRBench.evaluate``: the number of answers that
+    contain one of their references (lowercased and stripped; for handwritten mathematical
+    expressions with every space removed and case kept); per category counts in ``extra``."""
+    total = 0
+    extra: dict[str, float] = {}
+    for answer, refs, cat in zip(answers, references, categories, strict=True):
+        if cat == OCRBENCH_HMER:
+            pred = answer.strip().replace("\n", " ").replace(" ", "")
+            hit = any(r.strip().replace("\n", " ").replace(" ", "") in pred for r in refs)
+        else:
+            pred = answer.lower().strip().replace("\n", " ")
+            hit = any(r.lower().strip().replace("\n", " ") in pred for r in refs)
+        total += hit
+        key = f"ocrbench/{cat or 'all'}"
+        extra[key] = extra.get(key, 0.0) + hit
+    extra["final_score_norm"] = total / 10
+    return TaskScore("ocrbench", float(total), len(answers), 0, extra)

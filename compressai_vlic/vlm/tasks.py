@@ -26,6 +26,7 @@ bombs (:class:`~compressai_vlic.errors.ImageTooLargeError`) before any decoder r
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import csv
@@ -168,6 +169,18 @@ def _answers(value: Any, where: str, csv_cell: bool = False) -> tuple[str, ...]:
     if not out:
         raise TaskFileError(f"{where}: the row has no answer")
     return out
+
+
+def _list_literal(value: Any) -> Any:
+    """A VLMEvalKit answer cell holding a Python list of strings (OCRBench: "['a', 'b']")."""
+    if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(parsed, list) and parsed and all(isinstance(v, str) for v in parsed):
+            return parsed
+    return value
 
 
 def _options_from(value: Any, where: str) -> dict[str, str]:
@@ -328,7 +341,7 @@ def read_tsv(path: str | Path, allow_outside_root: bool = False) -> list[TaskIte
             TaskItem(
                 index=index,
                 question=_text(row["question"]) or "",
-                answers=_answers(row["answer"], where),
+                answers=_answers(_list_literal(row["answer"]), where),
                 options=_letter_columns(row),
                 category=_text(row.get("category")),
                 hint=_text(row.get("hint")),
