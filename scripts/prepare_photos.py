@@ -11,6 +11,8 @@ independent evaluation and refused: plasma-workspace-wallpapers, libjxl-testdata
 
     python scripts/prepare_photos.py OUT_DIR [--debian-root ROOT ...]
     python scripts/prepare_photos.py --held-out OUT_DIR --debian-root ROOT   # the table's photos
+    python scripts/prepare_photos.py --held-out OUT_DIR --held-out-grid 2 --debian-root ROOT
+        # 48 crops of 256 px (4 per photo): the stage-2 ablation's held-out set
 """
 
 from __future__ import annotations
@@ -88,10 +90,31 @@ def _debian(roots: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
-def held_out(out: Path, roots: list[Path], size: int = 256) -> None:
-    """mate-backgrounds' nature photos: short side ``size``, centre ``size`` x ``size`` crop."""
+def held_out(out: Path, roots: list[Path], size: int = 256, grid: int = 1) -> None:
+    """mate-backgrounds' nature photos: short side ``grid * size``, the centred ``grid`` x ``grid``
+    grid of ``size`` x ``size`` crops (``grid=1``: the centre crop, named after the photo)."""
     out.mkdir(parents=True, exist_ok=True)
     found = 0
+    if grid > 1:
+        for root in roots:
+            for path in sorted((root / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
+                image = Image.open(path).convert("RGB")
+                scale = grid * size / min(image.size)
+                image = image.resize(
+                    (round(image.width * scale), round(image.height * scale)),
+                    Image.Resampling.LANCZOS,
+                    reducing_gap=3.0,
+                )
+                left0 = (image.width - grid * size) // 2
+                top0 = (image.height - grid * size) // 2
+                for r in range(grid):
+                    for c in range(grid):
+                        top, left = top0 + r * size, left0 + c * size
+                        crop = image.crop((left, top, left + size, top + size))
+                        crop.save(out / f"{path.stem}@r{r}c{c}.png")
+                        found += 1
+        print(f"{found} held-out crops in {out}")
+        return
     for root in roots:
         for path in sorted((root / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
             image = Image.open(path).convert("RGB")
@@ -112,9 +135,15 @@ def main() -> None:
     parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--debian-root", type=Path, action="append", default=[])
     parser.add_argument("--held-out", type=Path, help="write the held-out evaluation photos here")
+    parser.add_argument(
+        "--held-out-grid",
+        type=int,
+        default=1,
+        help="crops per side of each held-out photo (2: four 256-px crops of each, at short side 512)",
+    )
     args = parser.parse_args()
     if args.held_out is not None:
-        held_out(args.held_out, args.debian_root)
+        held_out(args.held_out, args.debian_root, grid=args.held_out_grid)
         if args.out is None:
             return
     if args.out is None:
