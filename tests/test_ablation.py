@@ -204,3 +204,51 @@ def test_resume_after_a_kill_repeats_and_loses_no_step(tiny_setup, tmp_path, mon
     assert float(before[2]["train/dpo_loss"]) == pytest.approx(again[2]["train/dpo_loss"], rel=1e-5)
     # a finished run is not trained again
     assert train_runs(specs, manifest, 4, runner=lambda *a: pytest.fail("retrained")) == []
+
+
+def test_report_marks_training_metrics_and_pairs_arms_by_seed(tmp_path):
+    from compressai_vlic_lightning.ablation import RunSpec
+    from compressai_vlic_lightning.ablation_eval import (
+        build_report,
+        markdown,
+        metric_roles,
+        plot_metrics,
+    )
+
+    model_args = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]
+    roles = metric_roles(model_args)
+    assert roles["ssimulacra2"] == "judge" and roles["lpips"] == "unanimity partner"
+    assert {roles[k] for k in ("psnr", "ms_ssim", "lpips_vgg", "dists")} == {"none"}
+    assert "loss term" in metric_roles({**model_args, "perceptual_weight": 0.5})["lpips"]
+
+    rng = np.random.default_rng(0)
+    specs = [RunSpec(a, s, tmp_path) for s in (0, 1) for a in ("dpo", "control", "shuffled")]
+    rows, truth = [], {}
+    for model in ["stage1", *(s.key for s in specs)]:
+        for image in ("p@1.png", "p@2.png", "q@1.png"):
+            v = [float(x) for x in rng.normal(0.3, 0.05, 2)]
+            truth[(model, image)] = sum(v) / 2
+            rows.append(
+                {
+                    "image": image,
+                    "model": model,
+                    "bpp": 0.1,
+                    "metrics": {"lpips": v},
+                    "between_decodes": {"lpips": 0.01},
+                }
+            )
+    rows = [r for r in rows if not (r["model"] == "control/seed1" and r["image"] == "q@1.png")]
+    table = build_report(rows, specs, roles, n_boot=0, groups={"p@1.png": "p", "p@2.png": "p"})
+    assert table["images"] == 2 and table["seeds"] == [0, 1]  # q@1 is not complete
+    imgs = ("p@1.png", "p@2.png")
+    want = np.mean(
+        [truth[(f"dpo/seed{s}", i)] - truth[(f"control/seed{s}", i)] for s in (0, 1) for i in imgs]
+    )
+    assert table["differences"]["lpips"]["dpo-control"]["mean"] == pytest.approx(want)
+    assert table["means"]["lpips"]["stage1"]["mean"] == pytest.approx(
+        np.mean([truth[("stage1", i)] for i in imgs])
+    )
+    assert table["between_decodes"]["dpo"]["lpips_between_decodes"] == pytest.approx(0.01)
+    text = markdown(table, {"dpo": {"heldout_implicit_accuracy": 0.5}})
+    assert "| lpips | unanimity partner |" in text and "dpo-shuffled" in text
+    assert [p.name for p in plot_metrics(table, tmp_path)] == ["lpips.png", "bpp.png"]

@@ -546,7 +546,7 @@ def run_ablation(args: Any) -> int:
         shuffle_seed=args.shuffle_seed,
     )
     steps = int(manifest.data["settings"]["steps"])
-    if not args.evaluate_only:
+    if not (args.evaluate_only or args.report_only):
         failed = train_runs(specs, manifest, steps)
         if failed:
             print(
@@ -567,5 +567,6 @@ def run_ablation(args: Any) -> int:
             heldout_pairs=args.heldout_pairs,
             pair_crop=args.pair_crop,
             n_boot=args.n_boot,
+            report_only=args.report_only,
         )
     return 0

@@ -88,8 +88,10 @@ def evaluate_models(
     rows_path: Path,
     decode_seeds: list[int],
     metrics: list[str],
+    evaluate: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per (photo, model), appended to ``rows_path`` (rows already there are kept)."""
+    """One row per (photo, model), appended to ``rows_path`` (rows already there are kept);
+    ``evaluate=False`` only reads the rows there (a report while another process evaluates)."""
     from compressai_vlic.image_io import load_image
     from compressai_vlic.metrics import get_metric
 
@@ -99,6 +101,8 @@ def evaluate_models(
             if line.strip().endswith("}"):
                 row = json.loads(line)
                 done[(row["image"], row["model"])] = row
+    if not evaluate:
+        return list(done.values())
     meters = {name: get_metric(METRICS[name][0], **METRICS[name][1]) for name in metrics}
     pair_meters = {n: meters[n] for n in ("lpips", "dists") if n in meters}
     rows_path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,14 +201,15 @@ def build_report(
 ) -> dict[str, Any]:
     """Means per arm, paired differences and the complete-cell bookkeeping, as one JSON object."""
     arms = sorted({s.arm for s in specs}, key=lambda a: ("dpo", "control", "shuffled").index(a))
-    seeds = sorted({s.seed for s in specs})
     by_model: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_model.setdefault(row["model"], {})[row["image"]] = row
+    # seeds whose every arm has been evaluated (a partial evaluation reports those)
+    seeds = sorted({s.seed for s in specs if all(f"{a}/seed{s.seed}" in by_model for a in arms)})
     keys = [f"{a}/seed{s}" for a in arms for s in seeds]
     complete = sorted(
         set.intersection(*(set(by_model.get(k, {})) for k in [*keys, REFERENCE]))
-        if all(k in by_model for k in [*keys, REFERENCE])
+        if seeds and REFERENCE in by_model
         else set()
     )
     names = list(next(iter(rows))["metrics"]) if rows else []
@@ -352,8 +357,12 @@ def evaluate_ablation(
     heldout_pairs: int = 48,
     pair_crop: int = 128,
     n_boot: int = 2000,
+    report_only: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate every finished run and the reference; write report.md / report.json / plots."""
+    """Evaluate every finished run and the reference; write report.md / report.json / plots.
+
+    ``report_only``: write the report from the rows evaluated so far, evaluating nothing more.
+    """
     import yaml
 
     from compressai_vlic.errors import ConfigError
@@ -382,8 +391,11 @@ def evaluate_ablation(
         raise ConfigError(f"{heldout}: no held-out photos")
     diagnostics: dict[str, dict[str, float]] = {}
     pairs_path = eval_dir / "heldout_pairs.jsonl"
+    heldout_pairs = (
+        heldout_pairs if (eval_dir / "heldout_pairs.done").is_file() or not report_only else 0
+    )
     if heldout_pairs > 0:
-        if not (eval_dir / "heldout_pairs.done").is_file():
+        if not (eval_dir / "heldout_pairs.done").is_file() and not report_only:
             cut_crops(images, eval_dir / "heldout_crops", heldout_pairs, pair_crop, seed=1)
             make_pair_set(
                 reference, eval_dir / "heldout_crops", pairs_path, judge_config_of(model_args)
@@ -392,7 +404,9 @@ def evaluate_ablation(
         held = heldout_dpo_diagnostics(model_args, pairs_path, models)
         rows = read_preference_dataset(pairs_path)
         heldout_abstain = sum(r.label is Choice.ABSTAIN for r in rows) / max(1, len(rows))
-    rows = evaluate_models(models, images, eval_dir / "rows.jsonl", decode_seeds, metrics)
+    rows = evaluate_models(
+        models, images, eval_dir / "rows.jsonl", decode_seeds, metrics, evaluate=not report_only
+    )
     roles = metric_roles(model_args)
     groups = (
         {p.name: p.name.split("@")[0] for p in images}

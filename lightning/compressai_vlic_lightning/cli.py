@@ -70,6 +70,11 @@ def _ablate(argv: list[str]) -> int:
     parser.add_argument(
         "--evaluate-only", action="store_true", help="skip training (evaluate what is done)"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the rows evaluated so far (another process may still evaluate)",
+    )
     args = parser.parse_args(argv)
     try:
         return run_ablation(args)
