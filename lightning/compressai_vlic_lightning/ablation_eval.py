@@ -98,14 +98,19 @@ def evaluate_models(
     done: dict[tuple[str, str], dict[str, Any]] = {}
     if rows_path.is_file():
         for line in rows_path.read_text().splitlines():
-            if line.strip().endswith("}"):
+            try:
                 row = json.loads(line)
-                done[(row["image"], row["model"])] = row
+            except ValueError:  # a line torn by a kill: that row is evaluated again
+                continue
+            done[(row["image"], row["model"])] = row
     if not evaluate:
         return list(done.values())
     meters = {name: get_metric(METRICS[name][0], **METRICS[name][1]) for name in metrics}
     pair_meters = {n: meters[n] for n in ("lpips", "dists") if n in meters}
     rows_path.parent.mkdir(parents=True, exist_ok=True)
+    if rows_path.is_file() and not rows_path.read_bytes().endswith(b"\n"):
+        with open(rows_path, "a") as fh:  # start after a torn last line, not inside it
+            fh.write("\n")
     with open(rows_path, "a") as fh:
         for image in images:
             x = load_image(image).tensor[None]
