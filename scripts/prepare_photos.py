@@ -11,6 +11,8 @@ independent evaluation and refused: plasma-workspace-wallpapers, libjxl-testdata
 
     python scripts/prepare_photos.py OUT_DIR [--debian-root ROOT ...]
     python scripts/prepare_photos.py --held-out OUT_DIR --debian-root ROOT   # the table's photos
+    python scripts/prepare_photos.py --held-out OUT_DIR --held-out-grid 2 --debian-root ROOT
+        # 48 crops of 256 px (4 per photo): the stage-2 ablation's held-out set
 """
 
 from __future__ import annotations
@@ -90,8 +92,9 @@ def _debian(roots: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
-def held_out(out: Path, roots: list[Path], size: int = 256) -> None:
-    """mate-backgrounds' nature photos: short side ``size``, centre ``size`` x ``size`` crop."""
+def held_out(out: Path, roots: list[Path], size: int = 256, grid: int = 1) -> None:
+    """mate-backgrounds' nature photos: short side ``grid * size``, the centred ``grid`` x ``grid``
+    grid of ``size`` x ``size`` crops (``grid=1``: the centre crop, named after the photo)."""
     sources = [p for root in roots for p in sorted((root / NATURE).glob("*.jpg"))]
     if not sources:
         where = ", ".join(str(root / NATURE) for root in roots) or "no --debian-root given"
@@ -105,15 +108,19 @@ def held_out(out: Path, roots: list[Path], size: int = 256) -> None:
     found = 0
     for path in sources:
         image = Image.open(path).convert("RGB")
-        scale = size / min(image.size)
+        scale = grid * size / min(image.size)
         image = image.resize(
             (round(image.width * scale), round(image.height * scale)),
             Image.Resampling.LANCZOS,
             reducing_gap=3.0,
         )
-        left, top = (image.width - size) // 2, (image.height - size) // 2
-        image.crop((left, top, left + size, top + size)).save(out / f"{path.stem}.png")
-        found += 1
+        left0, top0 = (image.width - grid * size) // 2, (image.height - grid * size) // 2
+        for r in range(grid):
+            for c in range(grid):
+                top, left = top0 + r * size, left0 + c * size
+                name = path.stem if grid == 1 else f"{path.stem}@r{r}c{c}"
+                image.crop((left, top, left + size, top + size)).save(out / f"{name}.png")
+                found += 1
     print(f"{found} held-out photos in {out}")
 
 
@@ -122,9 +129,15 @@ def main() -> None:
     parser.add_argument("out", type=Path, nargs="?")
     parser.add_argument("--debian-root", type=Path, action="append", default=[])
     parser.add_argument("--held-out", type=Path, help="write the held-out evaluation photos here")
+    parser.add_argument(
+        "--held-out-grid",
+        type=int,
+        default=1,
+        help="crops per side of each held-out photo (2: four 256-px crops of each, at short side 512)",
+    )
     args = parser.parse_args()
     if args.held_out is not None:
-        held_out(args.held_out, args.debian_root)
+        held_out(args.held_out, args.debian_root, grid=args.held_out_grid)
         if args.out is None:
             return
     if args.out is None:

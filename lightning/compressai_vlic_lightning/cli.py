@@ -6,6 +6,7 @@
     compressai-vlic-train fit --config CONFIG --ckpt_path runs/X/checkpoints/last.ckpt   # resume
     compressai-vlic-train export runs/X/checkpoints/last.ckpt vlic-test.pth.tar
     compressai-vlic-train plan --config configs/train/paper_q1_stage1.yaml --gpu-memory 80
+    compressai-vlic-train ablate --config configs/train/ablation_tiny_stage2.yaml --out runs/abl
 """
 
 from __future__ import annotations
@@ -15,6 +16,71 @@ import sys
 
 EXPORT = "export"
 PLAN = "plan"
+ABLATE = "ablate"
+
+
+def _ablate(argv: list[str]) -> int:
+    from compressai_vlic.errors import VLICError
+    from compressai_vlic_lightning.ablation import ARMS, run_ablation
+
+    parser = argparse.ArgumentParser(
+        prog="compressai-vlic-train ablate",
+        description="Controlled stage-2 ablation: arms dpo / control (DPO weight 0) / shuffled "
+        "(verdicts permuted) from one stage-2 config, the same pairs, data order, steps and "
+        "seeds, several training seeds; resumes where it stopped; then evaluates every run on "
+        "held-out photos through real bitstreams (docs/ablation.md).",
+    )
+    parser.add_argument(
+        "--config", required=True, help="a stage-2 YAML (model.init_args.init_from set)"
+    )
+    parser.add_argument("--out", required=True, help="the ablation folder (rerun to resume)")
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help="comma-separated (dpo,control,shuffled)"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="steps per run (default: the config's)"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="steps between checkpoints"
+    )
+    parser.add_argument(
+        "--pair-originals",
+        default=None,
+        help="training photos the pairs are cut from (default: data.init_args.train_dir)",
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=96, help="judged pairs (crops) in the shared set"
+    )
+    parser.add_argument(
+        "--pair-crop", type=int, default=128, help="side of each pair crop (the judge sees it)"
+    )
+    parser.add_argument(
+        "--shuffle-seed", type=int, default=0, help="seed of the crops and the verdict permutation"
+    )
+    parser.add_argument(
+        "--heldout", default=None, help="held-out photos to evaluate on (none: train only)"
+    )
+    parser.add_argument(
+        "--heldout-pairs", type=int, default=48, help="judged held-out pairs for the diagnostics"
+    )
+    parser.add_argument("--decode-seeds", default="0,1", help="decode seeds of the evaluation")
+    parser.add_argument("--metrics", default="psnr,ms_ssim,lpips,lpips_vgg,dists,ssimulacra2")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    parser.add_argument(
+        "--evaluate-only", action="store_true", help="skip training (evaluate what is done)"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the rows evaluated so far (another process may still evaluate)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return run_ablation(args)
+    except VLICError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _plan(argv: list[str]) -> int:
@@ -132,7 +198,7 @@ def _export(argv: list[str]) -> int:
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
-HELP = """usage: compressai-vlic-train [-h] {fit,validate,test,predict,export,plan} ...
+HELP = """usage: compressai-vlic-train [-h] {fit,validate,test,predict,export,plan,ablate} ...
 
 Train VLIC with LightningCLI (stage 1 / stage 2 / prior refit configs; `plan --list` names the
 configs that ship with the package).
@@ -144,6 +210,7 @@ commands:
   predict    run the predict loop of a config
   export     write a Lightning checkpoint's codec as a CompressAI checkpoint (bare state dict)
   plan       estimate the memory one GPU needs for a training config
+  ablate     post-train dpo/control/shuffled arms from one stage-2 config and compare them
 
 `compressai-vlic-train COMMAND --help` shows a command's options (fit/validate/test/predict load
 Lightning first, which takes a while).
@@ -176,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(given[1:])
     if given and given[0] == PLAN:
         return _plan(given[1:])
+    if given and given[0] == ABLATE:
+        return _ablate(given[1:])
     if not given or given[0] in {"-h", "--help"}:
         print(HELP, end="")  # without loading Lightning (LightningCLI's own help takes ~20 s)
         return 0 if given else 2

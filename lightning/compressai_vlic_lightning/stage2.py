@@ -137,6 +137,9 @@ class Stage2Module(pl.LightningModule):
             Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
         weighting_type: w(t) of the velocity errors: "eps" (1-t)^2, "uniform", "x0" t^2.
         lambda_flow: weight of the flow-matching regulariser on the originals.
+        dpo_weight: weight of the DPO term (default 1). 0 is the ablation's control arm: the
+            pairs are still drawn and scored (implicit accuracy and margins are logged) but only
+            the regulariser trains.
         perceptual_weight: weight of stage 1's perceptual term (``perceptual_type`` on the
             one-step estimate of the originals in that regulariser; default 0: VLIC's flow term
             alone). A post-training that must keep stage 1's perceptual quality while the
@@ -192,6 +195,7 @@ class Stage2Module(pl.LightningModule):
         beta: float = DEFAULT_BETA,
         weighting_type: WeightingType = DEFAULT_WEIGHTING,
         lambda_flow: float = DEFAULT_LAMBDA_FLOW,
+        dpo_weight: float = 1.0,
         perceptual_weight: float = 0.0,
         perceptual_type: PerceptualType = "lpips",
         perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
@@ -237,6 +241,8 @@ class Stage2Module(pl.LightningModule):
             raise ConfigError("refresh_every, buffer_size and dpo_batch_size must be >= 1")
         if perceptual_weight < 0:
             raise ConfigError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
+        if dpo_weight < 0:
+            raise ConfigError(f"dpo_weight must be >= 0, got {dpo_weight}")
         self.save_hyperparameters(ignore=["judge"])
         if init_from:  # the checkpoint's own config: quality/model_overrides are not needed
             self.model = load_codec(init_from, init_weights_type)
@@ -538,7 +544,7 @@ class Stage2Module(pl.LightningModule):
             out = self.criterion(
                 *self.dpo_losses(pairs), flow=flow.loss, prob_winner=pairs.prob_winner
             )
-            loss = out.loss
+            loss = hp.dpo_weight * out.dpo_loss + hp.lambda_flow * flow.loss
             logs.update(
                 {
                     "train/dpo_loss": out.dpo_loss.detach(),

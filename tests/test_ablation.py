@@ -1,0 +1,254 @@
+"""The stage-2 ablation runner: arms differ only where they say, shuffled permutes verdicts,
+a killed run resumes without losing a step, and the statistics match a hand computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from compressai_vlic_lightning import ablation
+from compressai_vlic_lightning.ablation import (
+    ARM_KEYS,
+    LOCATION_KEYS,
+    SEED_KEYS,
+    config_diff,
+    prepare_runs,
+    resolve_arm_config,
+    shuffle_verdicts,
+    train_runs,
+)
+from PIL import Image
+
+from compressai_vlic.evaluation.paired import arm_means, paired_difference
+from compressai_vlic.judges.dataset import PreferenceRow, PreferenceWriter, read_preference_dataset
+from compressai_vlic.judges.types import Choice, Judgment
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train" / "ablation_tiny_stage2.yaml"
+
+
+def _resolved(tmp_path, arm, seed, base=None):
+    base = base or yaml.safe_load(CONFIG.read_text())
+    return resolve_arm_config(
+        base, arm, seed, tmp_path / arm / f"seed{seed}", "p.jsonl", "p.shuffled0.jsonl", steps=7
+    )
+
+
+def test_arms_differ_only_where_the_arm_says(tmp_path):
+    for seed in (0, 1):
+        dpo = _resolved(tmp_path, "dpo", seed)
+        for arm in ("control", "shuffled"):
+            other = _resolved(tmp_path, arm, seed)
+            assert config_diff(dpo, other) - LOCATION_KEYS == ARM_KEYS[arm]
+        ctrl = _resolved(tmp_path, "control", seed)
+        assert ctrl["model"]["init_args"]["dpo_weight"] == 0.0
+        assert "dpo_weight" not in dpo["model"]["init_args"]  # dpo keeps the config's weight
+        # same pairs, data, steps and seeds for every arm of one training seed
+        for cfg in (dpo, ctrl, _resolved(tmp_path, "shuffled", seed)):
+            assert cfg["seed_everything"] == cfg["model"]["init_args"]["seed"] == seed
+            assert cfg["trainer"]["max_steps"] == 7
+            assert cfg["data"] == dpo["data"]
+            assert cfg["model"]["init_args"]["preference_type"] == "offline"
+    # between seeds only the seed keys (and the folder) change
+    assert (
+        config_diff(_resolved(tmp_path, "dpo", 0), _resolved(tmp_path, "dpo", 1)) - LOCATION_KEYS
+        == SEED_KEYS
+    )
+    shuffled = _resolved(tmp_path, "shuffled", 0)
+    assert shuffled["model"]["init_args"]["preference_dataset"] == "p.shuffled0.jsonl"
+    assert _resolved(tmp_path, "dpo", 0)["model"]["init_args"]["preference_dataset"] == "p.jsonl"
+
+
+def _dataset(path: Path, labels: list[Choice]) -> Path:
+    with PreferenceWriter(path, {"judge": "fixture"}) as writer:
+        for i, label in enumerate(labels):
+            score = {Choice.A: 1.0, Choice.B: -1.0}.get(label, 0.0)
+            writer.append(
+                PreferenceRow(
+                    pair_id=f"p{i}",
+                    reference=f"r{i}.png",
+                    a=f"a{i}.png",
+                    b=f"b{i}.png",
+                    reference_sha256="0" * 64,
+                    a_sha256="1" * 64,
+                    b_sha256="2" * 64,
+                    label=label,
+                    judgment=Judgment(score=score, choice=label, prob_a=0.5 + score / 4),
+                    judge="fixture",
+                    judge_config={"judge": "fixture"},
+                )
+            )
+    return path
+
+
+def test_shuffled_permutes_winners_and_keeps_pairs(tmp_path):
+    labels = [Choice.A] * 12 + [Choice.B] * 8 + [Choice.ABSTAIN] * 3
+    labels = [labels[i] for i in np.random.default_rng(5).permutation(len(labels))]
+    source = _dataset(tmp_path / "pairs.jsonl", labels)
+    changed = shuffle_verdicts(source, tmp_path / "pairs.shuffled0.jsonl", seed=0)
+    before = read_preference_dataset(source)
+    after = read_preference_dataset(tmp_path / "pairs.shuffled0.jsonl")
+    assert [(r.pair_id, r.reference, r.a, r.b) for r in before] == [
+        (r.pair_id, r.reference, r.a, r.b) for r in after
+    ]
+    assert sorted(r.label.value for r in before) == sorted(r.label.value for r in after)
+    for r0, r1 in zip(before, after, strict=True):
+        assert (r0.label is Choice.ABSTAIN) == (r1.label is Choice.ABSTAIN)
+        assert r1.judgment.choice is r1.label  # verdict and label travel together
+    assert changed == sum(r0.label != r1.label for r0, r1 in zip(before, after, strict=True))
+    assert changed >= 4  # a real permutation, not the identity
+    assert after[0].judge_config["shuffled_seed"] == 0
+    shuffle_verdicts(source, tmp_path / "pairs.shuffled1.jsonl", seed=1)
+    other = read_preference_dataset(tmp_path / "pairs.shuffled1.jsonl")
+    assert [r.label for r in other] != [r.label for r in after]
+    with pytest.raises(Exception, match="exists"):
+        shuffle_verdicts(source, tmp_path / "pairs.shuffled0.jsonl", seed=0)
+
+
+def test_statistics_match_a_hand_computation():
+    # 2 training seeds x 3 images
+    a = {0: {"x": 1.0, "y": 2.0, "z": 6.0}, 1: {"x": 3.0, "y": 2.0, "z": 4.0}}
+    b = {0: {"x": 0.0, "y": 1.0, "z": 5.0}, 1: {"x": 1.0, "y": 3.0, "z": 1.0}}
+    mean, sd = arm_means(a)
+    assert mean == pytest.approx(18 / 6)
+    assert sd == pytest.approx(np.std([3.0, 3.0], ddof=1))
+    d = paired_difference(a, b, ("a", "b"), n_boot=0)
+    # per image: x (1+2)/2=1.5, y (1-1)/2=0, z (1+3)/2=2 -> mean 7/6
+    assert d.mean == pytest.approx(7 / 6) and d.low == d.high == d.mean
+    # per seed: seed0 (1+1+1)/3=1, seed1 (2-1+3)/3=4/3
+    assert d.per_seed == pytest.approx([1.0, 4 / 3])
+    assert d.seed_sd == pytest.approx(np.std([1.0, 4 / 3], ddof=1))
+    boot = paired_difference(a, b, ("a", "b"), n_boot=4000, seed=3)
+    per_image = np.array([1.5, 0.0, 2.0])
+    idx = np.random.default_rng(3).integers(0, 3, size=(4000, 3))
+    lo, hi = np.quantile(per_image[idx].mean(axis=1), [0.025, 0.975])
+    assert (boot.low, boot.high) == pytest.approx((lo, hi))
+    # one image per group: the group bootstrap is the image bootstrap
+    grouped = paired_difference(
+        a, b, ("a", "b"), n_boot=4000, seed=3, groups={"x": "1", "y": "2", "z": "3"}
+    )
+    assert (grouped.low, grouped.high) == pytest.approx((lo, hi))
+    assert not boot.excludes_zero() or lo > 0
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, photos):
+    """A 'test'-size stage-1 checkpoint, training photos and a stage-2 config using them."""
+    from compressai_vlic.zoo import vlic
+
+    torch.manual_seed(0)
+    stage1 = tmp_path / "stage1.pth.tar"
+    torch.save(vlic("test", pretrained=False).state_dict(), stage1)
+    train = tmp_path / "train"
+    train.mkdir()
+    for name in ("astronaut", "coffee"):
+        Image.fromarray(photos[name][:96, :96]).save(train / f"{name}.png")
+    base = yaml.safe_load(CONFIG.read_text())
+    base["model"]["init_args"].update(
+        init_from=str(stage1), judge_type="psnr", judge_compose=None, dpo_batch_size=2
+    )
+    base["data"]["init_args"].update(
+        train_dir=str(train), batch_size=2, samples_per_epoch=64, cache_type="none"
+    )
+    config = tmp_path / "stage2.yaml"
+    config.write_text(yaml.safe_dump(base))
+    return config
+
+
+def test_resume_after_a_kill_repeats_and_loses_no_step(tiny_setup, tmp_path, monkeypatch):
+    from compressai_vlic_lightning.cli import main as train_main
+    from compressai_vlic_lightning.stage2 import Stage2Module
+
+    out = tmp_path / "abl"
+    specs, manifest = prepare_runs(
+        tiny_setup, out, ["dpo"], [0], steps=4, checkpoint_every=2, pair_count=4, pair_crop=32
+    )
+    assert manifest.data["pairs"]["pairs"] == 4
+    original = Stage2Module.training_step
+
+    def killed_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise RuntimeError("killed")
+        return original(self, batch, batch_idx)
+
+    def in_process(spec, cmd):
+        try:
+            return train_main(cmd[3:])  # [python, -m, module, fit, ...]
+        except RuntimeError:
+            return 1
+
+    monkeypatch.setattr(Stage2Module, "training_step", killed_at_step_3)
+    assert train_runs(specs, manifest, 4, runner=in_process) == ["dpo/seed0"]
+    assert ablation.checkpoint_step(specs[0].last_ckpt) == 2
+    monkeypatch.setattr(Stage2Module, "training_step", original)
+    assert train_runs(specs, manifest, 4, runner=in_process) == []
+    entry = json.loads((out / "manifest.json").read_text())["runs"]["dpo/seed0"]
+    assert entry["status"] == "done" and entry["resumed_from_step"] == 2 and entry["steps"] == 4
+    ckpt = torch.load(specs[0].last_ckpt, weights_only=True)
+    adam_steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {4}  # four optimizer steps in all: none lost, none extra
+    rows = ablation.read_metrics(specs[0].folder)
+    assert [int(r["step"]) for r in rows if "train/dpo_loss" in r] == [0, 1, 2, 3]
+    # step 2 ran before the kill and again after the resume, on the same pairs and noise
+    first = next(specs[0].folder.glob("metrics.until2.*.csv"))
+    import csv
+
+    with open(first) as fh:
+        before = {int(float(r["step"])): r for r in csv.DictReader(fh) if r.get("train/dpo_loss")}
+    again = {int(r["step"]): r for r in rows}
+    assert float(before[2]["train/dpo_loss"]) == pytest.approx(again[2]["train/dpo_loss"], rel=1e-5)
+    # a finished run is not trained again
+    assert train_runs(specs, manifest, 4, runner=lambda *a: pytest.fail("retrained")) == []
+
+
+def test_report_marks_training_metrics_and_pairs_arms_by_seed(tmp_path):
+    from compressai_vlic_lightning.ablation import RunSpec
+    from compressai_vlic_lightning.ablation_eval import (
+        build_report,
+        markdown,
+        metric_roles,
+        plot_metrics,
+    )
+
+    model_args = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]
+    roles = metric_roles(model_args)
+    assert roles["ssimulacra2"] == "judge" and roles["lpips"] == "unanimity partner"
+    assert {roles[k] for k in ("psnr", "ms_ssim", "lpips_vgg", "dists")} == {"none"}
+    assert "loss term" in metric_roles({**model_args, "perceptual_weight": 0.5})["lpips"]
+
+    rng = np.random.default_rng(0)
+    specs = [RunSpec(a, s, tmp_path) for s in (0, 1) for a in ("dpo", "control", "shuffled")]
+    rows, truth = [], {}
+    for model in ["stage1", *(s.key for s in specs)]:
+        for image in ("p@1.png", "p@2.png", "q@1.png"):
+            v = [float(x) for x in rng.normal(0.3, 0.05, 2)]
+            truth[(model, image)] = sum(v) / 2
+            rows.append(
+                {
+                    "image": image,
+                    "model": model,
+                    "bpp": 0.1,
+                    "metrics": {"lpips": v},
+                    "between_decodes": {"lpips": 0.01},
+                }
+            )
+    rows = [r for r in rows if not (r["model"] == "control/seed1" and r["image"] == "q@1.png")]
+    table = build_report(rows, specs, roles, n_boot=0, groups={"p@1.png": "p", "p@2.png": "p"})
+    assert table["images"] == 2 and table["seeds"] == [0, 1]  # q@1 is not complete
+    imgs = ("p@1.png", "p@2.png")
+    want = np.mean(
+        [truth[(f"dpo/seed{s}", i)] - truth[(f"control/seed{s}", i)] for s in (0, 1) for i in imgs]
+    )
+    assert table["differences"]["lpips"]["dpo-control"]["mean"] == pytest.approx(want)
+    assert table["means"]["lpips"]["stage1"]["mean"] == pytest.approx(
+        np.mean([truth[("stage1", i)] for i in imgs])
+    )
+    assert table["between_decodes"]["dpo"]["lpips_between_decodes"] == pytest.approx(0.01)
+    text = markdown(table, {"dpo": {"heldout_implicit_accuracy": 0.5}})
+    assert "| lpips | unanimity partner |" in text and "dpo-shuffled" in text
+    assert [p.name for p in plot_metrics(table, tmp_path)] == ["lpips.png", "bpp.png"]
