@@ -9,6 +9,7 @@ from compressai_vlic.extras import require
 
 require("pytorch_lightning", "train", "Training (compressai_vlic_lightning)")
 
+from compressai_vlic_lightning.checkpointing import CSVLogger, SafeCheckpointIO  # noqa: E402
 from compressai_vlic_lightning.data import ImageFolderDataModule, PhotosDataModule  # noqa: E402
 from compressai_vlic_lightning.ema import EMA  # noqa: E402
 from compressai_vlic_lightning.export import export_checkpoint, export_shipped  # noqa: E402
@@ -19,11 +20,13 @@ from compressai_vlic_lightning.stage2 import Stage2Module  # noqa: E402
 
 __all__ = [
     "EMA",
+    "CSVLogger",
     "ImageFolderDataModule",
     "OfflinePreferences",
     "PhotosDataModule",
     "PreferenceBuffer",
     "PriorRefitModule",
+    "SafeCheckpointIO",
     "Stage1Module",
     "Stage2Module",
     "export_checkpoint",

@@ -92,7 +92,9 @@ def _export(argv: list[str]) -> int:
 
     try:
         refuse_existing(args.output, args.overwrite)
-        result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
+        result = export_checkpoint(
+            args.checkpoint, args.output, args.weights_type, overwrite=args.overwrite
+        )
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
