@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Checkpoint key of the random streams (see :func:`collect_rng_states`).
 RNG_KEY = "vlic_rng_states"
+#: Every checkpoint Lightning writes carries it (its migration code fails without it).
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 
 
 # ------------------------------------------------------------------------------ checkpoint I/O
@@ -70,10 +72,15 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 "so that loading one cannot run code"
             )
         checkpoint = load_checkpoint(name)
-        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        missing = [
+            key
+            for key in ("state_dict", LIGHTNING_VERSION_KEY)
+            if not isinstance(checkpoint, dict) or key not in checkpoint
+        ]
+        if missing or not isinstance(checkpoint["state_dict"], dict):
             keys = list(checkpoint)[:3] if isinstance(checkpoint, dict) else []
             raise CheckpointError(
-                f"{name}: not a Lightning training checkpoint (no 'state_dict'; "
+                f"{name}: not a Lightning training checkpoint (no {' or '.join(missing)}; a "
                 f"{type(checkpoint).__name__} with keys {keys}); to start from a model's weights "
                 "use --model.init_from instead of --ckpt_path"
             )
