@@ -95,3 +95,33 @@ def test_resumed_run_equals_uninterrupted_run_and_keeps_its_logs(tmp_path):
             assert torch.equal(tensor, b[key][name]), f"{key}[{name}] differs"
     val = [r for r in _rows(cut) if r.get("val/flow")]
     assert [r["step"] for r in val] == [r["step"] for r in _rows(whole) if r.get("val/flow")]
+
+
+def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    import pytorch_lightning as pl
+    from compressai_vlic_lightning.checkpointing import SafeCheckpointIO, use_safe_checkpoint_io
+
+    io = SafeCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, target)
+    before = target.read_bytes()
+    written: list[Path] = []
+    real_save = torch.save
+
+    def killed_mid_write(obj, f, *args, **kwargs):
+        written.append(Path(f))
+        Path(f).write_bytes(before[: len(before) // 3])  # part of the new file, then the kill
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(4)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+    # the new file was written beside the target (same file system: an atomic rename), not in
+    # the temporary folder, and the kill left the previous checkpoint as it was
+    assert written[0].parent == target.parent and written[0] != target
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    use_safe_checkpoint_io(trainer)  # what every module of the package does at setup
+    assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO)
