@@ -88,6 +88,12 @@ def test_training_order_resumes_mid_epoch_and_changes_with_the_epoch():
     resumed.set_epoch(1)
     assert list(resumed) == epoch1[4:]
     assert list(resumed) == epoch1  # the skip applies to the first pass only
+    shares = [ResumableSampler(10, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    for share in shares:
+        share.set_epoch(1)
+    parts = [list(share) for share in shares]
+    assert [len(p) for p in parts] == [4, 4, 4]  # padded to equal shares
+    assert set().union(*parts) == set(epoch1)
 
 
 def test_small_images_are_upscaled_and_crop_type_checked():

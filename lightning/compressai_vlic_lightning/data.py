@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from compressai_vlic.errors import DatasetError, ImageReadError
 from compressai_vlic.extras import require
@@ -129,34 +130,52 @@ def run_seed() -> int:
         return 0
 
 
-class ResumableSampler(Sampler[int]):
+class ResumableSampler(DistributedSampler):
     """Shuffled order of a dataset that depends only on (seed, epoch): resumable mid-epoch.
 
     It yields keys ``epoch * length + index``: the dataset takes ``key % length`` as the item and
     seeds the item's random crop with the key, so the data of every step is fixed by the seed,
-    the epoch and the position. Lightning calls :meth:`set_epoch`; ``skip`` items are left out
-    at the start of the next pass (the batches a resumed run already trained on).
+    the epoch and the position. Lightning calls :meth:`set_epoch`; ``skip`` items of this rank
+    are left out at the start of the next pass (the batches a resumed run already trained on).
+    With several processes each rank takes every ``num_replicas``-th item of the shared order
+    (padded to equal shares, as ``DistributedSampler``), so Lightning does not replace it.
+
+    Args:
+        length: items per epoch.
+        seed: the run's seed.
+        skip: items of this rank to leave out at the start of the first pass.
+        num_replicas: number of processes (default 1).
+        rank: this process's rank (default 0).
     """
 
-    def __init__(self, length: int, seed: int, skip: int = 0) -> None:
+    def __init__(
+        self, length: int, seed: int, skip: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        # DistributedSampler's own __init__ wants a process group; only its type is used here
         self.length = length
         self.seed = seed
         self.epoch = 0
         self.skip = skip
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.num_samples = math.ceil(length / num_replicas)
+        self.shuffle, self.drop_last = True, False  # what Lightning reads of a DistributedSampler
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of each epoch."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.length
+        return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
         gen = torch.Generator().manual_seed(_mix("order", self.seed, self.epoch))
         order = torch.randperm(self.length, generator=gen).tolist()
+        order += order[: self.num_samples * self.num_replicas - self.length]  # equal shares
+        mine = order[self.rank :: self.num_replicas]
         start, self.skip = self.skip, 0
         base = self.epoch * self.length
-        for index in order[start:]:
+        for index in mine[start:]:
             yield base + index
 
 
@@ -359,10 +378,12 @@ class _CropDataModule(pl.LightningDataModule):
         if hasattr(self.train_set, "seed"):
             self.train_set.seed = seed  # crops seeded per item: no global random state
         skip, self._resume_batches = self._resume_batches * self.batch_size, 0
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         return _ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
-            sampler=ResumableSampler(len(self.train_set), seed, skip),
+            sampler=ResumableSampler(len(self.train_set), seed, skip, world, rank),
             drop_last=len(self.train_set) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
