@@ -93,6 +93,11 @@ def test_resumed_run_equals_uninterrupted_run_and_keeps_its_logs(tmp_path):
         assert a[key].keys() == b[key].keys()
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}[{name}] differs"
+    from compressai_vlic_lightning import Stage1Module
+
+    loaded = Stage1Module.load_from_checkpoint(whole / "checkpoints" / "last.ckpt")
+    for name, tensor in loaded.state_dict().items():  # through the weights-only loader
+        assert torch.equal(tensor, a["state_dict"][name])
     val = [r for r in _rows(cut) if r.get("val/flow")]
     assert [r["step"] for r in val] == [r["step"] for r in _rows(whole) if r.get("val/flow")]
 

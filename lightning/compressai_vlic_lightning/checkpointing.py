@@ -1,22 +1,23 @@
 """Training checkpoints and logs that survive hostile files, kills and resumes.
 
-Every LightningModule of this package derives from :class:`ResumableModule`, which at ``setup``
+Every LightningModule of this package derives from :class:`ResumableModule`. At ``setup`` it
+puts :class:`SafeCheckpointIO` into the Trainer, which
 
-- makes the Trainer load checkpoints through :class:`SafeCheckpointIO`: ``fit --ckpt_path``,
-  ``validate``/``test --ckpt_path`` and ``load_from_checkpoint`` read local files, ``http(s)://``
-  URLs and fsspec URLs through :func:`compressai_vlic.checkpoints.load_checkpoint`, always with
-  ``weights_only=True`` (a checkpoint cannot run code), and a refused file is one typed line;
+- loads checkpoints (``fit``/``validate``/``test --ckpt_path``; ``load_from_checkpoint`` too)
+  from local files, ``http(s)://`` and fsspec URLs through
+  :func:`compressai_vlic.checkpoints.load_checkpoint`, always with ``weights_only=True`` (a
+  checkpoint cannot run code); a refused file is one typed line;
 - writes checkpoints beside their target and renames them into place (fsync-ed), so a kill during
-  a save leaves the previous ``last.ckpt`` whole, whatever file system holds the temp folder;
+  a save leaves the previous ``last.ckpt`` whole, whatever file system holds the temp folder.
 
-It keeps the training's random streams (torch CPU and CUDA, numpy, Python ``random``) apart
-from whatever runs between steps (validation, data-loader start-up), stores them in the
-checkpoint and restores them right before the first training step after a resume. With the data modules of
-:mod:`.data` (sample order and crops are functions of the seed, the epoch and the position, and
-the position within the epoch is restored), a resumed CPU run repeats the uninterrupted one step
-for step. :class:`CSVLogger` (the configs' logger) keeps ``metrics.csv`` across a resume: rows of
-the steps before the resume point stay, rows the killed run logged after its checkpoint are
-replaced by the resumed run's.
+The module keeps the training's random streams (torch CPU and CUDA, numpy, Python ``random``)
+apart from whatever runs between steps (validation, data-loader start-up), stores them in the
+checkpoint and restores them right before the first training step after a resume. With the data
+modules of :mod:`.data` (sample order and crops are functions of the seed, the epoch and the
+position, and the position within the epoch is restored), a resumed CPU run repeats the
+uninterrupted one step for step. :class:`CSVLogger` (the configs' logger) keeps ``metrics.csv``
+across a resume: rows of the steps before the resume point stay, rows the killed run logged after
+its checkpoint are replaced by the resumed run's.
 """
 
 from __future__ import annotations
