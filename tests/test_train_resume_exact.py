@@ -71,6 +71,7 @@ def _losses(root: Path) -> dict[int, float]:
     return out
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run_and_keeps_its_logs(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     _fit(whole, 8)
