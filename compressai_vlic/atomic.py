@@ -9,6 +9,11 @@ A process killed mid-write cannot remove its temporary file, so temporaries are 
 reader to take them as inputs: ``.NAME.HOST-PID.RANDOM.tmp`` (hidden, and ending in ``.tmp``,
 never in an input's suffix such as ``.png`` or ``.vlic``; see :func:`is_temporary`). The first
 write into a folder removes the temporaries there that were left by dead processes of this host.
+
+With ``overwrite=False`` the finished file is linked into place (``os.link``), which fails when
+the name exists: of two processes writing the same output, the second gets
+:class:`OutputExistsError` instead of silently replacing the first one's file, even when both
+checked for the file before either wrote it.
 """
 
 from __future__ import annotations
@@ -113,13 +118,42 @@ def _clean_once(folder: Path) -> None:
     clean_stale_temporaries(folder)
 
 
+def _exists_error(target: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{target}: exists already (written by another run meanwhile?); pass --overwrite to "
+        "replace it"
+    )
+
+
+def _place_exclusive(tmp: Path, target: Path) -> None:
+    """Give ``tmp`` the name ``target`` only if that name is free (never replaces a file)."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise _exists_error(target) from None
+    except OSError:  # a file system without hard links: reserve the name, then fill it
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
+        except FileExistsError:
+            raise _exists_error(target) from None
+        os.replace(tmp, target)
+        return
+    tmp.unlink()
+
+
 @contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; when the block succeeds it is fsync-ed and moved
     onto ``path``, when it fails it is deleted and ``path`` is left as it was.
 
     The temporary path ends in ``.tmp``, not in ``path``'s suffix: writers that choose the format
     by extension must be told it (``Image.save(tmp, format="PNG")``, ``savefig(tmp, format=...)``).
+
+    Args:
+        path: the file to write.
+        overwrite: replace ``path`` if it exists (default); False raises
+            :class:`OutputExistsError` when ``path`` exists at the moment the file is put in
+            place, so a concurrent writer never loses its file to this one.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,25 +168,34 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            _place_exclusive(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (see the module docstring)."""
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically (see the module docstring).
+
+    Args:
+        path: the file to write.
+        data: its bytes.
+        overwrite: replace an existing file (default); False raises :class:`OutputExistsError`.
+    """
+    with atomic_path(path, overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (``overwrite`` as :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite)
 
 
 def refuse_existing(path: str | os.PathLike[str], overwrite: bool) -> None:

@@ -484,8 +484,15 @@ def load_image(
     return LoadedImage(tensor=tensor, path=path, conversions=notes)
 
 
-def save_png(tensor: torch.Tensor, path: str | Path) -> Path:
-    """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an 8-bit RGB PNG (atomically)."""
+def save_png(tensor: torch.Tensor, path: str | Path, overwrite: bool = True) -> Path:
+    """Write a (3, H, W) or (1, 3, H, W) tensor in [0, 1] as an 8-bit RGB PNG (atomically).
+
+    Args:
+        tensor: the image.
+        path: the PNG file.
+        overwrite: replace an existing file (default); False raises
+            :class:`~compressai_vlic.atomic.OutputExistsError` instead.
+    """
     path = Path(path)
     if tensor.dim() == 4:
         if tensor.shape[0] != 1:
@@ -493,7 +500,9 @@ def save_png(tensor: torch.Tensor, path: str | Path) -> Path:
         tensor = tensor[0]
     from compressai_vlic.atomic import atomic_path
 
-    with atomic_path(path) as tmp:  # a full disk leaves the old file (or none), never a torn PNG
+    with atomic_path(
+        path, overwrite
+    ) as tmp:  # a full disk leaves the old file (or none), never a torn PNG
         Image.fromarray(to_uint8_array(tensor), "RGB").save(tmp, format="PNG")
     return path
 

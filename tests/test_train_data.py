@@ -69,9 +69,31 @@ def test_validation_is_deterministic_and_training_random(photo_folder):
     second = torch.cat(list(dm.val_dataloader()))
     assert first.shape == (3, 3, 48, 48)
     assert torch.equal(first, second)
-    a = dm.train_set[0]
-    b = dm.train_set[0]
+    n = len(dm.train_set)
+    a, b = dm.train_set[0], dm.train_set[n]  # the same file in two epochs (sampler keys)
     assert not torch.equal(a, b)  # random crops of the same file
+    assert torch.equal(a, dm.train_set[0])  # a function of the key: the same after a resume
+
+
+def test_training_order_resumes_mid_epoch_and_changes_with_the_epoch():
+    from compressai_vlic_lightning.data import ResumableSampler
+
+    sampler = ResumableSampler(10, seed=3)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert sorted(k - 10 for k in epoch1) == list(range(10))  # keys epoch * length + index
+    sampler.set_epoch(2)
+    assert [k - 20 for k in sampler] != [k - 10 for k in epoch1]
+    resumed = ResumableSampler(10, seed=3, skip=4)
+    resumed.set_epoch(1)
+    assert list(resumed) == epoch1[4:]
+    assert list(resumed) == epoch1  # the skip applies to the first pass only
+    shares = [ResumableSampler(10, seed=3, num_replicas=3, rank=r) for r in range(3)]
+    for share in shares:
+        share.set_epoch(1)
+    parts = [list(share) for share in shares]
+    assert [len(p) for p in parts] == [4, 4, 4]  # padded to equal shares
+    assert set().union(*parts) == set(epoch1)
 
 
 def test_small_images_are_upscaled_and_crop_type_checked():

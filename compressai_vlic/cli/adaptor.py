@@ -157,7 +157,7 @@ def _write_report(path: str | None, payload: dict[str, Any], overwrite: bool) ->
     from compressai_vlic.atomic import atomic_write_text, refuse_existing
 
     refuse_existing(path, overwrite)
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n", overwrite)
 
 
 def _held_out(

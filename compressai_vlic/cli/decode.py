@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             x_hat = batch.model.decompress(
                 [[data]], None, allow_model_mismatch=args.allow_model_mismatch
             )["x_hat"]
-            save_png(x_hat, job.target)
+            save_png(x_hat, job.target, overwrite=args.overwrite)
         except (VLICError, OSError) as exc:
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
             out = batch.model.compress(image.tensor[None], seed=args.seed)
             data = b"".join(out["strings"][0])
-            atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
+            # a full disk leaves no torn stream; a file another run wrote meanwhile is kept
+            atomic_write_bytes(job.target, data, overwrite=args.overwrite)
         except (ImageReadError, VLICError, OSError, MemoryError) as exc:  # skip, go on
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue

@@ -11,9 +11,12 @@ mapped to the integers CompressAI parses; an unknown quality names the integers 
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from compressai_vlic.errors import VLICError
@@ -99,6 +102,38 @@ def usable_images(paths: Sequence[Path], report: Callable[[str], None]) -> list[
     return kept
 
 
+class _SafeTorch:
+    """``torch`` as CompressAI's tools see it, except that ``load`` is the package's
+    :func:`~compressai_vlic.checkpoints.load_checkpoint` (``weights_only=True`` whatever the
+    environment says, one typed line for a refused file)."""
+
+    def __init__(self, torch: ModuleType) -> None:
+        self._torch = torch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._torch, name)
+
+    def load(self, f: Any, map_location: Any = None, **_: Any) -> Any:
+        from compressai_vlic.checkpoints import load_checkpoint
+
+        if isinstance(f, (str, os.PathLike)):
+            return load_checkpoint(f)
+        return self._torch.load(f, map_location=map_location, weights_only=True)
+
+
+@contextmanager
+def safe_checkpoint_loads(module: ModuleType) -> Iterator[None]:
+    """Inside the block, ``module`` (a CompressAI tool that calls ``torch.load`` itself) loads
+    checkpoints through the package's loader: no code runs from a checkpoint, and a refused
+    file is one line instead of a traceback."""
+    original = module.torch
+    module.torch = _SafeTorch(original)
+    try:
+        yield
+    finally:
+        module.torch = original
+
+
 def run_argv(argv: Sequence[str]) -> int:
     """Forward ``argv`` to ``python -m compressai.utils.eval_model``."""
     from compressai_vlic.errors import ConfigError
@@ -130,7 +165,8 @@ def run_argv(argv: Sequence[str]) -> int:
         # CompressAI sets one thread when its module is first imported; do it on every call so
         # repeated in-process runs time the same way as the literal command.
         torch.set_num_threads(1)
-        return call_main(eval_main.main, argv)
+        with safe_checkpoint_loads(eval_main):
+            return call_main(eval_main.main, argv)
     finally:
         eval_main.collect_images = collect
         torch.set_num_threads(threads)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from compressai_vlic.cli.eval import call_main
+from compressai_vlic.cli.eval import call_main, safe_checkpoint_loads
 
 
 def _expected_output(module: object, argv: Sequence[str]) -> tuple[Path, str, str] | None:
@@ -38,7 +38,8 @@ def run_argv(argv: Sequence[str]) -> int:
     for name, cls in model_architectures.items():
         update_model.models.setdefault(name, cls)
     expected = _expected_output(update_model, argv)
-    status = call_main(update_model.main, argv)
+    with safe_checkpoint_loads(update_model):
+        status = call_main(update_model.main, argv)
     if status == 0 and expected is not None:
         folder, stem, suffixes = expected
         written = sorted(

@@ -332,8 +332,8 @@ def _trainer(
     Progress: Lightning's bar (rate and time left) on a terminal, a line every 30 s otherwise.
     """
     pl = require("pytorch_lightning", "train", "The demo's training")
+    from compressai_vlic_lightning import CSVLogger  # keeps metrics.csv rows on a resume
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
 
     tty = sys.stderr.isatty()
     trainer_args = {k: config["trainer"][k] for k in _TRAINER_KEYS if k in config["trainer"]}

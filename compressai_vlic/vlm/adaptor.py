@@ -402,7 +402,7 @@ class AdaptorHandle:
 
         refuse_existing(path, overwrite)
         data = self.to_bytes()
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, overwrite)
         self._id = hashlib.sha256(data).hexdigest()[:12]
         return Path(path)
 

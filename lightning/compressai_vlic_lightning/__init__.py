@@ -16,6 +16,8 @@ from typing import Any
 from compressai_vlic.lazy import lazy_getattr
 
 _EXPORTS = {
+    "CSVLogger": "compressai_vlic_lightning.checkpointing",
+    "SafeCheckpointIO": "compressai_vlic_lightning.checkpointing",
     "ImageFolderDataModule": "compressai_vlic_lightning.data",
     "PhotosDataModule": "compressai_vlic_lightning.data",
     "EMA": "compressai_vlic_lightning.ema",

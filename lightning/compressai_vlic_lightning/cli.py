@@ -184,7 +184,9 @@ def _export(argv: list[str]) -> int:
         parser.error(str(exc))
     try:
         refuse_existing(args.output, args.overwrite)
-        result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
+        result = export_checkpoint(
+            args.checkpoint, args.output, args.weights_type, overwrite=args.overwrite
+        )
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     compressai_vlic_lightning.load_all()  # the classes the configs name
 
     try:
-        LightningCLI(
+        _cli_class(LightningCLI)(
             pl.LightningModule,
             pl.LightningDataModule,
             subclass_mode_model=True,
@@ -284,6 +286,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {cause}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cli_class(base: type) -> type:
+    """LightningCLI, except that the ``--ckpt_path`` it reads for hyper-parameters goes through
+    the package's checkpoint loader (weights only, one typed line for a refused file)."""
+
+    class VLICLightningCLI(base):  # type: ignore[misc, valid-type]
+        def _parse_ckpt_path(self) -> None:
+            from pathlib import Path
+
+            from compressai_vlic.checkpoints import is_url
+            from compressai_vlic_lightning.checkpointing import SafeCheckpointIO
+
+            if not self.config.get("subcommand"):
+                return
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            if not ckpt_path or is_url(str(ckpt_path)) or not Path(ckpt_path).is_file():
+                return  # URLs and "last"/"best": loaded (safely) when the run starts
+            hparams = SafeCheckpointIO().load_checkpoint(ckpt_path).get("hyper_parameters", {})
+            hparams.pop("_instantiator", None)
+            if not hparams:
+                return
+            if "_class_path" in hparams:
+                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            self.config = self.parser.parse_object(
+                {self.config.subcommand: {"model": hparams}}, self.config
+            )
+
+    return VLICLightningCLI
 
 
 def vlic_cause(exc: BaseException) -> str | None:

@@ -30,14 +30,15 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
 
 
 def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
-    """The codec's bare state dict from a Lightning checkpoint (EMA or raw), a CompressAI one, or
-    ``"zoo:QUALITY"``: the weights that ship with the package (e.g. ``"zoo:tiny"``)."""
+    """The codec's bare state dict from a Lightning checkpoint (EMA or raw), a CompressAI one (a
+    file or an ``http(s)://`` / fsspec URL), or ``"zoo:QUALITY"``: the weights that ship with the
+    package (e.g. ``"zoo:tiny"``)."""
     check_option("weights_type", weights_type, WeightsType, ConfigError)
     if isinstance(path, str) and path.startswith(ZOO_PREFIX):
         return shipped_state_dict(path[len(ZOO_PREFIX) :])
-    from compressai_vlic.checkpoints import check_finite, load_checkpoint
+    from compressai_vlic.checkpoints import check_finite, is_url, load_checkpoint
 
-    path = Path(path)
+    path = path if is_url(path) else Path(path)  # URLs: http(s) or fsspec, weights only too
     ckpt = load_checkpoint(path)  # weights_only=True; one clear line for a bad file
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} does not hold a state dict")

@@ -1,22 +1,28 @@
 """Training data: image folders and the photos bundled with scikit-image/scikit-learn.
 
 Training draws random crops at the model's resolution; validation takes centre crops so every
-run sees the same pixels. A corrupt file is skipped (and counted) instead of killing a long run;
+run sees the same pixels. The training order and every crop are functions of the seed, the epoch
+and the position alone (:class:`ResumableSampler`), and the data modules store how far into the
+epoch a checkpoint was written, so a resumed run sees exactly the batches the uninterrupted one
+would have seen. A corrupt file is skipped (and counted) instead of killing a long run;
 an empty or missing folder fails at once with the path in the message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from compressai_vlic.errors import DatasetError, ImageReadError
 from compressai_vlic.extras import require
@@ -43,8 +49,17 @@ BUNDLED_PHOTOS = (
 DEFAULT_VAL_PHOTOS = ("chelsea", "flower")
 
 
-def crop_image(image: Tensor, size: int, crop_type: CropType) -> Tensor:
-    """A (3, size, size) crop; images smaller than ``size`` are first upscaled (shorter side)."""
+def crop_image(
+    image: Tensor, size: int, crop_type: CropType, generator: torch.Generator | None = None
+) -> Tensor:
+    """A (3, size, size) crop; images smaller than ``size`` are first upscaled (shorter side).
+
+    Args:
+        image: (3, H, W) in [0, 1].
+        size: crop side.
+        crop_type: "random" or "center".
+        generator: random source of the crop position (default: torch's global one).
+    """
     check_option("crop_type", crop_type, CropType, DatasetError)
     _, h, w = image.shape
     if min(h, w) < size:
@@ -56,8 +71,8 @@ def crop_image(image: Tensor, size: int, crop_type: CropType) -> Tensor:
         image = image.clamp(0, 1)
         _, h, w = image.shape
     if crop_type == "random":
-        top = int(torch.randint(0, h - size + 1, ()).item())
-        left = int(torch.randint(0, w - size + 1, ()).item())
+        top = int(torch.randint(0, h - size + 1, (), generator=generator).item())
+        left = int(torch.randint(0, w - size + 1, (), generator=generator).item())
     else:  # "center"
         top, left = (h - size) // 2, (w - size) // 2
     return image[:, top : top + size, left : left + size].contiguous()
@@ -96,11 +111,91 @@ def check_readable(files: Sequence[Path], root: str | Path) -> Path:
     )
 
 
+def _mix(*parts: object) -> int:
+    """A stable 63-bit seed from labels (the same in every process and after a resume)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def item_generator(seed: int, key: int) -> torch.Generator:
+    """The random source of training item ``key`` (see :class:`ResumableSampler`)."""
+    return torch.Generator().manual_seed(_mix("crop", seed, key))
+
+
+def run_seed() -> int:
+    """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0."""
+    try:
+        return int(os.environ.get("PL_GLOBAL_SEED", "0"))
+    except ValueError:
+        return 0
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffled order of a dataset that depends only on (seed, epoch): resumable mid-epoch.
+
+    It yields keys ``epoch * length + index``: the dataset takes ``key % length`` as the item and
+    seeds the item's random crop with the key, so the data of every step is fixed by the seed,
+    the epoch and the position. Lightning calls :meth:`set_epoch`; ``skip`` items of this rank
+    are left out at the start of the next pass (the batches a resumed run already trained on).
+    With several processes each rank takes every ``num_replicas``-th item of the shared order
+    (padded to equal shares, as ``DistributedSampler``), so Lightning does not replace it.
+
+    Args:
+        length: items per epoch.
+        seed: the run's seed.
+        skip: items of this rank to leave out at the start of the first pass.
+        num_replicas: number of processes (default 1).
+        rank: this process's rank (default 0).
+    """
+
+    def __init__(
+        self, length: int, seed: int, skip: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        # DistributedSampler's own __init__ wants a process group; only its type is used here
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+        self.skip = skip
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.num_samples = math.ceil(length / num_replicas)
+        self.shuffle, self.drop_last = True, False  # what Lightning reads of a DistributedSampler
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(_mix("order", self.seed, self.epoch))
+        order = torch.randperm(self.length, generator=gen).tolist()
+        order += order[: self.num_samples * self.num_replicas - self.length]  # equal shares
+        mine = order[self.rank :: self.num_replicas]
+        start, self.skip = self.skip, 0
+        base = self.epoch * self.length
+        for index in mine[start:]:
+            yield base + index
+
+
+class _ResumableLoader(DataLoader):
+    """A DataLoader Lightning counts as resumable: its position is restored by the data module
+    (see :meth:`_CropDataModule.state_dict`), so its own state is empty."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 class ImageFolderDataset(Dataset):
     """Crops of the images in a folder tree.
 
     ``length`` > number of files repeats the files (useful for tiny sets); a file that cannot be
-    decoded is recorded in ``skipped`` and replaced by the next readable one.
+    decoded is recorded in ``skipped`` and replaced by the next readable one. An index past
+    ``length`` is a :class:`ResumableSampler` key: item ``key % length``, its crop seeded by the key.
     """
 
     def __init__(
@@ -111,6 +206,7 @@ class ImageFolderDataset(Dataset):
         length: int | None = None,
         suffixes: Sequence[str] = TRAIN_SUFFIXES,
         cache_type: CacheType = "none",
+        seed: int = 0,
     ) -> None:
         check_option("crop_type", crop_type, CropType, DatasetError)
         check_option("cache_type", cache_type, CacheType, DatasetError)
@@ -123,6 +219,7 @@ class ImageFolderDataset(Dataset):
         self.length = max(len(self.files), length or 0)
         self.skipped: dict[str, str] = {}
         self.cache_type = cache_type
+        self.seed = seed
         self._cache: dict[Path, Tensor] = {}
 
     def __len__(self) -> int:
@@ -136,6 +233,7 @@ class ImageFolderDataset(Dataset):
         return self._cache[path]
 
     def __getitem__(self, index: int) -> Tensor:
+        key, index = index, index % self.length
         n = len(self.files)
         for offset in range(n):
             path = self.files[(index + offset) % n]
@@ -151,7 +249,8 @@ class ImageFolderDataset(Dataset):
                     exc,
                 )
                 continue
-            return crop_image(image, self.crop_size, self.crop_type)
+            gen = item_generator(self.seed, key) if self.crop_type == "random" else None
+            return crop_image(image, self.crop_size, self.crop_type, gen)
         raise DatasetError(f"none of the {n} images under {self.root} could be read")
 
 
@@ -197,6 +296,7 @@ class PhotoDataset(Dataset):
         crop_size: int,
         crop_type: CropType = "random",
         length: int | None = None,
+        seed: int = 0,
     ):
         if not photos:
             raise DatasetError("PhotoDataset needs at least one photo")
@@ -205,13 +305,17 @@ class PhotoDataset(Dataset):
         self.crop_size = crop_size
         self.crop_type = crop_type
         self.length = max(len(self.photos), length or 0)
+        self.seed = seed
         self.skipped: dict[str, str] = {}
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> Tensor:
-        return crop_image(self.photos[index % len(self.photos)], self.crop_size, self.crop_type)
+        """Item ``index % length``; its random crop is seeded by ``index`` (a sampler key)."""
+        gen = item_generator(self.seed, index) if self.crop_type == "random" else None
+        photo = self.photos[(index % self.length) % len(self.photos)]
+        return crop_image(photo, self.crop_size, self.crop_type, gen)
 
 
 class _CropDataModule(pl.LightningDataModule):
@@ -221,7 +325,12 @@ class _CropDataModule(pl.LightningDataModule):
     val_set: Dataset
 
     def __init__(
-        self, crop_size: int, batch_size: int, val_batch_size: int | None, num_workers: int
+        self,
+        crop_size: int,
+        batch_size: int,
+        val_batch_size: int | None,
+        num_workers: int,
+        seed: int | None = None,
     ):
         super().__init__()
         if batch_size <= 0:
@@ -230,6 +339,30 @@ class _CropDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
+        self._seed = seed
+        self._resume_batches = 0
+
+    @property
+    def seed(self) -> int:
+        """Seed of the training order and crops: the given one, else the run's (seed_everything)."""
+        return self._seed if self._seed is not None else run_seed()
+
+    def state_dict(self) -> dict[str, Any]:
+        """How many batches of the current epoch were trained when the checkpoint was written."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        total = trainer.num_training_batches
+        if isinstance(total, (int, float)) and done >= total:
+            done = 0  # the epoch is over: the resumed run starts the next one
+        return {"epoch_batches_done": done, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training order where the checkpoint left it."""
+        self._resume_batches = int(state_dict.get("epoch_batches_done", 0))
+        if self._seed is None and "seed" in state_dict:
+            self._seed = int(state_dict["seed"])
 
     @property
     def skipped_count(self) -> int:
@@ -241,13 +374,21 @@ class _CropDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+        seed = self.seed
+        if hasattr(self.train_set, "seed"):
+            self.train_set.seed = seed  # crops seeded per item: no global random state
+        skip, self._resume_batches = self._resume_batches * self.batch_size, 0
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return _ResumableLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
+            sampler=ResumableSampler(len(self.train_set), seed, skip, world, rank),
             drop_last=len(self.train_set) >= self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # worker seeds from their own stream: loading never draws from torch's global one
+            generator=torch.Generator().manual_seed(_mix("loader", seed)),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -265,7 +406,8 @@ class _CropDataModule(pl.LightningDataModule):
 class ImageFolderDataModule(_CropDataModule):
     """Recursive image folders (PNG/JPEG/WebP). Without ``val_dir`` validation uses centre crops
     of the first ``val_samples`` training files. ``cache_type="memory"`` keeps decoded images in
-    memory (for small photo sets, where decoding would cost more than the training step)."""
+    memory (for small photo sets, where decoding would cost more than the training step).
+    ``seed`` fixes the training order and crops (default: the run's ``seed_everything``)."""
 
     def __init__(
         self,
@@ -278,8 +420,9 @@ class ImageFolderDataModule(_CropDataModule):
         samples_per_epoch: int | None = None,
         val_samples: int = 8,
         cache_type: CacheType = "none",
+        seed: int | None = None,
     ) -> None:
-        super().__init__(crop_size, batch_size, val_batch_size, num_workers)
+        super().__init__(crop_size, batch_size, val_batch_size, num_workers, seed)
         self.train_dir = train_dir
         self.val_dir = val_dir
         self.samples_per_epoch = samples_per_epoch
@@ -310,7 +453,8 @@ class ImageFolderDataModule(_CropDataModule):
 class PhotosDataModule(_CropDataModule):
     """The real photos bundled with scikit-image/scikit-learn: the CPU demo's data, no download.
 
-    ``val_photos`` are held out of training so validation measures generalisation.
+    ``val_photos`` are held out of training so validation measures generalisation; ``seed``
+    fixes the training order and crops (default: the run's ``seed_everything``).
     """
 
     def __init__(
@@ -324,8 +468,9 @@ class PhotosDataModule(_CropDataModule):
         val_photos: list[str] | None = None,
         val_crops_per_photo: int = 4,
         max_side: int | None = 256,
+        seed: int | None = None,
     ) -> None:
-        super().__init__(crop_size, batch_size, val_batch_size, num_workers)
+        super().__init__(crop_size, batch_size, val_batch_size, num_workers, seed)
         self.val_photos = list(val_photos if val_photos is not None else DEFAULT_VAL_PHOTOS)
         self.train_photos = list(
             train_photos

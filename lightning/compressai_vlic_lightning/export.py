@@ -25,12 +25,22 @@ class ExportResult:
 
 
 def export_checkpoint(
-    checkpoint: str | Path, output: str | Path, weights_type: WeightsType = "ema"
+    checkpoint: str | Path,
+    output: str | Path,
+    weights_type: WeightsType = "ema",
+    overwrite: bool = True,
 ) -> ExportResult:
     """Write the codec weights of a Lightning (or CompressAI) checkpoint as a bare state dict.
 
     ``weights_type="ema"`` takes the EMA weights when the run kept them (else the raw ones).
     The model is rebuilt from the written file before returning, so a broken export fails here.
+
+    Args:
+        checkpoint: the Lightning or CompressAI checkpoint (loaded with ``weights_only=True``).
+        output: the file to write.
+        weights_type: "ema" (default) or "raw".
+        overwrite: replace ``output`` if it exists (default); False raises
+            :class:`~compressai_vlic.atomic.OutputExistsError`.
     """
 
     from compressai_vlic.checkpoints import load_vlic
@@ -42,7 +52,7 @@ def export_checkpoint(
     clean = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     from compressai_vlic.atomic import atomic_path
 
-    with atomic_path(out) as tmp:  # a full disk leaves no torn checkpoint
+    with atomic_path(out, overwrite) as tmp:  # a full disk leaves no torn checkpoint
         torch.save(clean, tmp)
     from compressai_vlic.checkpoints import load_vlic
 
@@ -103,7 +113,7 @@ def export_shipped(
         for k, v in model.state_dict().items()
     }
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(weights) as tmp:
+    with atomic_path(weights, overwrite) as tmp:
         safetensors.torch.save_file(state, str(tmp))
     entry = {
         "file": weights.name,
@@ -115,6 +125,6 @@ def export_shipped(
         "source_checkpoint_weights": weights_type,
         **(card or {}),
     }
-    with atomic_path(card_path) as tmp:
+    with atomic_path(card_path, overwrite) as tmp:
         Path(tmp).write_text(json.dumps(entry, indent=2) + "\n")
     return weights

@@ -18,12 +18,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.options import check_option
+from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import WeightsType, adamw, read_codec_state_dict
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def load_for_refit(
     return model
 
 
-class PriorRefitModule(pl.LightningModule):
+class PriorRefitModule(ResumableModule):
     """Train only the token prior of an exported codec on its frozen tokens (token NLL).
 
     Args:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
+from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
     CompileMode,
     adamw,
@@ -63,7 +63,7 @@ def straight_through_bits(model: Any, codes: Tensor, indices: Tensor) -> Tensor:
     return total
 
 
-class Stage1Module(pl.LightningModule):
+class Stage1Module(ResumableModule):
     """Rate-distortion pre-training of VLIC (flow matching + perceptual + prior NLL).
 
     Args:
@@ -196,6 +196,7 @@ class Stage1Module(pl.LightningModule):
         return after is not None and self.global_step >= after
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)  # restores the random streams on resume
         if self.encoder_frozen and any(p.requires_grad for p in self.model.encoder.parameters()):
             log.info("freezing the encoder at step %d", self.global_step)
             self.model.encoder.requires_grad_(False)

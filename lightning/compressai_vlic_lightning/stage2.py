@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
@@ -37,6 +36,7 @@ from compressai_vlic.losses import (
     WeightingType,
 )
 from compressai_vlic.options import check_option
+from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
     CompileMode,
     WeightsType,
@@ -123,7 +123,7 @@ def _seed(*parts: Any) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-class Stage2Module(pl.LightningModule):
+class Stage2Module(ResumableModule):
     """Diffusion-DPO post-training with an online (background-judged) or offline preference set.
 
     Args:
@@ -290,8 +290,14 @@ class Stage2Module(pl.LightningModule):
             "init_weights_type": self.hparams.init_weights_type,
             "fingerprint": self._reference_fingerprint,
         }
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._attach_reference(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # checks the keys, keeps the random streams
+
+    def _attach_reference(self, checkpoint: dict[str, Any]) -> None:
+        """Put the frozen reference (rebuilt from ``init_from``) back into the state dict."""
         state = checkpoint.get("state_dict")
         if state is None or any(k.startswith("reference.") for k in state):
             return  # an older checkpoint that carries its reference
@@ -328,6 +334,7 @@ class Stage2Module(pl.LightningModule):
         ).build()
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         hp = self.hparams
         if stage != "fit":
             return

@@ -148,10 +148,11 @@ class StudentModel(nn.Module):
             )
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(targets[0]) as tmp:
+        with atomic_path(targets[0], overwrite) as tmp:  # a concurrent save is not replaced
             save_file(state, str(tmp))
         meta = {"config": self.config.to_dict(), **self.meta}
-        atomic_write_bytes(targets[1], (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(targets[1], text.encode(), overwrite)
         return folder
 
 
