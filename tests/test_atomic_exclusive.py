@@ -80,7 +80,7 @@ def test_encode_refuses_a_stream_another_run_wrote_after_planning(tmp_path, phot
     import contextlib
     import io
 
-    from compressai_vlic.cli import encode
+    from compressai_vlic import image_io
     from compressai_vlic.cli.main import main
 
     images = tmp_path / "images"
@@ -88,7 +88,7 @@ def test_encode_refuses_a_stream_another_run_wrote_after_planning(tmp_path, phot
     for name in ("a", "b"):
         Image.fromarray(photos["astronaut"][:24, :24]).save(images / f"{name}.png")
     out = tmp_path / "streams"
-    real_load = encode.load_image
+    real_load = image_io.load_image
 
     def load_while_another_run_writes(path):
         if path.name == "a.png":  # the other run finishes a.vlic between our plan and our write
@@ -96,7 +96,7 @@ def test_encode_refuses_a_stream_another_run_wrote_after_planning(tmp_path, phot
             (out / "a.vlic").write_bytes(b"the other run's stream")
         return real_load(path)
 
-    monkeypatch.setattr(encode, "load_image", load_while_another_run_writes)
+    monkeypatch.setattr(image_io, "load_image", load_while_another_run_writes)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         status = main(["encode", str(images), "-o", str(out), "--quality", "test"])
