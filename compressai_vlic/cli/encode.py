@@ -15,6 +15,7 @@ from pathlib import Path
 
 from compressai_vlic.atomic import atomic_write_bytes
 from compressai_vlic.cli._codec import (
+    add_max_pixels_argument,
     add_model_arguments,
     add_overwrite_argument,
     add_threads_argument,
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_threads_argument(parser)
     add_overwrite_argument(parser)
+    add_max_pixels_argument(parser)
     parser.add_argument(
         "--seed", type=int, default=None, help="decode seed stored in each stream (uint32)"
     )
@@ -64,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
             if image.conversions:
                 converted += 1
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
-            out = batch.model.compress(image.tensor[None], seed=args.seed)
+            out = batch.model.compress(
+                image.tensor[None], seed=args.seed, max_pixels=args.max_pixels
+            )
             data = b"".join(out["strings"][0])
             atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
         except (ImageReadError, VLICError, OSError) as exc:

@@ -156,6 +156,16 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[PreferenceRow], int]:
     return rows, end
 
 
+#: How every row this package writes starts (``PreferenceRow.to_dict``'s first key): a torn
+#: last line is cut off only if it could be the start of such a row.
+ROW_PREFIX = b'{"version":'
+
+
+def _is_torn_row(tail: bytes) -> bool:
+    """Whether bytes after the last newline can be a row an interrupted writer left half done."""
+    return tail[: len(ROW_PREFIX)] == ROW_PREFIX[: len(tail)]
+
+
 #: Judge keywords that say where or how fast a judge is reached, not who judges: a resumed run may
 #: change them (e.g. another --base-url serving the same model, prompt and sampling).
 LOCATION_KEYS = frozenset(
@@ -239,6 +249,12 @@ class PreferenceWriter:
         try:
             data = self.path.read_bytes()
             rows, end = _parse_lines(data, self.path)
+            if end < len(data) and not _is_torn_row(data[end:]):
+                raise DatasetError(
+                    f"{self.path}: not a preference dataset (its last line, "
+                    f"{data[end : end + 40]!r}..., is neither a row nor a row cut short); it was "
+                    "left untouched: choose another --output"
+                )
             if end < len(data):  # cut off a torn last line before appending after it
                 os.ftruncate(fd, end)
                 os.fsync(fd)
@@ -688,7 +704,7 @@ class CodecPairMaker:
     def _bitstream(self, pair: PairInputs) -> bytes:
         assert pair.bitstream is not None and pair.seeds is not None
         if pair.bitstream.is_file():
-            return pair.bitstream.read_bytes()
+            return self.model.read_stream(pair.bitstream)
         x = load_image(pair.reference).tensor[None]
         with torch.no_grad():
             data = bytes(self.model.compress(x, seed=pair.seeds[0])["strings"][0][0])
