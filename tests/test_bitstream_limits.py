@@ -18,6 +18,7 @@ import torch
 from compressai_vlic.bitstream import _FIXED_V1, MAGIC, StreamHeader, pack, unpack
 from compressai_vlic.cli.main import main
 from compressai_vlic.errors import (
+    CorruptStreamError,
     ForeignStreamError,
     ModelMismatchError,
     StreamLimitError,
@@ -162,6 +163,23 @@ def test_stream_files_are_bounded_by_size_and_header_before_reading(net, stream,
     with pytest.raises(StreamLimitError, match="max_pixels"):
         net.read_stream(big)
     assert net.read_stream(big, max_pixels=None) == forged
+
+
+def test_a_few_bytes_declaring_a_large_image_are_refused_before_the_prior_runs(net, stream):
+    # 49 bytes declaring 4096x4096 (within max_pixels): 29,241 tiles cannot fit in 16 bytes,
+    # since every tile's first digit is coded with the same table (at least 0.6 bits here).
+    header, _ = unpack(stream)
+    forged = pack(StreamHeader(**{**header.__dict__, "height": 4096, "width": 4096}), bytes(16))
+    assert len(forged) == 49
+    bits, digits = net.token_coder.first_group_bits(net.prior)
+    assert bits > 0.1 and digits >= 1
+    start = time.perf_counter()
+    with pytest.raises(CorruptStreamError, match="payload bytes"):
+        net.decompress([[forged]])
+    assert time.perf_counter() - start < 2.0
+    # real streams are within the bound
+    layout = header.tile_layout(32)
+    assert net._min_payload_bytes(layout.num_tiles) <= len(unpack(stream)[1])
 
 
 def test_decode_cli_limits_are_settable(net, stream, tmp_path, capsys) -> None:

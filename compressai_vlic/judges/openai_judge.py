@@ -12,8 +12,9 @@ wrong URL) raises :class:`~compressai_vlic.errors.JudgeError`. Token ``usage`` o
 recorded on its vote and summed in :attr:`OpenAIJudge.stats`.
 
 Bounds (one transport for every OpenAI-compatible caller: this judge, the VLM answerers and the
-student's raters): ``timeout_s`` applies to each network read, ``deadline_s`` to each whole HTTP
-request (a server that trickles bytes cannot hold an attempt longer), ``max_response_bytes`` to
+student's raters): ``timeout_s`` applies to each network read, ``deadline_s`` (default
+4 x ``timeout_s``) to each whole HTTP request, upload, queueing on the client's loop and download
+included (a server that trickles bytes cannot hold an attempt longer), ``max_response_bytes`` to
 each response body (an endless or huge response is cut off while it is read, error bodies
 included) and ``max_answer_chars`` to the answer text kept in votes, rationales and datasets.
 
@@ -199,7 +200,9 @@ class OpenAIJudge:
     ``prompt_type`` is "vlic-score" (describe, then Score in [-5, 5]) or "ab-choice"
     ("Answer: A|B", with P(A) from the answer token's log-probabilities when the server returns
     them). ``api_key_env`` names the environment variable holding the key; ``None`` or "" for
-    local servers that need none.
+    local servers that need none. Bounds (see the module docstring): ``timeout_s`` per read,
+    ``deadline_s`` per whole request (default None: 4 x ``timeout_s``), ``max_response_bytes``
+    per response body (default 8 MiB), ``max_answer_chars`` of answer text kept (default 20,000).
     """
 
     backend = "openai"
@@ -235,7 +238,7 @@ class OpenAIJudge:
         if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
             raise ConfigError("concurrency and max_attempts must be >= 1, timeout_s > 0")
         if deadline_s is not None and deadline_s <= 0:
-            raise ConfigError(f"deadline_s must be > 0 (or None: timeout_s), got {deadline_s}")
+            raise ConfigError(f"deadline_s must be > 0 (or None: 4 x timeout_s), got {deadline_s}")
         if max_response_bytes < 1024 or max_answer_chars < 1:
             raise ConfigError("max_response_bytes must be >= 1024 and max_answer_chars >= 1")
         check_option("logprobs_type", logprobs_type, LogprobsType)
@@ -252,7 +255,7 @@ class OpenAIJudge:
         self.max_tokens = int(max_tokens or default_tokens)
         self.max_tokens_field = max_tokens_field
         self.timeout_s = float(timeout_s)
-        self.deadline_s = float(deadline_s if deadline_s is not None else timeout_s)
+        self.deadline_s = float(deadline_s if deadline_s is not None else 4 * timeout_s)
         self.max_response_bytes = int(max_response_bytes)
         self.max_answer_chars = int(max_answer_chars)
         self.max_attempts = int(max_attempts)

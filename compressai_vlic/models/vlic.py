@@ -609,15 +609,26 @@ class VLIC(
         """A lower bound on the rANS payload of ``num_tiles`` tiles, whatever the tokens.
 
         Every digit costs at least -log2(max frequency / 2**precision) bits, the most likely
-        symbol's table entry being at most 2**precision - (L - 1); 64 bits of slack cover the
-        coder's initial state.
+        symbol's table entry being at most 2**precision - (L - 1); the first digits of every
+        tile are coded with the same tables (:meth:`TokenCoder.first_group_bits`, computed once
+        per weights), whose largest frequency is known; 64 bits of slack cover the coder's
+        initial state.
         """
         scale = 2**self.token_coder.precision
-        per_token = sum(
-            -math.log2((scale - (level - 1)) / scale) for level in self.config.fsq_levels
-        )
-        bits = num_tiles * self.config.num_tokens * per_token
+        per_digit = [-math.log2((scale - (level - 1)) / scale) for level in self.config.fsq_levels]
+        first_bits, first_digits = self._first_group_bits()
+        rest = self.config.num_tokens * sum(per_digit) - sum(per_digit[:first_digits])
+        bits = num_tiles * (first_bits + rest)
         return max(8, math.floor((bits - 64) / 8))
+
+    def _first_group_bits(self) -> tuple[float, int]:
+        """:meth:`TokenCoder.first_group_bits` of this prior, cached per weights fingerprint."""
+        key = self.weights_fingerprint()
+        cached = getattr(self, "_first_bits_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.token_coder.first_group_bits(self.prior))
+            self._first_bits_cache = cached
+        return cached[1]
 
     def max_evaluations_per_tile(self) -> int:
         """Network evaluations per tile of the costliest stream this model's encoder writes.

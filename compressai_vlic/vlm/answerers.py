@@ -117,7 +117,7 @@ class OpenAIAnswerer:
         image_detail: the ``detail`` of each image (default "high": full resolution).
         max_tokens_field: "max_tokens" (default) or "max_completion_tokens".
         extra_body: extra request fields for the server (default None).
-        deadline_s: bound on each whole request (default None: ``timeout_s``).
+        deadline_s: bound on each whole request (default None: 4 x ``timeout_s``).
         max_response_bytes: bound on each response body (default 8 MiB).
         max_answer_chars: answer characters kept (default 20,000).
     """

@@ -75,7 +75,7 @@ class OpenAIRater:
         max_tokens: answer length limit (default 1024 for "rating", 16 for "rating-short").
         timeout_s: per-read timeout (default 120).
         max_attempts: tries per image on 429/5xx/timeouts (default 4).
-        deadline_s: bound on each whole request (default None: ``timeout_s``).
+        deadline_s: bound on each whole request (default None: 4 x ``timeout_s``).
         max_response_bytes: bound on each response body (default 8 MiB).
         max_answer_chars: answer characters kept (default 20,000).
     """
