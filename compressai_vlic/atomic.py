@@ -4,12 +4,21 @@ Every writer of a user-visible file goes through here: the data goes to a tempor
 same folder (same file system, so the final rename is atomic), is ``fsync``-ed, and only then
 replaces the target with ``os.replace``. On a full disk or a crash the target is untouched and the
 temporary file is removed, so no truncated or 0-byte outputs are left behind.
+
+A process killed mid-write cannot remove its temporary file, so temporaries are named for no
+reader to take them as inputs: ``.NAME.HOST-PID.RANDOM.tmp`` (hidden, and ending in ``.tmp``,
+never in an input's suffix such as ``.png`` or ``.vlic``; see :func:`is_temporary`). The first
+write into a folder removes the temporaries there that were left by dead processes of this host.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,15 +52,80 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+TEMP_SUFFIX = ".tmp"
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+# .NAME.HOST-PID.RANDOM.tmp (this module), .NAME.RANDOM.tmp.EXT (earlier releases), .tmp-NAME
+_TEMP_RE = re.compile(
+    r"^\.(?:.+\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[^.]+\.tmp"  # this module's
+    r"|.+\.tmp\.[^.]+"  # earlier releases': .NAME.RANDOM.tmp.EXT
+    r"|tmp-.+)$"  # .tmp-NAME
+)
+_CLEANED: set[str] = set()
+_CLEANED_LOCK = threading.Lock()
+
+
+def is_temporary(path: str | os.PathLike[str]) -> bool:
+    """True for the temporary file of an atomic write (this release's or an earlier one's):
+    folder readers skip these, so an interrupted write is never read as an input."""
+    return _TEMP_RE.match(Path(path).name) is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or no way to tell: keep its file
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries in ``folder`` left by processes of this host that no longer run
+    (killed mid-write); return them. Files of live processes and of other hosts are kept."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None or match["pid"] is None or match["host"] != _HOST:
+            continue
+        if int(match["pid"]) == os.getpid() or _alive(int(match["pid"])):
+            continue
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def _clean_once(folder: Path) -> None:
+    """Clean a folder on the first write into it by this process (not on every write: a folder
+    of many outputs would be listed once per file)."""
+    key = os.path.abspath(folder)
+    with _CLEANED_LOCK:
+        if key in _CLEANED:
+            return
+        _CLEANED.add(key)
+    clean_stale_temporaries(folder)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix, so format-by-extension writers such
-    as Pillow or matplotlib work); when the block succeeds it is fsync-ed and moved onto ``path``,
-    when it fails it is deleted and ``path`` is left as it was."""
+    """Yield a temporary path next to ``path``; when the block succeeds it is fsync-ed and moved
+    onto ``path``, when it fails it is deleted and ``path`` is left as it was.
+
+    The temporary path ends in ``.tmp``, not in ``path``'s suffix: writers that choose the format
+    by extension must be told it (``Image.save(tmp, format="PNG")``, ``savefig(tmp, format=...)``).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_once(target.parent)
     fd, name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+        prefix=f".{target.name}.{_HOST}-{os.getpid()}.", suffix=TEMP_SUFFIX, dir=target.parent
     )
     os.close(fd)
     tmp = Path(name)

@@ -90,6 +90,9 @@ def register_entry_points() -> dict[str, list[str]]:
     Safe to call many times (later calls add nothing). Names CompressAI already defines are
     never overwritten: a clashing plugin is skipped with a warning.
     """
+    from compressai_vlic.thirdparty import import_compressai
+
+    import_compressai()
     import compressai.zoo as zoo
     import compressai.zoo.image as zoo_image
     from compressai import registry

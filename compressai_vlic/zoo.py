@@ -111,11 +111,22 @@ def quality_key(quality: int | str) -> str:
     return QUALITY_ALIASES.get(key, key)
 
 
+def quality_integers() -> str:
+    """The integer qualities (what CompressAI's ``eval_model pretrained -q`` parses), each with
+    its name where it has one: ``"0 (tiny), 1, 2"``."""
+    ints = sorted({k for k in QUALITIES if k.isdigit()} | set(QUALITY_ALIASES), key=int)
+    return ", ".join(f"{i} ({QUALITY_ALIASES[i]})" if i in QUALITY_ALIASES else i for i in ints)
+
+
 def quality_config(quality: int | str = 1, **overrides: Any) -> VLICConfig:
     """The config of a quality level, with optional field overrides."""
     key = quality_key(quality)
     if key not in QUALITIES:
-        raise ConfigError(f"unknown VLIC quality {quality!r}; choose one of {', '.join(QUALITIES)}")
+        names = ", ".join(repr(k) for k in QUALITIES if not k.isdigit())
+        raise ConfigError(
+            f"unknown VLIC quality {quality!r}; choose one of {names} or an integer: "
+            f"{quality_integers()} (CompressAI's `eval_model pretrained -q` takes the integers)"
+        )
     config = QUALITIES[key]
     return config.replace(**overrides) if overrides else config
 

@@ -41,6 +41,8 @@ DEBIAN_PHOTOS = (
     "backgrounds/mate/abstract/Elephants.jpg",
 )
 SHORT_SIDES = (256, 384, 512)
+# The held-out evaluation photos (mate-backgrounds), under a --debian-root.
+NATURE = Path("usr/share/backgrounds/mate/nature")
 
 
 def _skimage() -> dict[str, np.ndarray]:
@@ -90,20 +92,28 @@ def _debian(roots: list[Path]) -> dict[str, np.ndarray]:
 
 def held_out(out: Path, roots: list[Path], size: int = 256) -> None:
     """mate-backgrounds' nature photos: short side ``size``, centre ``size`` x ``size`` crop."""
+    sources = [p for root in roots for p in sorted((root / NATURE).glob("*.jpg"))]
+    if not sources:
+        where = ", ".join(str(root / NATURE) for root in roots) or "no --debian-root given"
+        sys.exit(
+            f"error: no held-out photos found ({where}). They come from Debian's "
+            "mate-backgrounds package: `apt-get install mate-backgrounds` and pass "
+            "--debian-root /, or `apt-get download mate-backgrounds && dpkg -x "
+            "mate-backgrounds_*.deb ROOT` and pass --debian-root ROOT"
+        )
     out.mkdir(parents=True, exist_ok=True)
     found = 0
-    for root in roots:
-        for path in sorted((root / "usr/share/backgrounds/mate/nature").glob("*.jpg")):
-            image = Image.open(path).convert("RGB")
-            scale = size / min(image.size)
-            image = image.resize(
-                (round(image.width * scale), round(image.height * scale)),
-                Image.Resampling.LANCZOS,
-                reducing_gap=3.0,
-            )
-            left, top = (image.width - size) // 2, (image.height - size) // 2
-            image.crop((left, top, left + size, top + size)).save(out / f"{path.stem}.png")
-            found += 1
+    for path in sources:
+        image = Image.open(path).convert("RGB")
+        scale = size / min(image.size)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)),
+            Image.Resampling.LANCZOS,
+            reducing_gap=3.0,
+        )
+        left, top = (image.width - size) // 2, (image.height - size) // 2
+        image.crop((left, top, left + size, top + size)).save(out / f"{path.stem}.png")
+        found += 1
     print(f"{found} held-out photos in {out}")
 
 

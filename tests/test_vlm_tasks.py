@@ -190,3 +190,52 @@ def test_task_specs():
     name, path, kind = parse_task_spec("ocr=data/ocrbench.jsonl@ocr")
     assert (name, str(path), kind) == ("ocr", "data/ocrbench.jsonl", "ocr")
     assert parse_task_spec("a/b@c.tsv")[2] == "auto"  # '@' that names no task type is the path
+
+
+def test_task_images_must_lie_under_the_task_folder(tmp_path, photos):
+    from compressai_vlic.vlm.tasks import ImageOutsideRootError
+
+    outside = tmp_path / "private.png"
+    Image.fromarray(_crop(photos["coffee"])).save(outside)
+    folder = tmp_path / "set"
+    (folder / "img").mkdir(parents=True)
+    Image.fromarray(_crop(photos["rocket"])).save(folder / "img" / "ok.png")
+    (folder / "img" / "link.png").symlink_to(outside)
+    for image in ("../private.png", str(outside), "img/../../private.png", "img/link.png"):
+        row = {"id": "q", "image": image, "question": "What?", "answer": "x"}
+        (folder / "t.jsonl").write_text(json.dumps(row) + "\n")
+        with pytest.raises(ImageOutsideRootError, match=r"t\.jsonl:1: image .* outside the task"):
+            load_task(folder / "t.jsonl")
+        assert load_task(folder / "t.jsonl", allow_outside_root=True).items[0].load_image().shape
+    _write_tsv(
+        folder / "t.tsv",
+        ["index", "question", "answer", "image_path"],
+        [[0, "q?", "yes", str(outside)]],
+    )
+    with pytest.raises(ImageOutsideRootError, match="--allow-outside-root"):
+        load_task(folder / "t.tsv")
+    with open(folder / "t.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [["index", "image", "question", "answer"], ["1", "../private.png", "q", "a"]]
+        )
+    with pytest.raises(ImageOutsideRootError):
+        load_task(folder / "t.csv")
+    (folder / "fine.jsonl").write_text(
+        json.dumps({"image": "img/./ok.png", "question": "q", "answer": "a"})
+    )
+    assert load_task(folder / "fine.jsonl").items[0].load_image().shape == (3, 48, 64)
+
+
+def test_vlm_bench_cli_refuses_outside_images(tmp_path, photos, capsys):
+    from compressai_vlic.cli.main import main
+
+    Image.fromarray(_crop(photos["coffee"])).save(tmp_path / "private.png")
+    (tmp_path / "set").mkdir()
+    row = {"id": "q", "image": "../private.png", "question": "What?", "answer": "x"}
+    (tmp_path / "set" / "t.jsonl").write_text(json.dumps(row) + "\n")
+    argv = ["vlm-bench", "run", "--task", str(tmp_path / "set" / "t.jsonl"), "--model", "m",
+            "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "", "--output-dir",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2  # refused before any image is copied or any request is made
+    assert "outside the task file's folder" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "images").exists()

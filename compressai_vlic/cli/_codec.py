@@ -31,8 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
     group.add_argument(
         "--quality",
-        help="zoo quality: 'test' (tiny untrained model, fixed seed) or a paper point (1, 2) "
-        "whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
+        help="zoo quality: 'tiny' (or 0): the trained model shipped with the package, use this "
+        "one; 'test': random weights from a fixed seed, for tests only (its output is noise); "
+        "1 or 2: paper-size models whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
     )
 
 
@@ -54,14 +55,14 @@ def _per_tile_limit(text: str) -> int | str | None:
 
 def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     """--max-pixels: the stream pixel limit, the same for encode (refused) and decode."""
-    from compressai_vlic.models.vlic import DEFAULT_MAX_PIXELS
+    from compressai_vlic.options import STREAM_MAX_PIXELS
 
     parser.add_argument(
         "--max-pixels",
         type=_limit,
-        default=DEFAULT_MAX_PIXELS,
+        default=STREAM_MAX_PIXELS,
         metavar="N",
-        help=f"largest image a stream may hold, in pixels (default {DEFAULT_MAX_PIXELS}, "
+        help=f"largest image a stream may hold, in pixels (default {STREAM_MAX_PIXELS}, "
         "4096x4096, for encode and decode alike; 0 = no limit)",
     )
 
@@ -108,23 +109,23 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """--threads: small models run faster on one thread, especially on a busy machine."""
+    """--threads: torch's one thread per core is slow on a busy machine (the default adapts)."""
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's; 1 is often fastest for small models)",
+        help="torch CPU threads (default: the cores the load average leaves idle, at least 1; "
+        "$COMPRESSAI_VLIC_THREADS overrides it). Outputs are the same for any count",
     )
 
 
 def apply_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count when asked to."""
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {threads}")
-        import torch
+    """Set torch's intra-op thread count: ``threads``, or the load-aware default when None."""
+    from compressai_vlic.threads import set_default_threads
 
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    set_default_threads(threads)
 
 
 def load_state(path: Path) -> dict:

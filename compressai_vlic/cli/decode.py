@@ -28,7 +28,6 @@ from compressai_vlic.cli._codec import (
 )
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
-from compressai_vlic.image_io import save_png
 
 
 def find_streams(root: Path) -> list[Path]:
@@ -59,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from compressai_vlic.image_io import save_png  # imports torch: not for --help
 
     batch = open_batch(args, find_streams, ".png", "decode")
     if batch is None:

@@ -22,7 +22,6 @@ from compressai_vlic.cli._codec import (
     open_batch,
 )
 from compressai_vlic.errors import ImageReadError, VLICError
-from compressai_vlic.image_io import find_images, load_image
 
 STREAM_SUFFIX = ".vlic"
 
@@ -48,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from compressai_vlic.image_io import find_images, load_image  # imports torch: not for --help
+
     batch = open_batch(
         args,
         find_images,
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             )
             data = b"".join(out["strings"][0])
             atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
-        except (ImageReadError, VLICError, OSError) as exc:
+        except (ImageReadError, VLICError, OSError, MemoryError) as exc:  # skip, go on
             bar.write(f"error: {batch.fail(job.source, exc)}", file=sys.stderr)
             continue
         height, width = image.size

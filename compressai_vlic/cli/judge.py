@@ -9,6 +9,8 @@ interruption and it continues where it stopped.
         --judge-type ssimulacra2 --symmetrize
     compressai-vlic judge --originals orig/ --codec-quality test --output prefs.jsonl
     compressai-vlic judge audit --bapps 2afc/val/traditional --judge-type ssimulacra2 --output-dir audit/
+    compressai-vlic judge psychophysics --csv trials.csv --judge-type attribute --output-dir psy/
+    compressai-vlic judge rank --candidates decodes/ --originals orig/ --output ranking.jsonl
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_judge_arguments(parser)
 
-    sub = parser.add_subparsers(dest="judge_command", metavar="{audit}")
+    sub = parser.add_subparsers(dest="judge_command", metavar="{audit,psychophysics,rank}")
     sub.required = False
     audit = sub.add_parser(
         "audit", help="measure judges against human 2AFC labels (BAPPS layout or CSV)"
@@ -188,6 +190,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_audit_arguments(audit)
     add_judge_arguments(audit, multi=True)
+    psy = sub.add_parser(
+        "psychophysics",
+        help="judges as observers of contrast / colourfulness / preference 2AFC trials: VR %%, "
+        "one-vs-many, Spearman vs humans, attribute-weighting fit",
+    )
+    from compressai_vlic.cli.audit import add_psychophysics_arguments
+
+    add_psychophysics_arguments(psy)
+    add_judge_arguments(psy, multi=True)
+    rank = sub.add_parser(
+        "rank", help="best-of-N: rank each folder of candidates by the judge's soft reward"
+    )
+    from compressai_vlic.cli.rank import add_rank_arguments
+
+    add_rank_arguments(rank)
+    add_judge_arguments(rank)
 
 
 def _load_codec(args: argparse.Namespace) -> Any:
@@ -282,6 +300,8 @@ def run_build(args: argparse.Namespace) -> int:
         prepare=prepare,
         retry_abstentions=args.retry_abstentions,
     )
+    if codec is not None:  # originals the codec could not use: skipped, named, exit status 1
+        summary.skipped.update({f"original {k}": v for k, v in maker.skipped.items()})
     if summary.retried_abstentions:
         print(
             f"asked again {summary.retried_abstentions} pair(s) that abstained on an unusable answer",
@@ -306,6 +326,14 @@ def run(args: argparse.Namespace) -> int:
             from compressai_vlic.cli.audit import run_audit_cli
 
             return run_audit_cli(args)
+        if getattr(args, "judge_command", None) == "psychophysics":
+            from compressai_vlic.cli.audit import run_psychophysics_cli
+
+            return run_psychophysics_cli(args)
+        if getattr(args, "judge_command", None) == "rank":
+            from compressai_vlic.cli.rank import run_rank_cli
+
+            return run_rank_cli(args)
         return run_build(args)
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -59,6 +59,28 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # Sub-commands that forward their whole argv to another program's parser.
 PASSTHROUGH = {"eval", "update"}
+# Sub-commands that read input images: they take --max-pixels and --max-image-mb.
+IMAGE_COMMANDS = {"encode", "compare", "judge"}
+
+# Their `--help`, printed without importing CompressAI (whose parser needs torch and its models);
+# `--compressai-help` forwards `--help` to CompressAI's own parser.
+PASSTHROUGH_HELP = {
+    "eval": """usage: compressai-vlic eval {checkpoint,pretrained} DATASET -a vlic [options]
+
+CompressAI's `python -m compressai.utils.eval_model`, with the entry-point plugins registered.
+  compressai-vlic eval checkpoint IMAGES -a vlic -p vlic-tiny-<sha8>.pth.tar
+  compressai-vlic eval pretrained IMAGES -a vlic -q tiny     (-q takes 0 (tiny), 1, 2 or tiny)
+Images too small for MS-SSIM (under 161 px a side) or unreadable are reported and skipped.
+`compressai-vlic eval checkpoint --help` (or `pretrained --help`, or `--compressai-help`) lists
+CompressAI's options.
+""",
+    "update": """usage: compressai-vlic update CHECKPOINT -a vlic [-n NAME] [-d DIR] [options]
+
+CompressAI's `python -m compressai.utils.update_model`, with the entry-point plugins registered:
+writes NAME-<sha256[:8]>.pth.tar and prints its path.
+`compressai-vlic update --compressai-help` lists CompressAI's options.
+""",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +100,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    if name in PASSTHROUGH and rest in (["-h"], ["--help"]):
+        print(PASSTHROUGH_HELP[name], end="")
+        return 0
+    if name in PASSTHROUGH and rest == ["--compressai-help"]:
+        rest = ["--help"]
     module = importlib.import_module(COMMANDS[name][0])
     if name in PASSTHROUGH:
         return int(module.run_argv(rest) or 0)
     parser = argparse.ArgumentParser(prog=f"compressai-vlic {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
+    if name in IMAGE_COMMANDS:
+        from compressai_vlic.cli._args import add_image_limit_arguments, apply_image_limits
+
+        add_image_limit_arguments(parser)
     args = parser.parse_args(rest)
+    if name in IMAGE_COMMANDS:
+        apply_image_limits(args)
     return int(module.run(args) or 0)
 
 

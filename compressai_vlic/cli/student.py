@@ -65,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="use",
         help="use a metric teacher's own values as point-wise scores",
     )
-    t.add_argument("--steps", type=int, default=400)
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--steps", type=int, default=None, help="default 400 (no-reference: 500)")
+    t.add_argument("--lr", type=float, default=None, help="default 0.05 (no-reference: 0.003)")
     t.add_argument(
         "--layers",
         nargs="+",
@@ -91,6 +91,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=64,
         help="training images whose activation ranges are stored for the int8 judge (0: none)",
+    )
+    t.add_argument(
+        "--student-type",
+        choices=("full-reference", "no-reference"),
+        default="full-reference",
+        help="no-reference: a LEAF-style regressor scoring one image (frozen AlexNet statistics "
+        "and a trainable head; --steps default 500, --lr default 0.003)",
+    )
+    t.add_argument(
+        "--mos",
+        type=Path,
+        help="no-reference student: calibrate on opinion scores, a CSV with columns image,mos",
     )
     t.add_argument("--overwrite", action="store_true", help="replace a student already in --output")
     t.add_argument("--seed", type=int, default=0)
@@ -124,6 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="backbone arithmetic (int8: as the judge runs it; default float32)",
     )
+    e.add_argument(
+        "--full-reference-student",
+        type=Path,
+        default=None,
+        help="with a no-reference --student: also compare this full-reference student",
+    )
     e.add_argument("--json", type=Path, help="also write the figures as JSON here")
     e.add_argument("--seed", type=int, default=0)
 
@@ -133,6 +151,36 @@ def run(args: argparse.Namespace) -> int:
     from compressai_vlic.judges.student.config import StudentConfig
 
     try:
+        if args.action == "train" and args.student_type == "no-reference":
+            from compressai_vlic.judges.student.noref import train_noref_from_files
+
+            summary = train_noref_from_files(
+                args.output,
+                args.pairs,
+                args.points,
+                args.reliability_type,
+                args.point_weight,
+                args.steps or 500,
+                args.lr or 3e-3,
+                args.metric_points_type == "use",
+                args.mos,
+                args.overwrite,
+                args.seed,
+                args.init_type,
+            )
+            print(json.dumps(summary, indent=2))
+            print(f"no-reference student written to {args.output}")
+            return 0
+        if args.action == "eval" and (args.student / "noref.json").is_file():
+            from compressai_vlic.judges.student.noref import evaluate_noref_files
+
+            out = evaluate_noref_files(
+                args.student, args.pairs, args.baseline or ["psnr"], args.full_reference_student
+            )
+            print("\n".join(out["lines"]))
+            if args.json is not None:
+                args.json.write_text(json.dumps(out, indent=2) + "\n")
+            return 0
         if args.action == "train":
             config = StudentConfig(
                 input_pool=args.input_pool,
@@ -147,8 +195,8 @@ def run(args: argparse.Namespace) -> int:
                 config,
                 args.reliability_type,
                 args.point_weight,
-                args.steps,
-                args.lr,
+                args.steps or 400,
+                args.lr or 0.05,
                 args.metric_points_type == "use",
                 args.opinions,
                 args.overwrite,

@@ -99,6 +99,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cache-type", choices=("sqlite", "none"), default="sqlite")
     run.add_argument("--max-items", type=int, default=None, help="first N items of each task")
     run.add_argument("--max-pixels", type=int, default=None, help="pixel limit per image")
+    run.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="let task files name images outside their own folder (../, absolute paths); by "
+        "default such a row is refused",
+    )
+    from compressai_vlic.cli._args import add_image_limit_arguments
+
+    add_image_limit_arguments(run, pixels=False)
     run.add_argument("--image-errors", choices=choices(ImageErrorsType), default="raise")
     run.add_argument("--plot-type", choices=choices(PlotType), default="all")
     run.add_argument(
@@ -144,18 +153,28 @@ def _answerer_options(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from compressai_vlic.cli._args import apply_image_limits
     from compressai_vlic.errors import ConfigError
     from compressai_vlic.evaluation.codecs import make_codec
     from compressai_vlic.vlm.answerers import CachedAnswerer, make_answerer
     from compressai_vlic.vlm.bench import BenchSettings, run_vlm_bench
     from compressai_vlic.vlm.tasks import load_task, parse_task_spec
 
+    apply_image_limits(args)
     if args.adaptor and args.backend != "hf":
         raise ConfigError("--adaptor needs --backend hf (the adaptor changes the vision tower)")
     tasks = []
     for spec in args.tasks:
         name, path, task_type = parse_task_spec(spec)
-        tasks.append(load_task(path, task_type, name=name, max_items=args.max_items))  # type: ignore[arg-type]
+        tasks.append(
+            load_task(
+                path,
+                task_type,  # type: ignore[arg-type]
+                name=name,
+                max_items=args.max_items,
+                allow_outside_root=args.allow_outside_root,
+            )
+        )
     codecs = [
         make_codec(spec, default_bpps=args.bpp, device=args.device)
         for spec in (args.codecs or DEFAULT_CODECS)

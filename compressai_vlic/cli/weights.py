@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument(
         "--url-timeout", type=float, default=5.0, help="seconds before a URL counts as unreachable"
     )
+    fetch.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print each source that failed before one worked (default: each weight's outcome)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             sources=args.sources,
             url_timeout=args.url_timeout,
             log=lambda line: print(line, file=sys.stderr),
+            verbose=args.verbose,
         )
     except VLICError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,9 +45,9 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
+from compressai_vlic._compressai import BufferedRansEncoder, RansDecoder
 from compressai_vlic.coding.cdf import (
     DEFAULT_LOGIT_STEP,
     DEFAULT_PRECISION,

@@ -174,9 +174,10 @@ class CachedJudge:
             raise AttributeError("with_sample_index")
         return lambda index: CachedJudge(inner(index), self.cache)
 
-    def key(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> str:
+    def key(self, reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> str:
         ref, ia, ib = check_triplet(reference, a, b)
-        digests = (image_digest(ref), image_digest(ia), image_digest(ib))
+        ref_digest = "no-reference" if ref is None else image_digest(ref)
+        digests = (ref_digest, image_digest(ia), image_digest(ib))
         return cache_key(digests, self.cache_identity())
 
     def _lookup(self, key: str) -> Judgment | None:

@@ -51,6 +51,7 @@ def _flip_vote(v: Vote) -> Vote:
         choice=v.choice.flipped(),
         prob_a=None if v.prob_a is None else 1.0 - v.prob_a,
         order="BA" if v.order == "AB" else "AB",
+        expected_score=None if v.expected_score is None else -v.expected_score,
     )
 
 
@@ -62,6 +63,7 @@ def mapped_back(j: Judgment) -> Judgment:
         choice=j.choice.flipped(),
         prob_a=None if j.prob_a is None else 1.0 - j.prob_a,
         votes=[_flip_vote(v) for v in j.votes],
+        expected_score=None if j.expected_score is None else -j.expected_score,
     )
 
 
@@ -152,7 +154,15 @@ def combine_orders(
         )
         if not same:
             score = 0.0
-    return Judgment(score, choice, prob, votes, _rationale(parts, ("AB", "BA"), note), **meta)
+    return Judgment(
+        score,
+        choice,
+        prob,
+        votes,
+        _rationale(parts, ("AB", "BA"), note),
+        expected_score=_mean([ab.expected_score, back.expected_score]),
+        **meta,
+    )
 
 
 def majority(parts: Sequence[Judgment], majority_type: MajorityType = "plurality") -> Judgment:
@@ -186,6 +196,7 @@ def majority(parts: Sequence[Judgment], majority_type: MajorityType = "plurality
         votes,
         _rationale(parts, labels, note),
         error=error,
+        expected_score=_mean([p.expected_score for p in parts]),
         **_meta(parts, "majority"),
     )
 

@@ -507,9 +507,16 @@ async def _judge_all(
                 judgment = await judge.acompare(ref, a, b)
             except (JudgeError, MetricUnavailableError):
                 raise  # misconfiguration: every pair would fail the same way
-            except (VLICError, OSError, ValueError, RuntimeError, AssertionError) as exc:
-                # one bad item (unreadable image, size mismatch, too small for a metric):
-                # reported and skipped, the run goes on
+            except (
+                VLICError,
+                OSError,
+                ValueError,
+                RuntimeError,
+                AssertionError,
+                MemoryError,
+            ) as exc:
+                # one bad item (unreadable image, size mismatch, too small for a metric, too
+                # large for memory): reported and skipped, the run goes on
                 summary.skipped[pair.pair_id] = _reason(exc)
                 on_row(None)
                 return
@@ -656,6 +663,8 @@ class CodecPairMaker:
         self.crop_type = crop_type
         self.tiles_per_image = tiles_per_image
         self._crops: dict[str, tuple[Path, int, int]] = {}  # crop reference -> (source, top, left)
+        #: originals :meth:`plan` left out (unreadable, over a limit, too small) -> reason
+        self.skipped: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     @staticmethod
@@ -678,10 +687,10 @@ class CodecPairMaker:
 
     def _sources(self, f: Path, key: str) -> list[tuple[str, Path]]:
         """(key, reference file) of each crop of one original, per ``crop_type``."""
+        height, width = _image_size(f)  # the header, within the pixel and memory limits
         if self.crop_type == "image":
             return [(key, f)]
         tile = int(self.model.config.image_size)
-        height, width = _image_size(f)
         if height < tile or width < tile:
             raise DatasetError(
                 f"{f}: {height}x{width} is smaller than the codec's {tile}-px tile; use larger "
@@ -703,7 +712,9 @@ class CodecPairMaker:
         return out
 
     def plan(self, originals: Path) -> list[PairInputs]:
-        """Every pair this run will judge (no decoding yet)."""
+        """Every pair this run will judge (no decoding yet). An original that cannot be used
+        (unreadable header, over the pixel limit or memory budget, smaller than a tile) is left
+        out with its reason in :attr:`skipped`; the others are still planned."""
         root = Path(originals)
         files = find_images(root)
         if not files:
@@ -711,7 +722,12 @@ class CodecPairMaker:
         base = root if root.is_dir() else root.parent
         pairs = []
         for f in files:
-            for key, reference in self._sources(f, _stem_key(f, base)):
+            try:
+                sources = self._sources(f, _stem_key(f, base))
+            except VLICError as exc:
+                self.skipped[_stem_key(f, base)] = _reason(exc)
+                continue
+            for key, reference in sources:
                 for i in range(self.pairs_per_image):
                     s1, s2 = self.seeds(i)
                     pairs.append(
@@ -735,9 +751,7 @@ class CodecPairMaker:
         source, top, left = crop
         tile = int(self.model.config.image_size)
         x = load_image(source).tensor[:, top : top + tile, left : left + tile]
-        tmp = pair.reference.with_name(f".tmp-{pair.reference.name}")
-        save_png(x, tmp)
-        os.replace(tmp, pair.reference)
+        save_png(x, pair.reference)  # atomic
 
     def _codes(self, pair: PairInputs, data: bytes) -> None:
         """Store the tokens and layout inside the bitstream (exactly what A and B decode)."""
@@ -784,13 +798,14 @@ class CodecPairMaker:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) as ``load_image`` will return it (EXIF rotation applied), without decoding."""
-    from PIL import Image
+    """(height, width) as ``load_image`` will return it (EXIF rotation applied), from the header;
+    :class:`ImageReadError` for an unreadable file or one over the image limits."""
+    from compressai_vlic.image_io import check_image_limits
 
-    with Image.open(path) as img:
-        width, height = img.size
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated by 90 degrees
-            width, height = height, width
+    header = check_image_limits(path)
+    width, height = header.width, header.height
+    if header.orientation in (5, 6, 7, 8):  # rotated by 90 degrees
+        width, height = height, width
     return height, width
 
 

@@ -34,17 +34,17 @@ def check_image(image: torch.Tensor, what: str = "image") -> torch.Tensor:
 
 
 def check_triplet(
-    reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validate one 2AFC question: three RGB images of the same size."""
-    ref = check_image(reference, "reference")
+    reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """Validate one 2AFC question: A and B (and the reference, when there is one) are RGB images
+    of the same size. ``reference=None`` is a question without an original (reference-free)."""
+    ref = None if reference is None else check_image(reference, "reference")
     ia = check_image(a, "image A")
     ib = check_image(b, "image B")
-    if not ref.shape == ia.shape == ib.shape:
-        raise JudgeError(
-            f"reference, A and B must have the same size, got {tuple(ref.shape)}, "
-            f"{tuple(ia.shape)}, {tuple(ib.shape)}"
-        )
+    if ia.shape != ib.shape or (ref is not None and ref.shape != ia.shape):
+        shapes = ", ".join(str(tuple(x.shape)) for x in (ref, ia, ib) if x is not None)
+        what = "reference, A and B" if ref is not None else "A and B"
+        raise JudgeError(f"{what} must have the same size, got {shapes}")
     return ref, ia, ib
 
 

@@ -42,6 +42,10 @@ LAZY_JUDGES: dict[str, str] = {
     "lpips": "compressai_vlic.judges.metric_judge:lpips_judge",
     "dists": "compressai_vlic.judges.metric_judge:dists_judge",
     "metric": "compressai_vlic.judges.metric_judge:metric_judge",
+    # reference-free attribute judges (offline): colourfulness, RMS contrast, or either by option
+    "colorfulness": "compressai_vlic.judges.attribute_judge:colorfulness_judge",
+    "rms_contrast": "compressai_vlic.judges.attribute_judge:rms_contrast_judge",
+    "attribute": "compressai_vlic.judges.attribute_judge:AttributeJudge",
     # a student distilled from a teacher judge (compressai-vlic student train)
     "student": "compressai_vlic.judges.student.judge:student_judge",
 }

@@ -7,7 +7,11 @@ distribution after the assistant prefix "Answer:": P(A) = P(A-tokens) / (P(A-tok
 P(B-tokens)), summed over every single-token spelling of each letter. Soft probabilities are a
 better reward than a hard choice (VLM preference-reasoning results), and one forward pass per
 batch is much cheaper than generation. ``decode_type="generate"`` runs greedy generation instead
-and parses the answer strictly (needed for the VLIC score protocol).
+and parses the answer strictly (needed for the VLIC score protocol). ``decode_type="reason"``
+generates the reasoning reply, finds its final answer line, and scores the answer position after
+the reasoning with one more forward pass over prompt + reply: P(A) over the answer letters
+(``reason-choice``), or the distribution and expected value over the -5..5 score tokens
+(``vlic-score``) -- soft rewards after reasoning.
 
 Images are handed to the processor as full-resolution 8-bit RGB PIL images; any resizing is the
 checkpoint's own preprocessing (e.g. LLaVA's 336 px crop, Qwen2-VL's dynamic resolution).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,12 +33,20 @@ import torch
 
 from compressai_vlic.errors import CheckpointError, ConfigError, JudgeError
 from compressai_vlic.judges.encoding import check_triplet, to_pil
-from compressai_vlic.judges.parsing import abstain, parse_answer
+from compressai_vlic.judges.parsing import (
+    SCORE_MAX,
+    SCORE_MIN,
+    ScoreDistribution,
+    TokenLogprob,
+    abstain,
+    answer_token_index,
+    parse_answer,
+)
 from compressai_vlic.judges.prompts import ANSWER_PREFIX, PromptTemplate, PromptType, get_template
 from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote, choice_from_score
 from compressai_vlic.options import check_option
 
-DecodeType = Literal["logits", "generate"]
+DecodeType = Literal["logits", "generate", "reason"]
 DTYPES = {
     "auto": "auto",
     "float32": torch.float32,
@@ -164,17 +177,23 @@ class HFJudge:
         revision: str | None = None,
         cache_dir: str | None = None,
         name: str | None = None,
+        reference: bool = True,
     ) -> None:
         check_option("decode_type", decode_type, DecodeType)
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {tuple(DTYPES)}")
         if batch_size < 1:
             raise ConfigError("batch_size must be >= 1")
-        self.template: PromptTemplate = get_template(prompt_type, attribute)
+        self.template: PromptTemplate = get_template(prompt_type, attribute, reference)
         if decode_type == "logits" and self.template.answer_type != "choice":
             raise ConfigError(
                 "decode_type='logits' reads P(A) vs P(B) and needs prompt_type='ab-choice'; "
                 "use decode_type='generate' for the vlic-score protocol"
+            )
+        if decode_type == "logits" and self.template.reasons:
+            raise ConfigError(
+                f"prompt_type={prompt_type!r} reasons before answering; decode_type='logits' would "
+                "read the answer before any reasoning: use decode_type='reason'"
             )
         self.model_id = str(model)
         self.decode_type = decode_type
@@ -212,7 +231,7 @@ class HFJudge:
             "sampling": {
                 "decode_type": self.decode_type,
                 "dtype": str(self.model.dtype),
-                "max_new_tokens": self.max_new_tokens if self.decode_type == "generate" else 0,
+                "max_new_tokens": self.max_new_tokens if self.decode_type != "logits" else 0,
                 "min_answer_mass": self.min_answer_mass,
             },
         }
@@ -239,6 +258,14 @@ class HFJudge:
         images = []
         for r in requests:
             ref, a, b = check_triplet(r.reference, r.a, r.b)
+            if not self.template.reference:
+                images.append([to_pil(a), to_pil(b)])
+                continue
+            if ref is None:
+                raise ConfigError(
+                    "this judge's prompt shows the Original but the pair has no reference image; "
+                    "build it with reference=False for reference-free questions"
+                )
             images.append([to_pil(ref), to_pil(a), to_pil(b)])
         prompt = self._prompt()
         inputs = self.processor(
@@ -267,7 +294,87 @@ class HFJudge:
             out.append((p, 2.0 * p - 1.0, error, raw))
         return out
 
+    # ------------------------------------------------------------------ soft reward after reasoning
+
+    def _answer_index(self, new_ids: list[int]) -> int | None:
+        """Index (in the generated ids) of the token where the final answer's value starts."""
+        pieces, previous = [], ""
+        for k in range(1, len(new_ids) + 1):  # decode prefixes: robust to multi-byte pieces
+            text = self.tokenizer.decode(new_ids[:k], skip_special_tokens=True)
+            pieces.append(TokenLogprob(text[len(previous) :], 0.0))
+            previous = text
+        return answer_token_index(pieces, self.template.answer_type)
+
+    def _score_distribution(
+        self, inputs: Any, prefix: torch.Tensor, logp: torch.Tensor, lead: str
+    ) -> ScoreDistribution:
+        """P(score) over SCORE_MIN..SCORE_MAX after ``prefix``: each score's spelling (with the
+        generated token's leading whitespace) is scored token by token; spellings that share a
+        first token (e.g. "-" of "-3") cost one more forward pass per shared prefix."""
+        logps: dict[int, float] = {}
+        memo: dict[tuple[int, ...], torch.Tensor] = {(): logp}
+        for value in range(SCORE_MIN, SCORE_MAX + 1):
+            ids = self.tokenizer.encode(f"{lead}{value}", add_special_tokens=False)
+            total = 0.0
+            for j, token in enumerate(ids):
+                path = tuple(ids[:j])
+                if path not in memo:
+                    memo[path] = self._next_logp(
+                        inputs, torch.cat([prefix, prefix.new_tensor(path)])
+                    )
+                total += float(memo[path][token])
+            logps[value] = total
+        mass = sum(math.exp(v) for v in logps.values())
+        probs = {v: math.exp(lp) / mass for v, lp in logps.items()} if mass > 0 else {}
+        return ScoreDistribution(probs, mass)
+
+    def _next_logp(self, inputs: Any, ids: torch.Tensor) -> torch.Tensor:
+        """log P(next token) after ``ids`` (prompt + reply so far), with the prompt's images."""
+        extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        logits = self.model(
+            input_ids=ids[None], attention_mask=torch.ones_like(ids)[None], **extra
+        ).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _reason_one(self, request: JudgeRequest) -> Judgment:
+        """Generate the reasoning reply, then score its final answer position (see module doc)."""
+        start = time.perf_counter()
+        inputs = self._inputs([request])
+        with self._lock, torch.inference_mode():
+            generated = self.model.generate(
+                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
+            )
+            n_prompt = inputs["input_ids"].shape[1]
+            new_ids = generated[0, n_prompt:].tolist()
+            pad = self.tokenizer.pad_token_id
+            while new_ids and pad is not None and new_ids[-1] == pad:
+                new_ids.pop()
+            text = self.tokenizer.decode(new_ids, skip_special_tokens=True)
+            parsed = parse_answer(self.template, text)
+            usage = _usage_counts(int(n_prompt), len(new_ids))
+            index = None if parsed.error is not None else self._answer_index(new_ids)
+            prob_a = expected = None
+            if index is not None:
+                prefix = generated[0, : n_prompt + index]
+                logp = self._next_logp(inputs, prefix)
+                if self.template.answer_type == "choice":
+                    p, _score, error, _raw = self._from_logits(logp[None])[0]
+                    prob_a = None if error else p
+                else:
+                    token = self.tokenizer.decode([new_ids[index]])
+                    lead = token[: len(token) - len(token.lstrip())]
+                    dist = self._score_distribution(inputs, prefix, logp, lead)
+                    prob_a, expected = dist.prob_a, dist.expected
+        latency = time.perf_counter() - start
+        judgment = self._judgment(
+            parsed.score, parsed.choice, prob_a, text, parsed.error, latency, usage
+        )
+        judgment.expected_score = judgment.votes[0].expected_score = expected
+        return judgment
+
     def _run_batch(self, requests: list[JudgeRequest]) -> list[Judgment]:
+        if self.decode_type == "reason":
+            return [self._reason_one(r) for r in requests]
         start = time.perf_counter()
         inputs = self._inputs(requests)
         with self._lock, torch.inference_mode():
@@ -337,7 +444,7 @@ class HFJudge:
             choice=choice,
             prob_a=prob_a,
             votes=[vote],
-            rationale=raw if self.decode_type == "generate" else "",
+            rationale=raw if self.decode_type != "logits" else "",
             latency_s=latency,
             backend=self.backend,
             model=self.model_id,
@@ -360,7 +467,7 @@ class HFJudge:
             chunk = requests[i : i + self.batch_size]
             try:
                 done = self._run_batch(chunk)
-            except JudgeError:
+            except (JudgeError, ConfigError):
                 raise
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory: the pairs failed
                 reason = f"model call failed: {exc.__class__.__name__}: {str(exc)[:200]}"
@@ -373,10 +480,12 @@ class HFJudge:
             out.extend(done)
         return out
 
-    def compare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment:
+    def compare(self, reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> Judgment:
         return self.compare_batch([JudgeRequest(reference, a, b)])[0]
 
-    async def acompare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment:
+    async def acompare(
+        self, reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
+    ) -> Judgment:
         return await asyncio.to_thread(self.compare, reference, a, b)
 
     def describe(self) -> str:

@@ -52,7 +52,7 @@ from compressai_vlic.judges.parsing import (
     TokenLogprob,
     abstain,
     parse_answer,
-    prob_a_from_logprobs,
+    soft_answer,
 )
 from compressai_vlic.judges.prompts import PromptTemplate, PromptType, get_template
 from compressai_vlic.judges.secrets import cut, public_url, scrub, url_secrets
@@ -229,6 +229,7 @@ class OpenAIJudge:
         image_detail: str = "high",
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
+        reference: bool = True,
         deadline_s: float | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
@@ -244,14 +245,14 @@ class OpenAIJudge:
         check_option("logprobs_type", logprobs_type, LogprobsType)
         if max_tokens_field not in TOKEN_LIMIT_FIELDS:
             raise ConfigError(f"max_tokens_field must be one of {TOKEN_LIMIT_FIELDS}")
-        self.template: PromptTemplate = get_template(prompt_type, attribute)
+        self.template: PromptTemplate = get_template(prompt_type, attribute, reference)
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env or None
         self.temperature = float(temperature)
         self.seed = seed
         self.sample_index = int(sample_index)
-        default_tokens = 1024 if self.template.answer_type == "score" else 16
+        default_tokens = 1024 if self.template.reasons else 16
         self.max_tokens = int(max_tokens or default_tokens)
         self.max_tokens_field = max_tokens_field
         self.timeout_s = float(timeout_s)
@@ -299,7 +300,11 @@ class OpenAIJudge:
 
     @property
     def wants_logprobs(self) -> bool:
-        return self.template.answer_type == "choice" and self.logprobs_type != "off"
+        """Choice prompts ask for them unless "off"; score prompts (expected score over the
+        -5..5 tokens) only with ``logprobs_type="on"``."""
+        if self.logprobs_type == "off":
+            return False
+        return self.template.answer_type == "choice" or self.logprobs_type == "on"
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything that determines an answer (the cache key's judge part); never the key."""
@@ -509,14 +514,18 @@ class OpenAIJudge:
         refusal = getattr(message, "refusal", None)
         refusal = None if refusal is None else self._scrub(str(refusal))
         parsed = parse_answer(self.template, text, refusal, first.finish_reason)
-        if parsed.error is None and self.template.answer_type == "choice":
-            parsed.prob_a = prob_a_from_logprobs(_token_logprobs(first))
+        soft_answer(parsed, self.template.answer_type, _token_logprobs(first))
         return parsed, text or ""
 
     async def _judge(self, request: JudgeRequest) -> Judgment:
         start = time.perf_counter()
         ref, a, b = check_triplet(request.reference, request.a, request.b)
-        urls = await asyncio.to_thread(lambda: [png_data_url(x) for x in (ref, a, b)])
+        if ref is None and self.template.reference:
+            raise ConfigError(_NO_REFERENCE)
+        shown = (ref if self.template.reference else None, a, b)
+        urls = await asyncio.to_thread(
+            lambda: ["" if x is None else png_data_url(x) for x in shown]
+        )
         parsed, text, _attempts, call_failed, usage = await self._call(urls)
         text = self.public_text(text)  # a server may echo the key: it must not reach any output
         error = None if parsed.error is None else self._scrub(parsed.error)
@@ -541,6 +550,7 @@ class OpenAIJudge:
             error=error,
             status=status,
             usage=usage,
+            expected_score=parsed.expected_score,
         )
         return Judgment(
             score=parsed.score,
@@ -555,6 +565,7 @@ class OpenAIJudge:
             error=error,
             status=status,
             usage=usage,
+            expected_score=parsed.expected_score,
         )
 
     # ------------------------------------------------------------------ Judge protocol
@@ -591,6 +602,12 @@ class OpenAIJudge:
 
 class _MalformedResponse(Exception):
     pass
+
+
+_NO_REFERENCE = (
+    "this judge's prompt shows the Original but the pair has no reference image; build it with "
+    "reference=False (--judge-arg reference=false) for reference-free questions"
+)
 
 
 def _error_message(exc: Any) -> str:

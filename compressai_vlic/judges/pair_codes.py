@@ -141,14 +141,9 @@ class PairCodes:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically (temporary file, fsync, rename): a killed writer leaves no torn file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        from compressai_vlic.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PairCodes:

@@ -40,6 +40,7 @@ class ParsedAnswer:
     choice: Choice
     error: str | None = None
     prob_a: float | None = None
+    expected_score: float | None = None  # E[score] at the answer position (score prompts)
 
 
 @dataclass
@@ -49,6 +50,19 @@ class TokenLogprob:
     token: str
     logprob: float
     top: dict[str, float] = field(default_factory=dict)
+
+
+def soft_answer(parsed: ParsedAnswer, answer_type: str, tokens: list[TokenLogprob]) -> None:
+    """Fill ``prob_a`` (and, for scores, ``expected_score``) of a parsed answer from the
+    log-probabilities at its final answer token; leaves them None when none were returned."""
+    if parsed.error is not None or not tokens:
+        return
+    if answer_type == "choice":
+        parsed.prob_a = prob_a_from_logprobs(tokens)
+        return
+    dist = score_distribution_from_logprobs(tokens)
+    if dist is not None:
+        parsed.prob_a, parsed.expected_score = dist.prob_a, dist.expected
 
 
 def abstain(reason: str) -> ParsedAnswer:
@@ -140,25 +154,143 @@ def _letter(token: str) -> str | None:
     return stripped.upper() if stripped.upper() in ("A", "B") else None
 
 
-def prob_a_from_logprobs(tokens: list[TokenLogprob]) -> float | None:
-    """P(A) / (P(A) + P(B)) at the answer token, from the server's top log-probabilities.
+def answer_token_index(tokens: list[TokenLogprob], answer_type: str = "choice") -> int | None:
+    """Index of the generated token where the final answer's value starts.
 
-    The answer token is the last generated token that is the letter A or B; every spelling of a
-    letter among its alternatives (" A", "A", "**A") counts towards that letter. Returns None when
-    no such token or no alternatives were returned.
+    The token texts are joined into the reply and the strict answer-line pattern ("Answer: A|B"
+    or "Score: <int>") is searched in it; the last match is the final answer, and its value
+    (the letter, or the first character of the score) falls inside exactly one token. A reply
+    that reasons first has many letters and numbers before (and sometimes after) that line; only
+    this position carries the probability of the final answer. None when there is no such line.
     """
-    for entry in reversed(tokens):
-        if _letter(entry.token) is None:
-            continue
-        alternatives = dict(entry.top)
-        alternatives.setdefault(entry.token, entry.logprob)
-        mass = {"A": 0.0, "B": 0.0}
-        for token, logprob in alternatives.items():
-            letter = _letter(token)
-            if letter is not None and logprob is not None and math.isfinite(logprob):
-                mass[letter] += math.exp(logprob)
-        total = mass["A"] + mass["B"]
-        if total <= 0.0:
-            return None
-        return mass["A"] / total
+    text = "".join(t.token for t in tokens)
+    pattern = _SCORE_LINE if answer_type == "score" else _ANSWER_LINE
+    matches = list(pattern.finditer(text))
+    if not matches:
+        return None
+    start = matches[-1].start(1)
+    offset = 0
+    for index, entry in enumerate(tokens):
+        end = offset + len(entry.token)
+        if offset <= start < end:
+            return index
+        offset = end
     return None
+
+
+def _letter_prob(entry: TokenLogprob) -> float | None:
+    alternatives = dict(entry.top)
+    alternatives.setdefault(entry.token, entry.logprob)
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in alternatives.items():
+        letter = _letter(token)
+        if letter is not None and logprob is not None and math.isfinite(logprob):
+            mass[letter] += math.exp(logprob)
+    total = mass["A"] + mass["B"]
+    if total <= 0.0:
+        return None
+    return mass["A"] / total
+
+
+def prob_a_from_logprobs(tokens: list[TokenLogprob]) -> float | None:
+    """P(A) / (P(A) + P(B)) at the final answer token, from the server's top log-probabilities.
+
+    The answer token is the one holding the letter of the last "Answer: A|B" line (see
+    :func:`answer_token_index`), so letters in a reasoning text before it ("Image A looks ...")
+    or after it do not count; a bare one-letter reply falls back to the last generated token that
+    is the letter A or B. Every spelling of a letter among the alternatives (" A", "A", "**A")
+    counts towards that letter. Returns None when no such token or no alternatives were returned.
+    """
+    index = answer_token_index(tokens, "choice")
+    if index is not None and _letter(tokens[index].token) is not None:
+        return _letter_prob(tokens[index])
+    for entry in reversed(tokens):
+        if _letter(entry.token) is not None:
+            return _letter_prob(entry)
+    return None
+
+
+_INT_TOKEN = re.compile(r"^[+\-\u2212]?\d+$")
+_SIGN_TOKEN = re.compile(r"^[\-\u2212]$")
+
+
+@dataclass
+class ScoreDistribution:
+    """The distribution over the integer scores SCORE_MIN..SCORE_MAX read at the answer position.
+
+    ``probs`` maps each score whose probability could be read to it, renormalised over those
+    scores; ``mass`` is the share of the answer position's score-like probability they cover
+    (below 1 when a branch was not generated and cannot be read, e.g. the magnitudes of negative
+    scores when the model wrote a positive one and the tokenizer splits "-" from the digit).
+    """
+
+    probs: dict[int, float]
+    mass: float
+
+    @property
+    def expected(self) -> float:
+        """E[score] under the distribution."""
+        return sum(v * p for v, p in self.probs.items())
+
+    @property
+    def prob_a(self) -> float | None:
+        """P(score > 0) / (P(score > 0) + P(score < 0)); None when neither side has mass."""
+        pos = sum(p for v, p in self.probs.items() if v > 0)
+        neg = sum(p for v, p in self.probs.items() if v < 0)
+        return pos / (pos + neg) if pos + neg > 0 else None
+
+
+def _int_value(token: str) -> int | None:
+    stripped = token.strip().strip("*_`").replace("\u2212", "-")
+    if _INT_TOKEN.match(stripped):
+        value = int(stripped)
+        return value if SCORE_MIN <= value <= SCORE_MAX else None
+    return None
+
+
+def _alternatives(entry: TokenLogprob) -> dict[str, float]:
+    alternatives = {k: v for k, v in entry.top.items() if v is not None and math.isfinite(v)}
+    if entry.logprob is not None and math.isfinite(entry.logprob):
+        alternatives.setdefault(entry.token, entry.logprob)
+    return alternatives
+
+
+def score_distribution_from_logprobs(tokens: list[TokenLogprob]) -> ScoreDistribution | None:
+    """The score distribution at the final "Score:" line's value, from top log-probabilities.
+
+    At the value's first token every alternative that spells a whole score (" 3", "-2") counts
+    with its probability. A lone minus sign is the negative branch: when it is the generated
+    token, the next token's digit alternatives give the magnitudes (P(-) * P(d | -)); when it was
+    not generated, its magnitudes cannot be read and it is left out of ``probs`` (see ``mass``).
+    """
+    index = answer_token_index(tokens, "score")
+    if index is None:
+        return None
+    entry = tokens[index]
+    first = _alternatives(entry)
+    weights: dict[int, float] = {}
+    covered = total = 0.0
+    for token, logprob in first.items():
+        p = math.exp(logprob)
+        value = _int_value(token)
+        if value is not None:
+            weights[value] = weights.get(value, 0.0) + p
+            covered += p
+            total += p
+        elif _SIGN_TOKEN.match(token.strip()):
+            total += p
+            generated_sign = _SIGN_TOKEN.match(entry.token.strip()) is not None
+            if generated_sign and index + 1 < len(tokens):
+                digits = {}
+                for t, lp in _alternatives(tokens[index + 1]).items():
+                    d = _int_value(t)
+                    if d is not None and d >= 0 and t.strip().isdigit():
+                        digits[-d] = digits.get(-d, 0.0) + math.exp(lp)
+                norm = sum(digits.values())
+                if norm > 0:
+                    for v, q in digits.items():
+                        weights[v] = weights.get(v, 0.0) + p * q / norm
+                    covered += p
+    if covered <= 0.0 or total <= 0.0:
+        return None
+    return ScoreDistribution({v: w / covered for v, w in sorted(weights.items())}, covered / total)

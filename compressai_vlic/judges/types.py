@@ -58,10 +58,12 @@ class Choice(str, Enum):
 class JudgeRequest:
     """One 2AFC question: which of ``a`` and ``b`` is closer to ``reference``?
 
-    Images are (3, H, W) float tensors in [0, 1] of the same size.
+    Images are (3, H, W) float tensors in [0, 1] of the same size. ``reference=None`` asks a
+    reference-free question (which has more contrast / is more colourful / is preferred), which
+    only judges with a reference-free prompt or metric answer.
     """
 
-    reference: torch.Tensor
+    reference: torch.Tensor | None
     a: torch.Tensor
     b: torch.Tensor
     pair_id: str | None = None
@@ -85,6 +87,8 @@ class Vote:
     source: str = ""  # which member of a composite judge cast it, e.g. "vote2/BA/ssimulacra2"
     status: JudgmentStatus | None = None  # derived from choice when not given (see module doc)
     usage: dict[str, int] | None = None  # tokens of this call, as the backend reported them
+    # E[score] over the -5..5 score tokens at the answer position (score prompts, soft reward)
+    expected_score: float | None = None
 
     def __post_init__(self) -> None:
         self.status = _status(self.status, self.choice)
@@ -120,12 +124,15 @@ class Judgment:
     cached: bool = False
     status: JudgmentStatus | None = None  # derived from choice when not given (see module doc)
     usage: dict[str, int] | None = None  # tokens of every call behind this judgment, summed
+    # E[score] over the -5..5 score tokens at the answer position (score prompts, soft reward)
+    expected_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.status is None and any(v.failed for v in self.votes):
             self.status = "failed"
         if self.status == "failed":  # a failure is never a label, whatever members decided
             self.choice, self.score, self.prob_a = Choice.ABSTAIN, 0.0, None
+            self.expected_score = None
             if self.error is None:
                 reasons = [f"{v.source or v.order}: {v.error}" for v in self.votes if v.failed]
                 self.error = "; ".join(reasons) or "failed"
@@ -173,10 +180,12 @@ class Judge(Protocol):
 
     name: str
 
-    def compare(self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> Judgment: ...
+    def compare(
+        self, reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
+    ) -> Judgment: ...
 
     def compare_batch(self, requests: list[JudgeRequest]) -> list[Judgment]: ...
 
     async def acompare(
-        self, reference: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+        self, reference: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor
     ) -> Judgment: ...

@@ -44,9 +44,9 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from compressai.registry import register_criterion
 from torch import Tensor, nn
 
+from compressai_vlic._compressai import register_criterion
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.options import check_option
 

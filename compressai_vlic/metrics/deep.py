@@ -100,7 +100,10 @@ class LPIPS(PairMetric):
         heads_file = resolve_weight_file(heads_name, heads)
         head_state = load_state_dict_file(heads_file, heads_name)
         # pnet_rand: build the backbone without its download; pretrained=False: heads load below.
-        net = lpips.LPIPS(pretrained=False, net=net_type, pnet_rand=True, verbose=False)
+        from compressai_vlic.thirdparty import quiet_torchvision_pretrained
+
+        with quiet_torchvision_pretrained():
+            net = lpips.LPIPS(pretrained=False, net=net_type, pnet_rand=True, verbose=False)
         _fill_sequential(net.net, features, "lpips")
         missing, unexpected = net.load_state_dict(head_state, strict=False)
         lins = [k for k in net.state_dict() if re.match(r"lin\d", k)]

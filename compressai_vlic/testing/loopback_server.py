@@ -11,6 +11,14 @@ ends), ``huge_answer`` (a valid reply whose answer holds ``huge_chars`` characte
 ``echo_pad`` characters). Faults are keyed by the pair's image content (see :func:`pair_key`),
 so concurrent clients get the same script whatever the arrival order.
 
+A prompt that asks to reason first ("Reason step by step") gets a scripted reasoning reply whose
+``logprobs.content`` holds decoy letters before and after the final "Answer:" line (P(A) =
+``decoy_prob_a`` there) and, at the answer token, the one-line P(A) sharpened by
+``reasoning_sharpness`` (reasoning made the toy judge surer); a score reply with logprobs carries
+a distribution over the -5..5 score tokens (the minus sign a token of its own). With two images
+(no original) the toy judge prefers the image with the larger pixel standard deviation (more
+contrast).
+
 Run: ``python -m compressai_vlic.testing.loopback_server --script script.json [--port 0]``; the
 first stdout line is ``LISTENING <base_url>``. ``GET /stats`` returns request counts and a log
 (image formats and sizes, ``detail`` values; never headers), ``POST /script`` replaces the
@@ -76,6 +84,8 @@ class ServerScript:
     logprobs: bool = True
     answer_type: str = "closest"  # "closest" (lower MSE wins) | "first" (always A)
     inspect_images: bool = True  # False: no PNG decoding (benchmarks), answers as "first"
+    reasoning_sharpness: float = 3.0  # P(A) at a reasoning reply's answer: p^k / (p^k + (1-p)^k)
+    decoy_prob_a: float = 0.2  # P(A) at the letters of the reasoning text around the answer
     default: list[str] = field(default_factory=lambda: ["ok"])
     pairs: dict[str, list[str]] = field(default_factory=dict)
 
@@ -134,6 +144,74 @@ def _judge_images(images: list[np.ndarray], answer_type: str) -> tuple[float, fl
     return p_a, float(max(-5, min(5, score)))
 
 
+def _judge_two(images: list[np.ndarray]) -> tuple[float, float]:
+    """(P(A), score) of the toy reference-free judge: the larger pixel std (contrast) wins."""
+    sa, sb = (float(im.astype(np.float64).std()) for im in images)
+    p_a = 0.5 if sa + sb == 0 else sa / (sa + sb)
+    score = round(10.0 * (p_a - 0.5))
+    if score == 0 and sa != sb:
+        score = 1 if sa > sb else -1
+    return p_a, float(max(-5, min(5, score)))
+
+
+def _lp(p: float) -> float:
+    return math.log(min(max(p, 1e-9), 1.0))
+
+
+def _tok(token: str, p: float, top: dict[str, float] | None = None) -> dict:
+    alts = [{"token": t, "logprob": _lp(q), "bytes": None} for t, q in (top or {}).items()]
+    return {"token": token, "logprob": _lp(p), "bytes": None, "top_logprobs": alts}
+
+
+def _letters(p_a: float) -> dict[str, float]:
+    return {" A": p_a, " B": 1.0 - p_a}
+
+
+def reasoning_reply(p_final: float, decoy: float) -> tuple[str, dict]:
+    """A reasoning reply ending in "Answer: A|B", then a trailing note, with its logprobs."""
+    letter = "A" if p_final >= 0.5 else "B"
+    other = "B" if letter == "A" else "A"
+    top = _letters(p_final)
+    tokens = [
+        _tok("Image", 0.9),
+        _tok(" A", decoy, _letters(decoy)),
+        _tok(" and", 0.9),
+        _tok(" Image", 0.9),
+        _tok(" B", 1 - decoy, _letters(decoy)),
+        _tok(" differ", 0.9),
+        _tok(".\n", 0.9),
+        _tok("Answer", 0.99),
+        _tok(":", 0.99),
+        _tok(f" {letter}", top[f" {letter}"], top),
+        _tok("\n(Image", 0.9),
+        _tok(f" {other}", decoy, _letters(decoy)),
+        _tok(" was", 0.9),
+        _tok(" close.)", 0.9),
+    ]
+    return "".join(t["token"] for t in tokens), {"content": tokens}
+
+
+def score_reply_logprobs(prefix: str, score: int, top_k: int) -> dict:
+    """Logprobs of ``prefix + "Score: <score>"``: P(v) ~ exp(-(v - score)^2 / 2) over -5..5, the
+    minus sign a token of its own (as many tokenizers split it)."""
+    weights = {v: math.exp(-((v - score) ** 2) / 2.0) for v in range(-5, 6)}
+    total = sum(weights.values())
+    p = {v: w / total for v, w in weights.items()}
+    p_neg = sum(q for v, q in p.items() if v < 0)
+    first = {f" {v}": p[v] for v in range(0, 6)}
+    first[" -"] = p_neg
+    first = dict(sorted(first.items(), key=lambda kv: -kv[1])[:top_k])
+    tokens = [_tok(prefix, 0.9), _tok("Score", 0.99), _tok(":", 0.99)]
+    if score < 0:
+        tokens.append(_tok(" -", p_neg, first))
+        mags = {str(-v): p[v] / p_neg for v in range(-5, 0)}
+        mags = dict(sorted(mags.items(), key=lambda kv: -kv[1])[:top_k])
+        tokens.append(_tok(str(-score), p[score] / p_neg, mags))
+    else:
+        tokens.append(_tok(f" {score}", p[score], first))
+    return {"content": tokens}
+
+
 def _rate_images(images: list[np.ndarray]) -> int:
     """The toy rater's point-wise answer: 1..9 from the PSNR of the image against the original."""
     ref, img = (im.astype(np.float64) for im in images)
@@ -178,6 +256,9 @@ def _answer_logprobs(letter: str, p_a: float) -> dict:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: a reply must not wait for the client's delayed ACK (40 ms on Linux) before its
+    # last segment goes out, or the server adds that to every request the benchmarks time.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
@@ -190,8 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
+            # headers and body in one send (end_headers() would send the headers alone)
+            self._headers_buffer.append(b"\r\n" + body)
+            self.flush_headers()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): nothing to do
 
@@ -298,8 +380,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         wants_score = any("Score:" in t for t in texts)
         wants_rating = any("Rating:" in t for t in texts)  # point-wise prompt (one image)
+        wants_reason = any("Reason step by step" in t for t in texts)
         if len(images) == 3:
             p_a, score = _judge_images(images, script.answer_type)
+        elif len(images) == 2 and not wants_rating:
+            p_a, score = _judge_two(images)
         else:
             p_a, score = (0.9, 3.0) if len(urls) == 3 else (0.5, 0.0)
         letter = "A" if p_a >= 0.5 else "B"
@@ -333,6 +418,16 @@ class _Handler(BaseHTTPRequestHandler):
                 f"Image B: {'closer' if score < 0 else 'further'} to the original.\n"
                 f"Score: {int(score)}"
             )
+            if req.get("logprobs") and script.logprobs and behaviour != "no_logprobs":
+                prefix = content[: content.rindex("Score:")]
+                top_k = int(req.get("top_logprobs") or 0)
+                logprobs = score_reply_logprobs(prefix, int(score), top_k)
+        elif wants_reason:
+            k = script.reasoning_sharpness
+            p_final = p_a**k / (p_a**k + (1 - p_a) ** k) if 0 < p_a < 1 else p_a
+            content, reply_logprobs = reasoning_reply(p_final, script.decoy_prob_a)
+            if req.get("logprobs") and script.logprobs and behaviour != "no_logprobs":
+                logprobs = reply_logprobs
         else:
             content = f"Answer: {letter}"
             if req.get("logprobs") and script.logprobs and behaviour != "no_logprobs":

@@ -14,6 +14,11 @@ Task types: ``yes_no``, ``multiple_choice``, ``short_answer`` (exact match / VQA
 ``ocr`` (ANLS / exact match) and ``caption`` (CIDEr). ``"auto"`` infers multiple choice (options
 present) or yes/no (every answer yes or no), else short answer; OCR and captions must be named.
 
+Image paths are resolved under the task file's folder (its root): a path that leads outside it
+(``../``, an absolute path, a symbolic link pointing out) raises :class:`ImageOutsideRootError`
+unless ``allow_outside_root=True`` (``vlm-bench run --allow-outside-root``), so a task file
+cannot make the benchmark copy, or send to an endpoint, any other image on the machine.
+
 Every malformed row raises :class:`TaskFileError` with its file and line; images are read only
 through :func:`compressai_vlic.image_io.load_image`, so its pixel limit refuses decompression
 bombs (:class:`~compressai_vlic.errors.ImageTooLargeError`) before any decoder runs.
@@ -50,6 +55,26 @@ _REFERENCE_MAX_LEN = 64
 
 class TaskFileError(DatasetError):
     """A task file (TSV, JSONL, CSV) is malformed: a missing column, a bad answer, a broken row."""
+
+
+class ImageOutsideRootError(TaskFileError):
+    """A task row names an image outside the task file's folder (and that was not allowed)."""
+
+
+def _image_under(root: Path, text: str, where: str, allow_outside_root: bool) -> Path:
+    """``text`` (a row's image path) resolved against ``root``; it must stay under ``root``
+    (symbolic links followed) unless ``allow_outside_root``."""
+    path = root / text
+    if allow_outside_root:
+        return path
+    resolved, base = path.resolve(), root.resolve()
+    if not resolved.is_relative_to(base):
+        raise ImageOutsideRootError(
+            f"{where}: image {text!r} resolves to {resolved}, outside the task file's folder "
+            f"{base}; task images must lie under it (pass --allow-outside-root, or "
+            "allow_outside_root=True, if you trust this task file)"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -256,8 +281,13 @@ def _require(row: dict[str, Any], column: str, where: str) -> Any:
     return row[column]
 
 
-def read_tsv(path: str | Path) -> list[TaskItem]:
-    """Items of a VLMEvalKit-style TSV (see the module docstring)."""
+def read_tsv(path: str | Path, allow_outside_root: bool = False) -> list[TaskItem]:
+    """Items of a VLMEvalKit-style TSV (see the module docstring).
+
+    Args:
+        path: the file.
+        allow_outside_root: accept ``image_path`` values outside the file's folder.
+    """
     path = Path(path)
     rows = list(_csv_rows(path, "\t"))
     if not rows:
@@ -289,7 +319,9 @@ def read_tsv(path: str | Path) -> list[TaskItem]:
                     )
                 image_b64 = "".join(str(target["image"]).split())
         elif "image_path" in row and _text(row["image_path"]) is not None:
-            image_path = path.parent / str(row["image_path"]).strip()
+            image_path = _image_under(
+                path.parent, str(row["image_path"]).strip(), where, allow_outside_root
+            )
         else:
             raise TaskFileError(f"{where}: the row has no image")
         items.append(
@@ -308,7 +340,9 @@ def read_tsv(path: str | Path) -> list[TaskItem]:
     return items
 
 
-def _record_item(obj: dict[str, Any], base: Path, where: str, csv_cell: bool) -> TaskItem:
+def _record_item(
+    obj: dict[str, Any], base: Path, where: str, csv_cell: bool, allow_outside_root: bool
+) -> TaskItem:
     image = _text(obj.get("image", obj.get("image_path")))
     if image is None:
         raise TaskFileError(f"{where}: the row has no 'image' path")
@@ -327,13 +361,18 @@ def _record_item(obj: dict[str, Any], base: Path, where: str, csv_cell: bool) ->
         options=options,
         category=_text(obj.get("category")),
         hint=_text(obj.get("hint")),
-        image_path=base / image,
+        image_path=_image_under(base, image, where, allow_outside_root),
         where=where,
     )
 
 
-def read_jsonl(path: str | Path) -> list[TaskItem]:
-    """Items of a JSONL file, one object per line, image paths relative to the file."""
+def read_jsonl(path: str | Path, allow_outside_root: bool = False) -> list[TaskItem]:
+    """Items of a JSONL file, one object per line, image paths relative to the file.
+
+    Args:
+        path: the file.
+        allow_outside_root: accept image paths outside the file's folder.
+    """
     path = Path(path)
     items = []
     try:
@@ -350,15 +389,20 @@ def read_jsonl(path: str | Path) -> list[TaskItem]:
             raise TaskFileError(f"{where}: not a JSON object ({exc})") from None
         if not isinstance(obj, dict):
             raise TaskFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        items.append(_record_item(obj, path.parent, where, csv_cell=False))
+        items.append(_record_item(obj, path.parent, where, False, allow_outside_root))
     return items
 
 
-def read_csv(path: str | Path) -> list[TaskItem]:
-    """Items of a CSV file with a header row, image paths relative to the file."""
+def read_csv(path: str | Path, allow_outside_root: bool = False) -> list[TaskItem]:
+    """Items of a CSV file with a header row, image paths relative to the file.
+
+    Args:
+        path: the file.
+        allow_outside_root: accept image paths outside the file's folder.
+    """
     path = Path(path)
     return [
-        _record_item(row, path.parent, f"{path}:{line}", csv_cell=True)
+        _record_item(row, path.parent, f"{path}:{line}", True, allow_outside_root)
         for line, row in _csv_rows(path, ",")
     ]
 
@@ -371,6 +415,7 @@ def load_task(
     task_type: TaskType = "auto",
     name: str | None = None,
     max_items: int | None = None,
+    allow_outside_root: bool = False,
 ) -> Task:
     """Read one task file.
 
@@ -380,6 +425,8 @@ def load_task(
             yes/no or short answer from the rows.
         name: the task's name in outputs (default: the file's stem, e.g. ``POPE``).
         max_items: keep only the first N rows (default: all), e.g. for a quick check.
+        allow_outside_root: accept image paths that lead outside the task file's folder
+            (default False: :class:`ImageOutsideRootError`).
     """
     check_option("task_type", task_type, TaskType)
     path = Path(path)
@@ -388,7 +435,7 @@ def load_task(
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise TaskFileError(f"{path}: unknown task file type; use one of {sorted(READERS)}")
-    items = reader(path)
+    items = reader(path, allow_outside_root)
     if not items:
         raise TaskFileError(f"{path}: no rows")
     if max_items is not None:

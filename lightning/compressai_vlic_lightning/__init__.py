@@ -3,29 +3,47 @@
 Import name ``compressai_vlic_lightning`` (folder ``lightning/``, not itself a package). It builds
 on ``pytorch_lightning`` (``pip install 'compressai-vlic[train]'``), never on the ``lightning``
 distribution.
+
+The exports load on first use (PEP 562), so tools that need no Lightning (the memory planner,
+``compressai-vlic-train --help``) start quickly; a missing ``pytorch_lightning`` is reported by
+:func:`compressai_vlic.extras.require` when a Lightning class is first asked for.
 """
 
-from compressai_vlic.extras import require
+from __future__ import annotations
 
-require("pytorch_lightning", "train", "Training (compressai_vlic_lightning)")
+from typing import Any
 
-from compressai_vlic_lightning.data import ImageFolderDataModule, PhotosDataModule  # noqa: E402
-from compressai_vlic_lightning.ema import EMA  # noqa: E402
-from compressai_vlic_lightning.export import export_checkpoint, export_shipped  # noqa: E402
-from compressai_vlic_lightning.preferences import OfflinePreferences, PreferenceBuffer  # noqa: E402
-from compressai_vlic_lightning.prior_refit import PriorRefitModule  # noqa: E402
-from compressai_vlic_lightning.stage1 import Stage1Module  # noqa: E402
-from compressai_vlic_lightning.stage2 import Stage2Module  # noqa: E402
+from compressai_vlic.lazy import lazy_getattr
 
-__all__ = [
-    "EMA",
-    "ImageFolderDataModule",
-    "OfflinePreferences",
-    "PhotosDataModule",
-    "PreferenceBuffer",
-    "PriorRefitModule",
-    "Stage1Module",
-    "Stage2Module",
-    "export_checkpoint",
-    "export_shipped",
-]
+_EXPORTS = {
+    "ImageFolderDataModule": "compressai_vlic_lightning.data",
+    "PhotosDataModule": "compressai_vlic_lightning.data",
+    "EMA": "compressai_vlic_lightning.ema",
+    "export_checkpoint": "compressai_vlic_lightning.export",
+    "export_shipped": "compressai_vlic_lightning.export",
+    "OfflinePreferences": "compressai_vlic_lightning.preferences",
+    "PreferenceBuffer": "compressai_vlic_lightning.preferences",
+    "PriorRefitModule": "compressai_vlic_lightning.prior_refit",
+    "Stage1Module": "compressai_vlic_lightning.stage1",
+    "Stage2Module": "compressai_vlic_lightning.stage2",
+}
+
+__all__ = sorted(_EXPORTS)
+
+_getattr = lazy_getattr(__name__, _EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        from compressai_vlic.extras import require
+
+        require("pytorch_lightning", "train", "Training (compressai_vlic_lightning)")
+    value = _getattr(name)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def load_all() -> None:
+    """Import every export (the training CLI does, so config class paths resolve at once)."""
+    for name in _EXPORTS:
+        __getattr__(name)

@@ -18,24 +18,47 @@ PLAN = "plan"
 
 
 def _plan(argv: list[str]) -> int:
-    import json
-
-    from compressai_vlic_lightning.memory import GIB, format_plan, measure, plan, read_setup
+    from compressai_vlic.errors import VLICError
+    from compressai_vlic.recipes.configs import list_configs, resolve_config
 
     parser = argparse.ArgumentParser(
         prog="compressai-vlic-train plan",
         description="Estimate the memory one GPU needs for a training config: activations are "
         "measured on the CPU at the config's width (two blocks, extrapolated to its depth).",
     )
-    parser.add_argument("--config", action="append", required=True, help="YAML (repeatable)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="YAML file, or the name of a shipped config (e.g. paper_q1_stage1; see --list); "
+        "repeatable",
+    )
+    parser.add_argument("--list", action="store_true", help="list the shipped configs and exit")
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (80)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(list_configs()))
+        return 0
+    if not args.config:
+        parser.error(f"give --config CONFIG; the shipped configs are: {', '.join(list_configs())}")
     if args.gpu_memory <= 0:
         parser.error("--gpu-memory must be positive")
+    try:
+        paths = [str(resolve_config(c)) for c in args.config]
+        return _plan_paths(paths, args.gpu_memory, args.json)
+    except VLICError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _plan_paths(paths: list[str], gpu_memory: float, as_json: bool) -> int:
+    import json
+
+    from compressai_vlic_lightning.memory import GIB, format_plan, measure, plan, read_setup
+
     measured: dict[tuple[str, ...], object] = {}
     reports = []
-    for path in args.config:
+    for path in paths:
         setup = read_setup(path)
         c = setup.model_config
         key = (
@@ -47,30 +70,26 @@ def _plan(argv: list[str]) -> int:
         if key not in measured:
             measured[key] = measure(c, setup.precision, setup.perceptual_type, setup.lpips_net_type)
         result = plan(setup, measured[key])  # type: ignore[arg-type]
-        if args.json:
+        if as_json:
             reports.append(
                 {
                     "config": path,
                     "peak_gib": result.peak / GIB,
-                    "fits": result.peak <= args.gpu_memory * GIB,
-                    "largest_micro_batch": result.largest_micro_batch(args.gpu_memory * GIB),
+                    "fits": result.peak <= gpu_memory * GIB,
+                    "largest_micro_batch": result.largest_micro_batch(gpu_memory * GIB),
                     "micro_batch": setup.micro_batch,
                     "global_batch": setup.global_batch,
                     "rows_gib": {k: v / GIB for k, v in result.rows.items()},
                 }
             )
         else:
-            print(format_plan(result, args.gpu_memory), flush=True)
-    if args.json:
+            print(format_plan(result, gpu_memory), flush=True)
+    if as_json:
         print(json.dumps(reports, indent=2))
     return 0
 
 
 def _export(argv: list[str]) -> int:
-    from compressai_vlic.options import choices
-    from compressai_vlic_lightning.common import WeightsType
-    from compressai_vlic_lightning.export import export_checkpoint
-
     parser = argparse.ArgumentParser(
         prog="compressai-vlic-train export",
         description="Write a Lightning checkpoint's codec as a CompressAI checkpoint (bare state dict).",
@@ -79,17 +98,24 @@ def _export(argv: list[str]) -> int:
     parser.add_argument("output", help="output .pth.tar")
     parser.add_argument(
         "--weights-type",
-        choices=choices(WeightsType),
         default="ema",
+        metavar="{ema,raw}",
         help="EMA (default) or raw weights",
     )
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT if it exists already"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before any heavy import: `export --help` is quick
     from compressai_vlic.atomic import refuse_existing
     from compressai_vlic.errors import VLICError
+    from compressai_vlic.options import check_option
+    from compressai_vlic_lightning.common import WeightsType
+    from compressai_vlic_lightning.export import export_checkpoint
 
+    try:
+        check_option("weights_type", args.weights_type, WeightsType)
+    except VLICError as exc:
+        parser.error(str(exc))
     try:
         refuse_existing(args.output, args.overwrite)
         result = export_checkpoint(args.checkpoint, args.output, args.weights_type)
@@ -104,19 +130,66 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+HELP = """usage: compressai-vlic-train [-h] {fit,validate,test,predict,export,plan} ...
+
+Train VLIC with LightningCLI (stage 1 / stage 2 / prior refit configs; `plan --list` names the
+configs that ship with the package).
+
+commands:
+  fit        train a model from a config (--config CONFIG; a shipped config's name works too)
+  validate   run one evaluation epoch of a config on its validation set
+  test       run the test loop of a config
+  predict    run the predict loop of a config
+  export     write a Lightning checkpoint's codec as a CompressAI checkpoint (bare state dict)
+  plan       estimate the memory one GPU needs for a training config
+
+`compressai-vlic-train COMMAND --help` shows a command's options (fit/validate/test/predict load
+Lightning first, which takes a while).
+"""
+
+
+def _config_names(argv: list[str]) -> list[str]:
+    """``--config NAME`` -> ``--config PATH`` where a shipped config is named instead of a file."""
+    from compressai_vlic.errors import ConfigError
+    from compressai_vlic.recipes.configs import resolve_config
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            index, value, prefix = i + 1, out[i + 1], ""
+        elif arg.startswith("--config="):
+            index, value, prefix = i, arg.split("=", 1)[1], "--config="
+        else:
+            continue
+        try:
+            out[index] = prefix + str(resolve_config(value))
+        except ConfigError:
+            pass  # not a config file: LightningCLI reports it (a config may also be inline YAML)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == EXPORT:
         return _export(given[1:])
     if given and given[0] == PLAN:
         return _plan(given[1:])
+    if not given or given[0] in {"-h", "--help"}:
+        print(HELP, end="")  # without loading Lightning (LightningCLI's own help takes ~20 s)
+        return 0 if given else 2
+    if given[0] in LIGHTNING_COMMANDS:
+        argv = [given[0], *_config_names(given[1:])]
     from compressai_vlic.extras import require
 
     require("jsonargparse", "train", "compressai-vlic-train")
     pl = require("pytorch_lightning", "train", "compressai-vlic-train")
     from pytorch_lightning.cli import LightningCLI
 
-    import compressai_vlic_lightning  # noqa: F401  (registers the classes the configs name)
+    import compressai_vlic_lightning
+
+    compressai_vlic_lightning.load_all()  # the classes the configs name
 
     try:
         LightningCLI(

@@ -269,7 +269,10 @@ class _LPIPSArchitecture(nn.Module):
         super().__init__()
         from torchmetrics.functional.image.lpips import _LPIPS
 
-        self.net = _LPIPS(pretrained=False, net=net_type, pnet_rand=True)
+        from compressai_vlic.thirdparty import quiet_torchvision_pretrained
+
+        with quiet_torchvision_pretrained():
+            self.net = _LPIPS(pretrained=False, net=net_type, pnet_rand=True)
         self.net.eval().requires_grad_(False)
 
     def forward(self, prediction: Tensor, target: Tensor) -> Tensor:

@@ -15,16 +15,18 @@ from compressai_vlic.judges.types import Choice, JudgeRequest
 
 @dataclass(frozen=True)
 class HumanPair:
-    """A reference, two stimuli, and the fraction of humans who preferred B."""
+    """A reference (None for a reference-free question), two stimuli, and the fraction of humans
+    who preferred B (for ``attribute``: had more contrast, were more colourful, ...)."""
 
     pair_id: str
-    reference: Path
+    reference: Path | None
     a: Path
     b: Path
     human_b: float
     n_humans: int | None = None
     scene: str = ""
     category: str = ""
+    attribute: str = ""
 
     @property
     def human_majority(self) -> Choice | None:
@@ -89,22 +91,36 @@ def load_bapps(root: str | Path) -> list[HumanPair]:
     return pairs
 
 
-def load_csv(path: str | Path) -> list[HumanPair]:
-    """CSV of ``reference,a,b,human_b`` (or ``human_a``); paths relative to the CSV's folder."""
+def load_csv(path: str | Path, attribute: str | None = None) -> list[HumanPair]:
+    """CSV of ``a,b,human_b`` (or ``human_a``) with an optional ``reference`` column; paths are
+    relative to the CSV's folder.
+
+    Without a ``reference`` column (or with an empty cell) the pair is a reference-free question.
+    An ``attribute`` column (contrast, colorfulness, overall, ...) labels each row; ``attribute``
+    keeps only the rows of that attribute.
+
+    Args:
+        path: the CSV file.
+        attribute: keep only rows whose ``attribute`` column equals this (None keeps all).
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV file")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         cols = set(reader.fieldnames or [])
-        need = {"reference", "a", "b"}
+        need = {"a", "b"}
         if not need <= cols or len(cols & {"human_a", "human_b"}) != 1:
             raise DatasetError(
-                f"{path}: needs columns reference,a,b and exactly one of human_b (fraction preferring b) "
-                f"or human_a; found {sorted(cols)}"
+                f"{path}: needs columns a,b (and optionally reference) and exactly one of human_b "
+                f"(fraction preferring b) or human_a; found {sorted(cols)}"
             )
+        if attribute is not None and "attribute" not in cols:
+            raise DatasetError(f"{path}: no attribute column to select {attribute!r} rows from")
         pairs = []
         for lineno, row in enumerate(reader, start=2):
+            if attribute is not None and row.get("attribute") != attribute:
+                continue
             try:
                 h = float(row["human_b"]) if "human_b" in cols else 1.0 - float(row["human_a"])
                 n = int(row["n_humans"]) if row.get("n_humans") else None
@@ -112,23 +128,36 @@ def load_csv(path: str | Path) -> list[HumanPair]:
                 raise DatasetError(f"{path}:{lineno}: {exc}") from exc
             if not 0.0 <= h <= 1.0:
                 raise DatasetError(f"{path}:{lineno}: human preference {h} outside [0, 1]")
-            ref, a, b = ((path.parent / row[k]).resolve() for k in ("reference", "a", "b"))
+            a, b = ((path.parent / row[k]).resolve() for k in ("a", "b"))
+            ref = (path.parent / row["reference"]).resolve() if row.get("reference") else None
             for p in (ref, a, b):
-                if not p.is_file():
+                if p is not None and not p.is_file():
                     raise DatasetError(f"{path}:{lineno}: {p} does not exist")
-            scene = row.get("scene") or str(ref)
+            scene = row.get("scene") or (str(ref) if ref is not None else f"row{lineno - 1}")
             pairs.append(
-                HumanPair(f"{lineno - 1}", ref, a, b, h, n, scene, row.get("category") or "")
+                HumanPair(
+                    f"{lineno - 1}",
+                    ref,
+                    a,
+                    b,
+                    h,
+                    n,
+                    scene,
+                    row.get("category") or "",
+                    row.get("attribute") or "",
+                )
             )
     if not pairs:
-        raise DatasetError(f"{path}: no rows")
+        what = f" with attribute {attribute!r}" if attribute is not None else ""
+        raise DatasetError(f"{path}: no rows{what}")
     return pairs
 
 
 def _load(pair: HumanPair) -> JudgeRequest:
-    ref, a, b = (load_image(p).tensor for p in (pair.reference, pair.a, pair.b))
+    a, b = (load_image(p).tensor for p in (pair.a, pair.b))
+    ref = a if pair.reference is None else load_image(pair.reference).tensor
     if not (ref.shape == a.shape == b.shape):
         raise DatasetError(
             f"pair {pair.pair_id}: reference, A and B differ in size ({tuple(ref.shape)}, {tuple(a.shape)}, {tuple(b.shape)})"
         )
-    return JudgeRequest(ref, a, b, pair.pair_id)
+    return JudgeRequest(None if pair.reference is None else ref, a, b, pair.pair_id)

@@ -171,7 +171,7 @@ def plot_report(report: AuditReport, path: Path) -> Path:
     from compressai_vlic.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -62,6 +62,11 @@ def _metric_gaps(metric_name: str, pairs: Sequence[HumanPair]) -> np.ndarray:
     gaps = []
     for p in pairs:
         q = _load(p)
+        if q.reference is None:
+            raise ConfigError(
+                f"--gap-metric {metric_name}: pair {p.pair_id} has no reference; a full-reference "
+                "metric gap needs one (use a reference-free judge's values instead)"
+            )
         ref = q.reference[None]
         va, vb = float(metric(ref, q.a[None])[0]), float(metric(ref, q.b[None])[0])
         gaps.append(abs(va - vb))

@@ -138,7 +138,7 @@ class StudentModel(nn.Module):
         unless asked)."""
         from safetensors.torch import save_file
 
-        from compressai_vlic.atomic import atomic_write_bytes
+        from compressai_vlic.atomic import atomic_path, atomic_write_bytes
 
         folder = Path(folder)
         targets = [folder / WEIGHTS_FILE, folder / META_FILE]
@@ -148,9 +148,8 @@ class StudentModel(nn.Module):
             )
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = folder / f".tmp-{WEIGHTS_FILE}"
-        save_file(state, str(tmp))
-        os.replace(tmp, targets[0])
+        with atomic_path(targets[0]) as tmp:
+            save_file(state, str(tmp))
         meta = {"config": self.config.to_dict(), **self.meta}
         atomic_write_bytes(targets[1], (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
         return folder
