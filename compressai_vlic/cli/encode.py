@@ -15,13 +15,13 @@ from pathlib import Path
 
 from compressai_vlic.atomic import atomic_write_bytes
 from compressai_vlic.cli._codec import (
-    add_max_pixels_argument,
     add_model_arguments,
     add_overwrite_argument,
     add_threads_argument,
     open_batch,
 )
 from compressai_vlic.errors import ImageReadError, VLICError
+from compressai_vlic.options import STREAM_MAX_PIXELS
 
 STREAM_SUFFIX = ".vlic"
 
@@ -38,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     add_threads_argument(parser)
     add_overwrite_argument(parser)
-    add_max_pixels_argument(parser)
     parser.add_argument(
         "--seed", type=int, default=None, help="decode seed stored in each stream (uint32)"
     )
@@ -58,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if batch is None:
         return 1
+    # --max-pixels (the input image limit) also lifts the stream limit, which by default is the
+    # decoder's, so that encode never writes a stream decode refuses by default
+    stream_limit = STREAM_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     total_bytes = total_pixels = converted = 0
     start = time.perf_counter()
     bar = tqdm(batch.jobs, unit="img", desc="encode", file=sys.stderr, dynamic_ncols=True)
@@ -67,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
             if image.conversions:
                 converted += 1
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
-            out = batch.model.compress(
-                image.tensor[None], seed=args.seed, max_pixels=args.max_pixels
-            )
+            out = batch.model.compress(image.tensor[None], seed=args.seed, max_pixels=stream_limit)
             data = b"".join(out["strings"][0])
             atomic_write_bytes(job.target, data)  # a full disk leaves no torn stream
         except (ImageReadError, VLICError, OSError, MemoryError) as exc:  # skip, go on
