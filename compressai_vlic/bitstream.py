@@ -293,6 +293,29 @@ def _header_fields(version: int, head: bytes) -> dict:
     }
 
 
+def declared_size(head: bytes) -> tuple[int, int, int]:
+    """(version, height, width) from a stream's first bytes, before the stream is read whole.
+
+    Used to bound a stream file's size from its header (see ``VLIC.read_stream``); nothing here
+    is trusted beyond that, since the checksum is only checked by :func:`unpack`.
+    """
+    head = bytes(head)
+    if len(head) < len(MAGIC):
+        raise TruncatedStreamError(f"stream has {len(head)} bytes; a VLIC stream has >= 32")
+    if head[: len(MAGIC)] != MAGIC:
+        raise ForeignStreamError(f"not a VLIC stream: {_describe_foreign(head)}")
+    if len(head) < 6:
+        raise TruncatedStreamError(f"stream has {len(head)} bytes: truncated inside its header")
+    packed = struct.unpack(">I", head[2:6])[0]
+    version = packed >> 28
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedVersionError(
+            f"stream format version {version} is not supported (this package reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade compressai-vlic"
+        )
+    return version, ((packed >> 14) & (MAX_SIDE - 1)) + 1, (packed & (MAX_SIDE - 1)) + 1
+
+
 def unpack(data: bytes) -> tuple[StreamHeader, bytes]:
     """Check and split a stream; every failure is a typed BitstreamError, never a crash."""
     if not isinstance(data, (bytes, bytearray, memoryview)):

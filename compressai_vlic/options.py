@@ -24,3 +24,8 @@ def check_option(name: str, value: Any, options: Any, error: type[VLICError] = C
     allowed = choices(options)
     if value not in allowed:
         raise error(f"unknown {name} {value!r}; choose from {', '.join(map(repr, allowed))}")
+
+
+#: The largest image a VLIC stream may hold by default (4096 x 4096), for ``compress`` and
+#: ``decompress`` alike (here, not in the model module, so command-line parsers need no torch).
+STREAM_MAX_PIXELS = 1 << 24

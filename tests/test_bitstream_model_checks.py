@@ -61,7 +61,12 @@ def test_version_1_stream_written_by_older_code_still_decodes() -> None:
     data = (FIXTURE / "image_64x96_seed1234.vlic").read_bytes()
     header, payload = unpack(data)
     assert header.version == 1 and (header.height, header.width) == (64, 96)
-    layout = model.check_stream(header, len(payload))
+    # It carries no weights fingerprint: refused unless the user vouches for the weights.
+    with pytest.raises(ModelMismatchError, match="format version 1"):
+        model.check_stream(header, len(payload))
+    with pytest.raises(ModelMismatchError, match="allow_model_mismatch"):
+        model.decompress([[data]])
+    layout = model.check_stream(header, len(payload), allow_model_mismatch=True)
     # The old layout rule: 8 px overlap even though 64x96 is a whole number of 32 px tiles.
     assert (layout.rows, layout.cols) == tuple(meta["tiles"]) == (3, 4)
     expected = np.load(FIXTURE / "expected.npz")
@@ -69,7 +74,7 @@ def test_version_1_stream_written_by_older_code_still_decodes() -> None:
         payload, model.prior, layout.num_tiles, model.config.num_tokens
     )
     assert np.array_equal(indices.numpy(), expected["indices"])
-    x_hat = model.decompress([[data]], (64, 96))["x_hat"]
+    x_hat = model.decompress([[data]], (64, 96), allow_model_mismatch=True)["x_hat"]
     decoded = (x_hat.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     diff = np.abs(decoded.astype(int) - expected["x_hat_uint8"].astype(int))
     assert diff.max() <= 1  # the same image (float rounding may move a value by one level)

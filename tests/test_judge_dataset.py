@@ -170,6 +170,21 @@ def test_writer_repairs_torn_tail_rejects_duplicates_and_other_configs(tmp_path)
         read_preference_dataset(path)
 
 
+def test_a_file_that_is_not_a_dataset_is_refused_untouched(tmp_path, photos, capsys):
+    cfg = {"judge": "x"}
+    for content in (b'{"lr": 0.001, "steps": 10}', b"a,b\n1,2", b'\n\n{"version"x'):
+        path = tmp_path / "config.json"
+        path.write_bytes(content)  # no trailing newline: the old writer truncated it to 0 bytes
+        with pytest.raises(DatasetError, match=r"not a preference (dataset|row)"):
+            PreferenceWriter(path, cfg).__enter__()
+        assert path.read_bytes() == content
+    orig, a_dir, b_dir = make_folders(tmp_path, photos, 1)
+    path.write_bytes(b'{"lr": 0.001}')
+    rc = main(["judge", *folder_args(orig, a_dir, b_dir, path), "--judge-type", "psnr"])
+    assert rc != 0 and "not a preference dataset" in capsys.readouterr().err
+    assert path.read_bytes() == b'{"lr": 0.001}'
+
+
 def test_build_dataset_in_process(tmp_path, photos):
     orig, a_dir, b_dir = make_folders(tmp_path, photos, 5)
     pairs, _ = pairs_from_folders(orig, a_dir, b_dir)

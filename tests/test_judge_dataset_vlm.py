@@ -88,6 +88,38 @@ def test_honest_vlm_unanimous_with_metric_cached_and_faults_abstain(folders, tmp
         assert server.stats()["requests"] == 8 * 2 * 2  # bounded retries: 2 attempts x 2 orders
 
 
+def test_abstentions_are_final_unless_retry_abstentions(folders, tmp_path, capsys):
+    with run_server(ServerScript(default=["empty"])) as server:
+        out = tmp_path / "prefs.jsonl"
+        assert main(_args(folders, out, server.base_url, "--limit", "4")) == 0
+        server.set_script(ServerScript(default=["refuse"]))
+        assert main(_args(folders, out, server.base_url)) == 0
+        rows = read_preference_dataset(out)
+        assert [r.label.value for r in rows] == ["abstain"] * 8
+        assert [r.votes[0].error.split(" ")[0] for r in rows] == ["empty"] * 4 + ["refused:"] * 4
+        server.set_script(ServerScript(default=["ok"]))  # the server answers properly now
+        assert main(_args(folders, out, server.base_url)) == 0  # default: rows are final
+        assert server.stats()["requests"] == 0
+        assert [r.label.value for r in read_preference_dataset(out)] == ["abstain"] * 8
+        capsys.readouterr()
+        assert main(_args(folders, out, server.base_url, "--retry-abstentions")) == 0
+        assert "asked again 8 pair(s)" in capsys.readouterr().err
+        assert server.stats()["requests"] == 8
+        rows = read_preference_dataset(out)
+        assert sorted(r.label.value for r in rows) == ["A"] * 8  # replaced, not duplicated
+        # an abstention the judge decided on (symmetrised position bias) is not asked again
+        server.set_script(ServerScript(answer_type="first"))
+        biased = tmp_path / "biased.jsonl"
+        assert main(_args(folders, biased, server.base_url, "--symmetrize")) == 0
+        assert {r.label.value for r in read_preference_dataset(biased)} == {"abstain"}
+        server.set_script(ServerScript())
+        assert (
+            main(_args(folders, biased, server.base_url, "--symmetrize", "--retry-abstentions"))
+            == 0
+        )
+        assert server.stats()["requests"] == 0
+
+
 def _closed_port_url() -> str:
     import socket
 

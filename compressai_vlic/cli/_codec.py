@@ -37,6 +37,67 @@ def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) 
     )
 
 
+def _limit(text: str) -> int | None:
+    """A non-negative count for a limit option; 0 means no limit (None)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0 = no limit), got {value}")
+    return value or None
+
+
+def _per_tile_limit(text: str) -> int | str | None:
+    """As :func:`_limit`, or ``model``: the model's own maximum."""
+    return "model" if text == "model" else _limit(text)
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels: the stream pixel limit, the same for encode (refused) and decode."""
+    from compressai_vlic.options import STREAM_MAX_PIXELS
+
+    parser.add_argument(
+        "--max-pixels",
+        type=_limit,
+        default=STREAM_MAX_PIXELS,
+        metavar="N",
+        help=f"largest image a stream may hold, in pixels (default {STREAM_MAX_PIXELS}, "
+        "4096x4096, for encode and decode alike; 0 = no limit)",
+    )
+
+
+def add_decode_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decode limits (checked from each stream's header before any work), settable."""
+    add_max_pixels_argument(parser)
+    parser.add_argument(
+        "--max-evaluations-per-tile",
+        type=_per_tile_limit,
+        default="model",
+        metavar="N",
+        help="most network evaluations per tile (default 'model': the model's own maximum, its "
+        "configured steps, doubled if guided, so every stream its encoder writes decodes; "
+        "0 = no limit)",
+    )
+    parser.add_argument(
+        "--max-evaluations",
+        type=_limit,
+        default=None,
+        metavar="N",
+        help="most network evaluations per stream in all, tiles x per tile (default: no limit "
+        "beyond pixels x per tile)",
+    )
+
+
+def decode_limits(args: argparse.Namespace) -> dict[str, object]:
+    """``VLIC.decompress`` keywords of the options added by :func:`add_decode_limit_arguments`."""
+    return {
+        "max_pixels": args.max_pixels,
+        "max_evaluations": args.max_evaluations,
+        "max_evaluations_per_tile": args.max_evaluations_per_tile,
+    }
+
+
 def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
     """--overwrite: existing output files are refused unless asked for (never an input file)."""
     parser.add_argument(

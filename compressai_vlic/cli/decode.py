@@ -2,8 +2,12 @@
 
 The stream carries its size, tiling, seed and sampler settings; the model must be the one that
 encoded it (its config hash and weights fingerprint are checked; ``--allow-model-mismatch``
-accepts other weights of the same architecture). A foreign, corrupted or truncated stream is reported
-with its typed error and skipped; the exit status is non-zero at the end if any failed.
+accepts other weights of the same architecture, and format-1 streams, which carry no
+fingerprint). A foreign, corrupted, truncated or oversized stream is reported with its typed error
+and skipped; the exit status is non-zero at the end if any failed. Limits (``--max-pixels``,
+``--max-evaluations-per-tile``, ``--max-evaluations``) are checked from each stream's file size
+and header before it is read whole or decoded; the defaults accept every stream the same model's
+``encode`` writes.
 Existing outputs are refused unless ``--overwrite``; every PNG is written atomically.
 """
 
@@ -15,9 +19,11 @@ import time
 from pathlib import Path
 
 from compressai_vlic.cli._codec import (
+    add_decode_limit_arguments,
     add_model_arguments,
     add_overwrite_argument,
     add_threads_argument,
+    decode_limits,
     open_batch,
 )
 from compressai_vlic.cli.encode import STREAM_SUFFIX
@@ -41,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-model-mismatch",
         action="store_true",
-        help="decode streams whose weights fingerprint differs from the model's (same architecture)",
+        help="decode streams whose weights fingerprint differs from the model's (same "
+        "architecture), and format-1 streams, which carry no fingerprint",
     )
+    add_decode_limit_arguments(parser)
     add_model_arguments(parser)
     add_threads_argument(parser)
     add_overwrite_argument(parser)
@@ -56,13 +64,14 @@ def run(args: argparse.Namespace) -> int:
     batch = open_batch(args, find_streams, ".png", "decode")
     if batch is None:
         return 1
+    limits = decode_limits(args)
     start = time.perf_counter()
     bar = tqdm(batch.jobs, unit="img", desc="decode", file=sys.stderr, dynamic_ncols=True)
     for job in bar:
         try:
-            data = job.source.read_bytes()
+            data = batch.model.read_stream(job.source, args.max_pixels)
             x_hat = batch.model.decompress(
-                [[data]], None, allow_model_mismatch=args.allow_model_mismatch
+                [[data]], None, allow_model_mismatch=args.allow_model_mismatch, **limits
             )["x_hat"]
             save_png(x_hat, job.target, overwrite=args.overwrite)
         except (VLICError, OSError) as exc:

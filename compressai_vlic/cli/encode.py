@@ -21,6 +21,7 @@ from compressai_vlic.cli._codec import (
     open_batch,
 )
 from compressai_vlic.errors import ImageReadError, VLICError
+from compressai_vlic.options import STREAM_MAX_PIXELS
 
 STREAM_SUFFIX = ".vlic"
 
@@ -56,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if batch is None:
         return 1
+    # --max-pixels (the input image limit) also lifts the stream limit, which by default is the
+    # decoder's, so that encode never writes a stream decode refuses by default
+    stream_limit = STREAM_MAX_PIXELS if args.max_pixels is None else (args.max_pixels or None)
     total_bytes = total_pixels = converted = 0
     start = time.perf_counter()
     bar = tqdm(batch.jobs, unit="img", desc="encode", file=sys.stderr, dynamic_ncols=True)
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             if image.conversions:
                 converted += 1
                 bar.write(f"notice: {job.source}: {'; '.join(image.conversions)}", file=sys.stderr)
-            out = batch.model.compress(image.tensor[None], seed=args.seed)
+            out = batch.model.compress(image.tensor[None], seed=args.seed, max_pixels=stream_limit)
             data = b"".join(out["strings"][0])
             # a full disk leaves no torn stream; a file another run wrote meanwhile is kept
             atomic_write_bytes(job.target, data, overwrite=args.overwrite)

@@ -172,6 +172,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--output", type=Path, help="preference dataset (JSONL); rerun to resume")
     out.add_argument("--concurrency", type=int, default=4, help="pairs in flight at once")
     out.add_argument("--limit", type=int, default=None, help="judge at most the first N pairs")
+    out.add_argument(
+        "--retry-abstentions",
+        action="store_true",
+        help="on a rerun, ask again the pairs whose row is an abstention from an unusable answer "
+        "(empty, refused, wrong format); default: every row already written is final",
+    )
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_judge_arguments(parser)
 
@@ -292,9 +298,15 @@ def run_build(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         progress=args.progress,
         prepare=prepare,
+        retry_abstentions=args.retry_abstentions,
     )
     if codec is not None:  # originals the codec could not use: skipped, named, exit status 1
         summary.skipped.update({f"original {k}": v for k, v in maker.skipped.items()})
+    if summary.retried_abstentions:
+        print(
+            f"asked again {summary.retried_abstentions} pair(s) that abstained on an unusable answer",
+            file=sys.stderr,
+        )
     if summary.repaired_bytes:
         print(
             f"cut off a torn last line ({summary.repaired_bytes} bytes) left by an interrupted run",

@@ -41,6 +41,7 @@ its own tokens. Accidental damage never gets this far: the container's CRC32 ref
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -177,6 +178,25 @@ class TokenCoder:
                     prior.digit_logits(state, j, prev), self.precision, self.logit_step
                 )
                 yield k, [j], [table]
+
+    def first_group_bits(self, prior: CodingPrior) -> tuple[float, int]:
+        """(bits, digits): what the first group of digits of a tile costs at least, and its size.
+
+        The prior's first step sees no token yet, so this group is coded with the same tables in
+        every tile: each digit costs at least -log2(largest frequency / 2**precision) bits. A
+        stream of T tiles therefore holds at least T times this, whatever its tokens are, which
+        refuses a few-byte stream declaring a large image before the prior runs over it.
+        """
+        self._check_prior(prior)
+        tokens = torch.zeros(1, prior.num_tokens, len(self.levels), dtype=torch.long)
+        with deterministic_coding():
+            _, digits, tables = next(self._walk(prior, tokens, "cpu"))
+        scale = float(2**self.precision)
+        bits = 0.0
+        for table in tables:
+            most = int((table[0, 1:] - table[0, :-1]).max())
+            bits += -math.log2(most / scale)
+        return bits, len(digits)
 
     def _check_indices(self, indices: Tensor, prior: CodingPrior) -> Tensor:
         prior.check_indices(indices)

@@ -275,7 +275,7 @@ def describe_judge(judge: Any) -> dict[str, Any]:
             "name": getattr(judge, "name", type(judge).__name__),
             "class": type(judge).__qualname__,
         }
-    return {k: v for k, v in out.items() if not _secret_key(k)}
+    return public_kwargs(out)
 
 
 def _secret_key(key: str) -> bool:
@@ -287,8 +287,11 @@ def _secret_key(key: str) -> bool:
 
 
 def public_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Judge keywords safe to write into a dataset or report (secret-looking ones dropped)."""
-    return {k: v for k, v in kwargs.items() if not _secret_key(k)}
+    """Judge keywords safe to write into a dataset or report: secret-looking ones dropped, URLs
+    without userinfo, query or fragment (where a key may hide: ``?key=...``)."""
+    from compressai_vlic.judges.secrets import public_value
+
+    return {k: public_value(v) for k, v in kwargs.items() if not _secret_key(k)}
 
 
 def sample_members(judge: Judge, n: int) -> list[Judge]:

@@ -12,7 +12,11 @@ on the same file fails fast.
 
 Only labels are written: a pair whose judge call failed (status ``"failed"``) or whose images
 could not be read is reported in the run's :class:`DatasetSummary` and left out of the file, so a
-rerun asks for it again.
+rerun asks for it again. An abstention is a label: by default a rerun does not ask again, even
+when it came from an unusable answer (empty, refused, wrong format; at temperature 0 the same
+question gets the same answer, and the dataset stays as it was). ``retry_abstentions=True``
+(``judge --retry-abstentions``) removes those rows first (atomically) and asks their pairs again;
+an abstention the judge decided on (a composition's disagreement, a tie) is kept.
 """
 
 from __future__ import annotations
@@ -156,6 +160,16 @@ def _parse_lines(data: bytes, path: Path) -> tuple[list[PreferenceRow], int]:
     return rows, end
 
 
+#: How every row this package writes starts (``PreferenceRow.to_dict``'s first key): a torn
+#: last line is cut off only if it could be the start of such a row.
+ROW_PREFIX = b'{"version":'
+
+
+def _is_torn_row(tail: bytes) -> bool:
+    """Whether bytes after the last newline can be a row an interrupted writer left half done."""
+    return tail[: len(ROW_PREFIX)] == ROW_PREFIX[: len(tail)]
+
+
 #: Judge keywords that say where or how fast a judge is reached, not who judges: a resumed run may
 #: change them (e.g. another --base-url serving the same model, prompt and sampling).
 LOCATION_KEYS = frozenset(
@@ -164,6 +178,9 @@ LOCATION_KEYS = frozenset(
         "api_key_env",
         "concurrency",
         "timeout_s",
+        "deadline_s",
+        "max_response_bytes",
+        "max_answer_chars",
         "max_attempts",
         "backoff_base_s",
         "backoff_max_s",
@@ -208,12 +225,32 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-class PreferenceWriter:
-    """Append-only, crash-safe writer of one dataset file (use as a context manager)."""
+def unusable_abstention(row: PreferenceRow) -> bool:
+    """An abstention because an answer was unusable (a vote with an error: empty, refused, wrong
+    format), not one the judge decided on; what ``retry_abstentions`` asks again."""
+    return row.label is Choice.ABSTAIN and any(v.error is not None for v in row.votes)
 
-    def __init__(self, path: str | os.PathLike[str], judge_config: dict[str, Any]):
+
+class PreferenceWriter:
+    """Append-only, crash-safe writer of one dataset file (use as a context manager).
+
+    Args:
+        path: the JSONL file (created if missing; refused, untouched, if it is not a dataset).
+        judge_config: the run's judge configuration (must match the file's rows).
+        retry_abstentions: drop rows that are :func:`unusable_abstention` s on opening (the file
+            is rewritten atomically), so their pairs are asked again (default False: final).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        judge_config: dict[str, Any],
+        retry_abstentions: bool = False,
+    ):
         self.path = Path(path)
         self.judge_config = judge_config
+        self.retry_abstentions = retry_abstentions
+        self.retried: list[str] = []
         self.done: set[str] = set()
         self.existing: list[PreferenceRow] = []
         self.repaired_bytes = 0
@@ -239,17 +276,37 @@ class PreferenceWriter:
         try:
             data = self.path.read_bytes()
             rows, end = _parse_lines(data, self.path)
+            if end < len(data) and not _is_torn_row(data[end:]):
+                raise DatasetError(
+                    f"{self.path}: not a preference dataset (its last line, "
+                    f"{data[end : end + 40]!r}..., is neither a row nor a row cut short); it was "
+                    "left untouched: choose another --output"
+                )
             if end < len(data):  # cut off a torn last line before appending after it
                 os.ftruncate(fd, end)
                 os.fsync(fd)
                 self.repaired_bytes = len(data) - end
             self._check_config(rows)
+            if self.retry_abstentions and any(unusable_abstention(r) for r in rows):
+                rows = self._drop_unusable(data[:end], rows)
         except BaseException:
             self.close()
             raise
         self.existing = rows
         self.done = {r.pair_id for r in rows}
         return self
+
+    def _drop_unusable(self, data: bytes, rows: list[PreferenceRow]) -> list[PreferenceRow]:
+        """Rewrite the file (atomically, under the lock) without unusable abstentions."""
+        lines = [line for line in data.splitlines(keepends=True) if line.strip()]
+        keep = [(line, r) for line, r in zip(lines, rows) if not unusable_abstention(r)]
+        self.retried = [r.pair_id for r in rows if unusable_abstention(r)]
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        atomic_write_bytes(self.path, b"".join(line for line, _ in keep))
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        return [r for _, r in keep]
 
     def _check_config(self, rows: Sequence[PreferenceRow]) -> None:
         want = identity_config(json.loads(json.dumps(self.judge_config)))
@@ -351,6 +408,7 @@ class DatasetSummary:
     cached: int = 0
     votes: int = 0
     abstain_votes: int = 0
+    retried_abstentions: int = 0  # rows of unusable answers removed to be asked again
     repaired_bytes: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -517,11 +575,14 @@ def build_preference_dataset(
     concurrency: int = 4,
     progress: bool = True,
     prepare: Callable[[PairInputs], Awaitable[PairInputs]] | None = None,
+    retry_abstentions: bool = False,
 ) -> DatasetSummary:
     """Judge every pair not yet in ``output`` and append one row per pair (resumable).
 
     ``prepare`` may create a pair's image files just before it is judged (codec decodes), so an
-    interrupted run does not redo work for pairs already in the file.
+    interrupted run does not redo work for pairs already in the file. ``retry_abstentions``: ask
+    again the pairs whose row is an abstention from an unusable answer (see the module doc;
+    default False: every row already written is final).
     """
     from tqdm.auto import tqdm
 
@@ -529,8 +590,9 @@ def build_preference_dataset(
     if dups:
         raise DatasetError(f"pair id {dups[0]!r} occurs twice; pair ids must be unique")
     summary = DatasetSummary(total=len(pairs))
-    with PreferenceWriter(output, judge_config) as writer:
+    with PreferenceWriter(output, judge_config, retry_abstentions) as writer:
         summary.repaired_bytes = writer.repaired_bytes
+        summary.retried_abstentions = len(writer.retried)
         todo = [p for p in pairs if p.pair_id not in writer.done]
         summary.already_done = len(pairs) - len(todo)
         with tqdm(
@@ -702,7 +764,7 @@ class CodecPairMaker:
     def _bitstream(self, pair: PairInputs) -> bytes:
         assert pair.bitstream is not None and pair.seeds is not None
         if pair.bitstream.is_file():
-            return pair.bitstream.read_bytes()
+            return self.model.read_stream(pair.bitstream)
         x = load_image(pair.reference).tensor[None]
         with torch.no_grad():
             data = bytes(self.model.compress(x, seed=pair.seeds[0])["strings"][0][0])

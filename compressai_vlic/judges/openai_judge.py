@@ -11,10 +11,20 @@ answered without a usable decision) or failed (no answer after the retry budget:
 wrong URL) raises :class:`~compressai_vlic.errors.JudgeError`. Token ``usage`` of every reply is
 recorded on its vote and summed in :attr:`OpenAIJudge.stats`.
 
+Bounds (one transport for every OpenAI-compatible caller: this judge, the VLM answerers and the
+student's raters): ``timeout_s`` applies to each network read, ``deadline_s`` (default
+4 x ``timeout_s``) to each whole HTTP request, upload, queueing on the client's loop and download
+included (a server that trickles bytes cannot hold an attempt longer), ``max_response_bytes`` to
+each response body (an endless or huge response is cut off while it is read, error bodies
+included) and ``max_answer_chars`` to the answer text kept in votes, rationales and datasets.
+
 The API key is read from the environment variable *named* by ``api_key_env`` and lives only inside
 the client: it is not an attribute of the judge, not in its cache identity, and it is scrubbed
-from every text the judge returns (answers, rationales, error texts), so a server that echoes it
-cannot get it into a dataset, a cache or a log.
+from every text the judge returns (answers, rationales, error texts; before any text is cut to
+length, and fragments of it too), so a server that echoes it cannot get it into a dataset, a cache
+or a log. Credentials inside ``base_url`` (userinfo, query values such as ``?key=``) are scrubbed
+the same way and never stored: :func:`~compressai_vlic.judges.secrets.public_url` is the form
+that reaches reprs, error messages and datasets.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from compressai_vlic.judges.parsing import (
     soft_answer,
 )
 from compressai_vlic.judges.prompts import PromptTemplate, PromptType, get_template
+from compressai_vlic.judges.secrets import cut, public_url, scrub, url_secrets
 from compressai_vlic.judges.types import JudgeRequest, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
@@ -57,6 +68,84 @@ LogprobsType = Literal["auto", "on", "off"]
 TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 _RETRY_STATUS = {408, 409, 425, 429}
 _FATAL_STATUS = {401, 403, 404}
+#: Default cap on one response body (an answer with top-5 log-probabilities of 1024 tokens is
+#: about 0.5 MB).
+DEFAULT_MAX_RESPONSE_BYTES = 8 << 20
+#: Default cap on the answer text kept per vote (a 1024-token answer is about 5,000 characters).
+DEFAULT_MAX_ANSWER_CHARS = 20_000
+#: Error texts are cut to this length (after scrubbing).
+ERROR_CHARS = 200
+
+
+def transport_bounds(
+    deadline_s: float | None = None,
+    max_response_bytes: int | None = None,
+    max_answer_chars: int | None = None,
+) -> dict[str, Any]:
+    """The bound keywords of :class:`OpenAIJudge`, defaults filled in (for the other callers)."""
+    return {
+        "deadline_s": deadline_s,
+        "max_response_bytes": max_response_bytes or DEFAULT_MAX_RESPONSE_BYTES,
+        "max_answer_chars": max_answer_chars or DEFAULT_MAX_ANSWER_CHARS,
+    }
+
+
+class ResponseTooLargeError(Exception):
+    """A response body grew past ``max_response_bytes`` while it was read (then dropped)."""
+
+
+_STREAM_CLASSES: dict[type, type] = {}
+
+
+def _bounded_stream(stream: Any, limit: int) -> Any:
+    """Wrap an HTTP client's async response stream so that reading past ``limit`` bytes raises.
+
+    Subclasses the stream's own base (httpx's or a fork's ``AsyncByteStream``), which the client
+    checks before it reads.
+    """
+    base = next((c for c in type(stream).__mro__ if c.__name__ == "AsyncByteStream"), type(stream))
+    cls = _STREAM_CLASSES.get(base)
+    if cls is None:
+
+        class _Bounded(base):  # type: ignore[valid-type, misc]
+            def __init__(self, inner: Any, limit: int) -> None:
+                self.inner, self.limit = inner, limit
+
+            async def __aiter__(self) -> Any:
+                total = 0
+                async for chunk in self.inner:
+                    total += len(chunk)
+                    if total > self.limit:
+                        raise ResponseTooLargeError(
+                            f"response body over {self.limit} bytes (max_response_bytes)"
+                        )
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await self.inner.aclose()
+
+        cls = _STREAM_CLASSES[base] = _Bounded
+    return cls(stream, limit)
+
+
+def bounded_async_client(
+    api_key: str | None, base_url: str | None, timeout_s: float, max_response_bytes: int
+) -> Any:
+    """The ``openai.AsyncOpenAI`` client every OpenAI-compatible caller uses: its own retries off
+    (callers count theirs), ``timeout_s`` per read, and every response body (error bodies too)
+    refused past ``max_response_bytes`` while it is read."""
+
+    async def bound(response: Any) -> None:
+        response.stream = _bounded_stream(response.stream, max_response_bytes)
+
+    http_client = openai.DefaultAsyncHttpxClient(event_hooks={"response": [bound]})
+    return openai.AsyncOpenAI(
+        api_key=api_key or "no-key",
+        base_url=base_url,
+        max_retries=0,
+        timeout=timeout_s,
+        http_client=http_client,
+    )
 
 
 @dataclass
@@ -111,7 +200,9 @@ class OpenAIJudge:
     ``prompt_type`` is "vlic-score" (describe, then Score in [-5, 5]) or "ab-choice"
     ("Answer: A|B", with P(A) from the answer token's log-probabilities when the server returns
     them). ``api_key_env`` names the environment variable holding the key; ``None`` or "" for
-    local servers that need none.
+    local servers that need none. Bounds (see the module docstring): ``timeout_s`` per read,
+    ``deadline_s`` per whole request (default None: 4 x ``timeout_s``), ``max_response_bytes``
+    per response body (default 8 MiB), ``max_answer_chars`` of answer text kept (default 20,000).
     """
 
     backend = "openai"
@@ -139,11 +230,18 @@ class OpenAIJudge:
         extra_body: dict[str, Any] | None = None,
         name: str | None = None,
         reference: bool = True,
+        deadline_s: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         if not model:
             raise ConfigError("model is required (e.g. --model Qwen/Qwen2.5-VL-7B-Instruct)")
         if concurrency < 1 or max_attempts < 1 or timeout_s <= 0:
             raise ConfigError("concurrency and max_attempts must be >= 1, timeout_s > 0")
+        if deadline_s is not None and deadline_s <= 0:
+            raise ConfigError(f"deadline_s must be > 0 (or None: 4 x timeout_s), got {deadline_s}")
+        if max_response_bytes < 1024 or max_answer_chars < 1:
+            raise ConfigError("max_response_bytes must be >= 1024 and max_answer_chars >= 1")
         check_option("logprobs_type", logprobs_type, LogprobsType)
         if max_tokens_field not in TOKEN_LIMIT_FIELDS:
             raise ConfigError(f"max_tokens_field must be one of {TOKEN_LIMIT_FIELDS}")
@@ -158,6 +256,9 @@ class OpenAIJudge:
         self.max_tokens = int(max_tokens or default_tokens)
         self.max_tokens_field = max_tokens_field
         self.timeout_s = float(timeout_s)
+        self.deadline_s = float(deadline_s if deadline_s is not None else 4 * timeout_s)
+        self.max_response_bytes = int(max_response_bytes)
+        self.max_answer_chars = int(max_answer_chars)
         self.max_attempts = int(max_attempts)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -167,6 +268,7 @@ class OpenAIJudge:
         self.extra_body = dict(extra_body or {})
         self.name = name or f"openai:{model}"
         self._secret = self._read_key()  # kept only to scrub error texts
+        self._secrets = (self._secret, *url_secrets(base_url))
         self._shared = _Shared(int(concurrency))
 
     # ------------------------------------------------------------------ configuration
@@ -184,7 +286,7 @@ class OpenAIJudge:
 
     def __repr__(self) -> str:
         return (
-            f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, "
+            f"OpenAIJudge(model={self.model!r}, base_url={public_url(self.base_url)!r}, "
             f"api_key_env={self.api_key_env!r}, prompt={self.template.version!r})"
         )
 
@@ -246,19 +348,19 @@ class OpenAIJudge:
         """Created lazily on the judge's loop; the client's own retries are off (ours count)."""
         shared = self._shared
         if shared.client is None:
-            shared.client = openai.AsyncOpenAI(
-                api_key=self._secret or "no-key",
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=self.timeout_s,
+            shared.client = bounded_async_client(
+                self._secret, self.base_url, self.timeout_s, self.max_response_bytes
             )
             shared.semaphore = asyncio.Semaphore(shared.concurrency)
         return shared.client
 
     def _scrub(self, text: str) -> str:
-        if self._secret and self._secret in text:
-            text = text.replace(self._secret, "***")
-        return text
+        """``text`` without the API key or the URL's credentials (nor fragments of them)."""
+        return scrub(text, self._secrets)
+
+    def public_text(self, text: str) -> str:
+        """An answer as it may be stored: scrubbed, then cut to ``max_answer_chars``."""
+        return cut(self._scrub(text), self.max_answer_chars)
 
     def close(self) -> None:
         """Close the HTTP client and stop the background loop (replicas share them)."""
@@ -353,21 +455,29 @@ class OpenAIJudge:
             async with shared.semaphore:
                 shared.stats.requests += 1
                 try:
-                    response = await client.chat.completions.create(
-                        **build(use_logprobs), timeout=self.timeout_s
+                    response = await asyncio.wait_for(
+                        client.chat.completions.create(
+                            **build(use_logprobs), timeout=self.timeout_s
+                        ),
+                        self.deadline_s,
                     )
                     parsed, text = read(response)
                     return parsed, text, attempt, False, _usage(response)
+                except ResponseTooLargeError as exc:  # not retried: the server would resend it
+                    return abstain(f"response too large: {exc}"), "", attempt, True, None
                 except openai.APITimeoutError:
                     reason = f"timeout after {self.timeout_s:g}s"
+                except asyncio.TimeoutError:
+                    reason = f"no complete answer within the {self.deadline_s:g}s deadline"
                 except openai.APIConnectionError as exc:
-                    reason = f"connection error: {self._scrub(str(exc))}"
+                    reason = f"connection error: {cut(self._scrub(str(exc)), ERROR_CHARS)}"
                 except openai.APIStatusError as exc:
                     status = exc.status_code
-                    message = self._scrub(_error_message(exc))
+                    message = cut(self._scrub(_error_message(exc)), ERROR_CHARS)
                     if status in _FATAL_STATUS:
                         raise JudgeError(
-                            f"{self.base_url or 'OpenAI'} answered {status} ({message}): check "
+                            f"{public_url(self.base_url) or 'OpenAI'} answered {status} "
+                            f"({message}): check "
                             f"--base-url, --model {self.model!r} and ${self.api_key_env}"
                         ) from None
                     if status == 400 and use_logprobs and self.logprobs_type == "auto":
@@ -380,7 +490,7 @@ class OpenAIJudge:
                     reason = f"HTTP {status}: {message}"
                     retry_after = self._retry_after(exc)
                 except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
-                    reason = f"malformed response: {self._scrub(str(exc))[:200]}"
+                    reason = f"malformed response: {cut(self._scrub(str(exc)), ERROR_CHARS)}"
                 except _MalformedResponse as exc:
                     reason = f"malformed response: {exc}"
             if attempt < self.max_attempts:
@@ -400,10 +510,10 @@ class OpenAIJudge:
         message = getattr(first, "message", None)
         if message is None:
             raise _MalformedResponse("no message in the response")
-        text = message.content
-        parsed = parse_answer(
-            self.template, text, getattr(message, "refusal", None), first.finish_reason
-        )
+        text = None if message.content is None else self._scrub(str(message.content))
+        refusal = getattr(message, "refusal", None)
+        refusal = None if refusal is None else self._scrub(str(refusal))
+        parsed = parse_answer(self.template, text, refusal, first.finish_reason)
         soft_answer(parsed, self.template.answer_type, _token_logprobs(first))
         return parsed, text or ""
 
@@ -417,7 +527,7 @@ class OpenAIJudge:
             lambda: ["" if x is None else png_data_url(x) for x in shown]
         )
         parsed, text, _attempts, call_failed, usage = await self._call(urls)
-        text = self._scrub(text)  # a server may echo the key: it must not reach any output
+        text = self.public_text(text)  # a server may echo the key: it must not reach any output
         error = None if parsed.error is None else self._scrub(parsed.error)
         stats = self._shared.stats
         add_usage(stats.usage, usage)
@@ -501,12 +611,13 @@ _NO_REFERENCE = (
 
 
 def _error_message(exc: Any) -> str:
+    """The server's error text, whole: callers scrub it before cutting it to length."""
     body = getattr(exc, "body", None)
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and "message" in inner:
-            return str(inner["message"])[:200]
-    return str(getattr(exc, "message", exc))[:200]
+            return str(inner["message"])
+    return str(getattr(exc, "message", exc))
 
 
 def _usage(response: Any) -> dict[str, int] | None:

@@ -165,8 +165,7 @@ def codes_from_stream(data: bytes, model: Any) -> PairCodes:
     from compressai_vlic.bitstream import unpack
 
     header, payload = unpack(data)
-    header.check_model(model.config.config_hash())
-    layout = header.tile_layout(model.config.image_size)
+    layout = model.check_stream(header, len(payload))  # model, weights, limits, payload length
     with torch.no_grad():
         indices = model.token_coder.decode(
             payload, model.prior, batch=layout.num_tiles, num_tokens=model.config.num_tokens

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,15 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from compressai_vlic._compressai import CompressionModel, register_model
-from compressai_vlic.bitstream import StreamHeader, pack, unpack
+from compressai_vlic.bitstream import (
+    CHECKSUM_BYTES,
+    HEADER_BYTES,
+    HEADER_BYTES_V1,
+    StreamHeader,
+    declared_size,
+    pack,
+    unpack,
+)
 from compressai_vlic.coding import TokenCoder
 from compressai_vlic.errors import (
     BitstreamError,
@@ -36,6 +45,7 @@ from compressai_vlic.errors import (
     ConfigError,
     CorruptStreamError,
     DecompressArgumentError,
+    ModelMismatchError,
     StreamLimitError,
 )
 from compressai_vlic.models.config import VLICConfig
@@ -49,7 +59,7 @@ from compressai_vlic.models.hub import (
     weights_file,
 )
 from compressai_vlic.models.prior import ARPrior
-from compressai_vlic.options import check_option
+from compressai_vlic.options import STREAM_MAX_PIXELS, check_option
 from compressai_vlic.sampling import (
     MAX_NUM_STEPS,
     RectifiedFlowSampler,
@@ -60,10 +70,16 @@ from compressai_vlic.tiling import TileLayout
 
 CONFIG_KEY = "_config_json"
 #: Default ``decompress`` limits: a stream may not make the decoder sample more pixels than
-#: this (4096 x 4096; pass ``max_pixels=None`` to lift it) ...
-DEFAULT_MAX_PIXELS = 1 << 24
-#: ... nor run more network evaluations (tiles x evaluations per tile) than this.
-DEFAULT_MAX_EVALUATIONS = 20_000
+#: this (4096 x 4096; pass ``max_pixels=None`` to lift it; ``compress`` refuses larger images
+#: under the same limit, so it never writes a stream the default decoder refuses) ...
+DEFAULT_MAX_PIXELS = STREAM_MAX_PIXELS
+#: ... nor more network evaluations per tile than the costliest stream this model's own encoder
+#: writes (``"model"``: :meth:`VLIC.max_evaluations_per_tile`) ...
+OWN_LIMIT = "model"
+#: ... and no cap on the total by default (pixels x per-tile cost already bound it).
+DEFAULT_MAX_EVALUATIONS: int | None = None
+#: A per-tile evaluation limit: a count, ``"model"`` (the model's own maximum) or None (none).
+PerTileLimit = int | Literal["model"] | None
 #: Modules whose tensors the weights fingerprint covers (what decoding depends on).
 FINGERPRINT_MODULES = ("decoder", "prior", "fsq")
 
@@ -495,14 +511,28 @@ class VLIC(
 
     @torch.no_grad()
     def compress(
-        self, x: Tensor, seed: int | None = None, tiling_type: TilingType = "blend"
+        self,
+        x: Tensor,
+        seed: int | None = None,
+        tiling_type: TilingType = "blend",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> dict[str, Any]:
         """Real container bytes per image: {"strings": [[bytes, ...]], "shape": (H, W)}.
 
         The sampler settings are the config defaults, stored in the header (floats as float16:
-        ``stream_settings`` gives the exact values a decoder will use). ``tiling_type``: see
-        :meth:`layout_for` ("blend", the default, or "whole").
+        ``stream_settings`` gives the exact values a decoder will use).
+
+        Args:
+            x: (B, 3, H, W) images in [0, 1].
+            seed: decode seed stored in the stream (default: ``config.default_seed``).
+            tiling_type: see :meth:`layout_for` ("blend", the default, or "whole").
+            max_pixels: refuse images over this many pixels (StreamLimitError, before any
+                encoding): the decoder's default limit, so that every stream written here
+                decodes with the defaults. None: no limit (decode with a matching
+                ``max_pixels``).
         """
+        height, width = int(x.shape[-2]), int(x.shape[-1])
+        self.check_limits(self.stream_header(self.layout_for(height, width)), max_pixels)
         strings = []
         for img in x.split(1):
             layout, enc = self.encode_image(img, tiling_type)
@@ -578,28 +608,54 @@ class VLIC(
         """A lower bound on the rANS payload of ``num_tiles`` tiles, whatever the tokens.
 
         Every digit costs at least -log2(max frequency / 2**precision) bits, the most likely
-        symbol's table entry being at most 2**precision - (L - 1); 64 bits of slack cover the
-        coder's initial state.
+        symbol's table entry being at most 2**precision - (L - 1); the first digits of every
+        tile are coded with the same tables (:meth:`TokenCoder.first_group_bits`, computed once
+        per weights), whose largest frequency is known; 64 bits of slack cover the coder's
+        initial state.
         """
         scale = 2**self.token_coder.precision
-        per_token = sum(
-            -math.log2((scale - (level - 1)) / scale) for level in self.config.fsq_levels
-        )
-        bits = num_tiles * self.config.num_tokens * per_token
+        per_digit = [-math.log2((scale - (level - 1)) / scale) for level in self.config.fsq_levels]
+        first_bits, first_digits = self._first_group_bits()
+        rest = self.config.num_tokens * sum(per_digit) - sum(per_digit[:first_digits])
+        bits = num_tiles * (first_bits + rest)
         return max(8, math.floor((bits - 64) / 8))
 
-    def check_stream(
+    def _first_group_bits(self) -> tuple[float, int]:
+        """:meth:`TokenCoder.first_group_bits` of this prior, cached per weights fingerprint."""
+        key = self.weights_fingerprint()
+        cached = getattr(self, "_first_bits_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.token_coder.first_group_bits(self.prior))
+            self._first_bits_cache = cached
+        return cached[1]
+
+    def max_evaluations_per_tile(self) -> int:
+        """Network evaluations per tile of the costliest stream this model's encoder writes.
+
+        The config's steps, each guided (two evaluations) unless the guidance scale is 1: format-1
+        streams were guided at every step, format-2 ones only inside the CFG interval, so every
+        stream ``compress`` writes with this config, of either format, is within it.
+        """
+        return self.config.num_steps * (1 if self.config.guidance_scale == 1.0 else 2)
+
+    def check_limits(
         self,
         header: StreamHeader,
-        payload_bytes: int,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
-        allow_model_mismatch: bool = False,
+        max_evaluations_per_tile: PerTileLimit = OWN_LIMIT,
     ) -> TileLayout:
-        """Check a parsed stream against this model and the limits before any work; its layout."""
-        header.check_model(
-            self.config.config_hash(), self.weights_fingerprint(), allow_model_mismatch
-        )
+        """StreamLimitError unless decoding ``header`` stays within the limits; its tile layout.
+
+        Uses the header alone (no payload, no allocation), so a forged stream costs nothing.
+
+        Args:
+            header: the parsed stream header.
+            max_pixels: most pixels (None: no limit).
+            max_evaluations: most network evaluations in all, tiles x per tile (None: no limit).
+            max_evaluations_per_tile: most evaluations per tile; ``"model"`` (default):
+                :meth:`max_evaluations_per_tile`, what this model's own encoder writes.
+        """
         tile = self.config.image_size
         if not 0 <= header.tile_overlap < tile // 2:
             raise CorruptStreamError(
@@ -610,9 +666,54 @@ class VLIC(
         if max_pixels is not None and pixels > max_pixels:
             raise StreamLimitError(
                 f"stream declares a {header.height}x{header.width} image ({pixels} pixels), over "
-                f"the limit of {max_pixels}; pass a larger max_pixels to decode it"
+                f"the limit of {max_pixels}; pass a larger max_pixels (--max-pixels) to code it"
             )
         layout = header.tile_layout(tile)
+        per_tile = self._header_settings(header).sampler().num_evaluations()
+        own = max_evaluations_per_tile == OWN_LIMIT
+        per_tile_limit = self.max_evaluations_per_tile() if own else max_evaluations_per_tile
+        if per_tile_limit is not None and per_tile > per_tile_limit:
+            source = " (this model's own settings)" if own else ""
+            raise StreamLimitError(
+                f"decoding the stream takes {per_tile} network evaluations per tile "
+                f"({header.num_steps} steps, guidance {header.guidance_scale}), over the limit of "
+                f"{per_tile_limit}{source}; pass a larger max_evaluations_per_tile "
+                "(--max-evaluations-per-tile) to decode it"
+            )
+        evaluations = layout.num_tiles * per_tile
+        if max_evaluations is not None and evaluations > max_evaluations:
+            raise StreamLimitError(
+                f"decoding the stream takes {evaluations} network evaluations ({layout.num_tiles} "
+                f"tiles, {header.num_steps} steps), over the limit of {max_evaluations}; pass a "
+                "larger max_evaluations (--max-evaluations) to decode it"
+            )
+        return layout
+
+    def check_stream(
+        self,
+        header: StreamHeader,
+        payload_bytes: int,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
+        allow_model_mismatch: bool = False,
+        max_evaluations_per_tile: PerTileLimit = OWN_LIMIT,
+    ) -> TileLayout:
+        """Check a parsed stream against this model and the limits before any work; its layout.
+
+        A format-1 stream carries no weights fingerprint, so its weights cannot be checked: it
+        is refused (ModelMismatchError) unless ``allow_model_mismatch``.
+        """
+        header.check_model(
+            self.config.config_hash(), self.weights_fingerprint(), allow_model_mismatch
+        )
+        if header.version < 2 and not allow_model_mismatch:
+            raise ModelMismatchError(
+                f"stream is format version {header.version}, which carries no weights "
+                "fingerprint, so it cannot be checked against this model's weights; if it was "
+                "written by these weights, pass allow_model_mismatch=True "
+                "(--allow-model-mismatch) to decode it"
+            )
+        layout = self.check_limits(header, max_pixels, max_evaluations, max_evaluations_per_tile)
         least = self._min_payload_bytes(layout.num_tiles)
         most = self.token_coder.max_payload_bytes(
             layout.num_tiles * self.config.num_tokens * self.config.code_dim
@@ -622,14 +723,47 @@ class VLIC(
                 f"stream declares a {header.height}x{header.width} image ({layout.num_tiles} "
                 f"tiles), which takes {least}..{most} payload bytes, but holds {payload_bytes}"
             )
-        evaluations = layout.num_tiles * self._header_settings(header).sampler().num_evaluations()
-        if max_evaluations is not None and evaluations > max_evaluations:
-            raise StreamLimitError(
-                f"decoding the stream takes {evaluations} network evaluations ({layout.num_tiles} "
-                f"tiles, {header.num_steps} steps), over the limit of {max_evaluations}; pass a "
-                "larger max_evaluations to decode it"
-            )
         return layout
+
+    def max_stream_bytes(self, height: int, width: int) -> int:
+        """The longest valid stream of a ``height`` x ``width`` image for this model (any overlap)."""
+        tile = self.config.image_size
+        layout = TileLayout.for_image(height, width, tile, max(0, tile // 2 - 1))
+        symbols = layout.num_tiles * self.config.num_tokens * self.config.code_dim
+        return HEADER_BYTES + self.token_coder.max_payload_bytes(symbols) + CHECKSUM_BYTES
+
+    def read_stream(self, path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+        """A stream file's bytes, refused from its size and header before it is read whole.
+
+        A file longer than any valid stream of the image its header declares, or declaring more
+        than ``max_pixels`` pixels, is a StreamLimitError; a foreign file (not starting like a
+        VLIC stream) a ForeignStreamError; either after reading at most its first 29 bytes.
+
+        Args:
+            path: the .vlic file.
+            max_pixels: as for :meth:`decompress` (None: no limit).
+        """
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            head = fh.read(HEADER_BYTES)
+            version, height, width = declared_size(head)
+            if max_pixels is not None and height * width > max_pixels:
+                raise StreamLimitError(
+                    f"{path}: stream declares a {height}x{width} image ({height * width} pixels), "
+                    f"over the limit of {max_pixels}; pass a larger max_pixels (--max-pixels)"
+                )
+            most = self.max_stream_bytes(height, width)
+            most -= (HEADER_BYTES - HEADER_BYTES_V1) if version == 1 else 0
+            if size > most:
+                raise StreamLimitError(
+                    f"{path}: file has {size} bytes, but no valid stream of the {height}x{width} "
+                    f"image its header declares is longer than {most}; it is not a VLIC stream "
+                    "of this model, or it is corrupted"
+                )
+            data = head + fh.read(most + 1 - len(head))
+        if len(data) > most:  # the file grew while we read it
+            raise StreamLimitError(f"{path}: stream is longer than {most} bytes")
+        return data
 
     @torch.no_grad()
     def decompress(
@@ -640,20 +774,28 @@ class VLIC(
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
         allow_model_mismatch: bool = False,
+        max_evaluations_per_tile: PerTileLimit = OWN_LIMIT,
     ) -> dict[str, Any]:
         """Decode container bytes (everything needed is inside them) -> {"x_hat": (B, 3, H, W)}.
 
         Every stream is checked before any is decoded: against this model's config hash and
-        weights fingerprint, the payload length its tile count implies, and the limits.
+        weights fingerprint, the payload length its tile count implies, and the limits. The
+        default limits accept every stream ``compress`` writes with this model's config.
 
         Args:
             strings: ``[[stream, ...]]`` as returned by ``compress``.
             shape: optional (H, W) every stream must hold.
-            max_pixels: refuse streams declaring more pixels (default 2**24; None: no limit).
-            max_evaluations: refuse streams that need more network evaluations, tiles x
-                evaluations per tile (default 20000; None: no limit).
+            max_pixels: refuse streams declaring more pixels (default 2**24, as ``compress``;
+                None: no limit).
+            max_evaluations: refuse streams that need more network evaluations in all, tiles x
+                evaluations per tile (default None: no limit beyond pixels x per tile).
             allow_model_mismatch: decode streams written by other weights of the same
-                architecture (default False: ModelMismatchError).
+                architecture, and format-1 streams, which carry no weights fingerprint
+                (default False: ModelMismatchError).
+            max_evaluations_per_tile: refuse streams that need more evaluations per tile
+                (default ``"model"``: :meth:`max_evaluations_per_tile`, the config's steps,
+                doubled if guided; None: no limit), so a forged step count or guidance costs
+                no more than this model's own streams.
         """
         if isinstance(strings, (bytes, bytearray, str)) or not isinstance(strings, Sequence):
             raise DecompressArgumentError(
@@ -672,7 +814,12 @@ class VLIC(
         for data in streams:
             header, payload = unpack(data)
             layout = self.check_stream(
-                header, len(payload), max_pixels, max_evaluations, allow_model_mismatch
+                header,
+                len(payload),
+                max_pixels,
+                max_evaluations,
+                allow_model_mismatch,
+                max_evaluations_per_tile,
             )
             parsed.append((header, payload, layout))
         sizes = {(h.height, h.width) for h, _, _ in parsed}

@@ -4,7 +4,11 @@ It speaks ``POST /v1/chat/completions`` like vLLM/SGLang/Ollama, answers as a de
 "judge" (the image with the lower mean squared error to the original wins, or always the first
 image with ``answer_type="first"``) and injects faults from a script, so a client can be tested
 against 429 (with Retry-After), 5xx, slow replies, malformed JSON, refusals and wrong formats
-through its real HTTP stack. Faults are keyed by the pair's image content (see :func:`pair_key`),
+through its real HTTP stack, and against hostile servers: ``trickle`` (a valid reply sent one
+byte every ``trickle_interval_s``, so no single read times out), ``endless`` (a body that never
+ends), ``huge_answer`` (a valid reply whose answer holds ``huge_chars`` characters) and
+``error_echo_key`` (a 400 whose message quotes the request's Authorization header after
+``echo_pad`` characters). Faults are keyed by the pair's image content (see :func:`pair_key`),
 so concurrent clients get the same script whatever the arrival order.
 
 A prompt that asks to reason first ("Reason step by step") gets a scripted reasoning reply whose
@@ -59,6 +63,10 @@ BEHAVIOURS = (
     "ambiguous",
     "empty",
     "echo_key",  # a correct answer that also quotes the request's Authorization header
+    "trickle",
+    "endless",
+    "huge_answer",
+    "error_echo_key",
 )
 
 
@@ -70,6 +78,9 @@ class ServerScript:
     latency_s: float = 0.0
     slow_s: float = 5.0
     retry_after_s: float = 0.1
+    trickle_interval_s: float = 0.5
+    huge_chars: int = 2_000_000
+    echo_pad: int = 190
     logprobs: bool = True
     answer_type: str = "closest"  # "closest" (lower MSE wins) | "first" (always A)
     inspect_images: bool = True  # False: no PNG decoding (benchmarks), answers as "first"
@@ -347,6 +358,13 @@ class _Handler(BaseHTTPRequestHandler):
         if script.latency_s > 0:
             time.sleep(script.latency_s)
         model = req.get("model", "loopback")
+        if behaviour == "error_echo_key":
+            msg = f"invalid request {'x' * script.echo_pad} (you sent {authorization})"
+            self._json(400, {"error": {"message": msg, "type": "invalid_request"}})
+            return
+        if behaviour == "endless":
+            self._endless()
+            return
         if behaviour in ("429", "500", "503", "400"):
             headers = {"Retry-After": f"{script.retry_after_s:g}"} if behaviour == "429" else {}
             msg = {"429": "rate limited", "400": "bad request"}.get(behaviour, "server error")
@@ -416,7 +434,42 @@ class _Handler(BaseHTTPRequestHandler):
                 logprobs = _answer_logprobs(letter, p_a)
         if behaviour == "echo_key":
             content = f"You sent {authorization!r}.\n{content}"
-        self._json(200, _completion(content, refusal, logprobs, model))
+        if behaviour == "huge_answer":
+            content = f"{'blah ' * (script.huge_chars // 5)}\n{content}"
+        body = json.dumps(_completion(content, refusal, logprobs, model)).encode()
+        if behaviour == "trickle":
+            self._trickle(body, script.trickle_interval_s)
+            return
+        self._send(200, body)
+
+    def _trickle(self, body: bytes, interval_s: float) -> None:
+        """A valid reply, one byte at a time: every read is quick, the whole reply is not."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(interval_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up
+
+    def _endless(self) -> None:
+        """A 200 whose JSON body never ends (until the client hangs up)."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(1 << 40))
+            self.end_headers()
+            self.wfile.write(b'{"id": "chatcmpl-x", "choices": [{"message": {"content": "')
+            chunk = b"a" * 65536
+            while True:
+                self.wfile.write(chunk)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass  # the client gave up
 
 
 class _Server(ThreadingHTTPServer):

@@ -117,6 +117,9 @@ class OpenAIAnswerer:
         image_detail: the ``detail`` of each image (default "high": full resolution).
         max_tokens_field: "max_tokens" (default) or "max_completion_tokens".
         extra_body: extra request fields for the server (default None).
+        deadline_s: bound on each whole request (default None: 4 x ``timeout_s``).
+        max_response_bytes: bound on each response body (default 8 MiB).
+        max_answer_chars: answer characters kept (default 20,000).
     """
 
     backend = "openai"
@@ -137,8 +140,11 @@ class OpenAIAnswerer:
         image_detail: str = "high",
         max_tokens_field: str = "max_tokens",
         extra_body: dict[str, Any] | None = None,
+        deadline_s: float | None = None,
+        max_response_bytes: int | None = None,
+        max_answer_chars: int | None = None,
     ) -> None:
-        from compressai_vlic.judges.openai_judge import OpenAIJudge
+        from compressai_vlic.judges.openai_judge import OpenAIJudge, transport_bounds
 
         if max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
@@ -161,6 +167,7 @@ class OpenAIAnswerer:
             logprobs_type="off",
             image_detail=image_detail,
             extra_body=extra_body,
+            **transport_bounds(deadline_s, max_response_bytes, max_answer_chars),
         )
         self.model = model
         self.base_url = base_url
@@ -169,7 +176,7 @@ class OpenAIAnswerer:
 
     def __repr__(self) -> str:
         t = self._transport
-        return f"OpenAIAnswerer(model={t.model!r}, base_url={t.base_url!r}, api_key_env={t.api_key_env!r})"
+        return repr(t).replace("OpenAIJudge(", "OpenAIAnswerer(", 1)
 
     @property
     def transport_stats(self) -> Any:
@@ -231,11 +238,11 @@ class OpenAIAnswerer:
         parsed, text, _attempts, failed, usage = await self._transport._call(
             [url], build=lambda _logprobs: self._build(url, request.prompt), read=self._read
         )
-        scrub = self._transport._scrub
+        t = self._transport
         answer = Answer(
-            text=scrub(text),
+            text=t.public_text(text),
             status="failed" if failed else "ok",
-            error=scrub(parsed.error) if failed and parsed.error else None,
+            error=t._scrub(parsed.error) if failed and parsed.error else None,
             latency_s=time.perf_counter() - start,
             usage=usage,
         )

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -63,6 +62,9 @@ def _check_pair(reference: torch.Tensor, image: torch.Tensor) -> tuple[torch.Ten
 class OpenAIRater:
     """Point-wise VLM rater over an OpenAI-compatible server.
 
+    Requests go through the OpenAI judge's transport (its client, retry budget and bounds), with
+    this rater's prompt and parser.
+
     Args:
         model: model name at the endpoint (required).
         base_url: server URL (default: the client's, i.e. api.openai.com).
@@ -71,8 +73,11 @@ class OpenAIRater:
         prompt_type: "rating" (describe, then rate; default) or "rating-short".
         temperature: sampling temperature (default 0).
         max_tokens: answer length limit (default 1024 for "rating", 16 for "rating-short").
-        timeout_s: per-request timeout (default 120).
+        timeout_s: per-read timeout (default 120).
         max_attempts: tries per image on 429/5xx/timeouts (default 4).
+        deadline_s: bound on each whole request (default None: 4 x ``timeout_s``).
+        max_response_bytes: bound on each response body (default 8 MiB).
+        max_answer_chars: answer characters kept (default 20,000).
     """
 
     higher_is_better = True
@@ -87,12 +92,12 @@ class OpenAIRater:
         max_tokens: int | None = None,
         timeout_s: float = 120.0,
         max_attempts: int = 4,
+        deadline_s: float | None = None,
+        max_response_bytes: int | None = None,
+        max_answer_chars: int | None = None,
     ) -> None:
-        import os
+        from compressai_vlic.judges.openai_judge import OpenAIJudge, transport_bounds
 
-        from compressai_vlic.extras import require
-
-        openai = require("openai", "judges", "The OpenAI-compatible rater")
         if not model:
             raise ConfigError("model is required")
         if max_attempts < 1 or timeout_s <= 0:
@@ -102,16 +107,22 @@ class OpenAIRater:
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens or (1024 if prompt_type == "rating" else 16))
         self.max_attempts = int(max_attempts)
-        key = None
-        if api_key_env:
-            key = os.environ.get(api_key_env)
-            if not key:
-                raise JudgeError(
-                    f"environment variable {api_key_env} is not set (pass api_key_env='' for a local server)"
-                )
-        self._openai = openai
-        self._client = openai.OpenAI(
-            api_key=key or "no-key", base_url=base_url, max_retries=0, timeout=timeout_s
+        # the judge's transport: key, loop, client and retry budget; its 2AFC prompt is never
+        # sent (every request is built by _request below)
+        self._transport = OpenAIJudge(
+            model=model,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            prompt_type="ab-choice",
+            temperature=temperature,
+            max_tokens=self.max_tokens,
+            concurrency=1,
+            timeout_s=timeout_s,
+            max_attempts=max_attempts,
+            backoff_base_s=0.1,
+            backoff_max_s=2.0,
+            logprobs_type="off",
+            **transport_bounds(deadline_s, max_response_bytes, max_answer_chars),
         )
         self.name = f"openai:{model}:{self.template.version}"
 
@@ -132,47 +143,46 @@ class OpenAIRater:
             {"role": "user", "content": content},
         ]
 
+    def _read(self, response: Any) -> tuple[Any, str]:
+        from compressai_vlic.judges.openai_judge import _MalformedResponse
+
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise _MalformedResponse("reply without choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise _MalformedResponse("no message in the response")
+        scrub = self._transport._scrub
+        text = None if message.content is None else scrub(str(message.content))
+        refusal = getattr(message, "refusal", None)
+        refusal = None if refusal is None else scrub(str(refusal))
+        return parse_rating(text, refusal, choice.finish_reason), text or ""
+
     def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating:
         from compressai_vlic.judges.encoding import png_data_url
 
         ref, img = _check_pair(reference, image)
-        messages = self._messages([png_data_url(ref), png_data_url(img)])
-        oa = self._openai
-        last = ""
-        for attempt in range(self.max_attempts):
-            try:
-                resp = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=messages,
-                    temperature=self.temperature,
-                    max_tokens=self.max_tokens,
-                )
-            except (oa.AuthenticationError, oa.PermissionDeniedError, oa.NotFoundError) as exc:
-                raise JudgeError(
-                    f"{self.name}: the server refused the request ({exc.__class__.__name__}); check model, URL and key"
-                ) from None
-            except (
-                oa.RateLimitError,
-                oa.InternalServerError,
-                oa.APITimeoutError,
-                oa.APIConnectionError,
-                oa.APIStatusError,
-            ) as exc:
-                last = exc.__class__.__name__
-                time.sleep(min(2.0, 0.1 * 2**attempt))
-                continue
-            if not getattr(resp, "choices", None):
-                last = "reply without choices"
-                continue
-            choice = resp.choices[0]
-            text = choice.message.content
-            parsed = parse_rating(
-                text, getattr(choice.message, "refusal", None), choice.finish_reason
-            )
-            if parsed.value is None:
-                return Rating(None, text or "", parsed.error, "abstained")
-            return Rating(parsed.value, text or "")
-        return Rating(None, "", f"no answer after {self.max_attempts} attempts ({last})", "failed")
+        urls = [png_data_url(ref), png_data_url(img)]
+        request = {
+            "model": self.model,
+            "messages": self._messages(urls),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        t = self._transport
+        call = t._call(urls, build=lambda _logprobs: dict(request), read=self._read)
+        parsed, text, _attempts, failed, _usage = t._runner().submit(call).result()
+        if failed:
+            return Rating(None, "", t._scrub(parsed.error or "failed"), "failed")
+        text = t.public_text(text)
+        if parsed.value is None:
+            return Rating(None, text, parsed.error, "abstained")
+        return Rating(parsed.value, text)
+
+    def close(self) -> None:
+        """Close the HTTP client and its background loop."""
+        self._transport.close()
 
 
 class HFRater:
