@@ -35,14 +35,12 @@ from PIL import Image, ImageOps
 from compressai_vlic.atomic import is_temporary
 from compressai_vlic.errors import ImageReadError, ImageTooLargeError
 
+# The limits' defaults live in options (command-line parsers read them without torch).
+from compressai_vlic.options import IMAGE_MAX_PIXELS as DEFAULT_MAX_PIXELS
+from compressai_vlic.options import MAX_IMAGE_MB_ENV, MAX_PIXELS_ENV
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".gif")
 
-#: Default pixel limit of :func:`load_image`: 100 megapixels (e.g. 12000x8333). Decoding one
-#: such 8-bit RGB image takes about 2.6 GB.
-DEFAULT_MAX_PIXELS = 100_000_000
-MAX_PIXELS_ENV = "COMPRESSAI_VLIC_MAX_PIXELS"
-#: Environment variable of the decode memory budget, in MiB (0 = no budget).
-MAX_IMAGE_MB_ENV = "COMPRESSAI_VLIC_MAX_IMAGE_MB"
 #: Budget when the physical memory cannot be read (MiB).
 FALLBACK_MAX_IMAGE_MB = 8192
 

@@ -29,3 +29,11 @@ def check_option(name: str, value: Any, options: Any, error: type[VLICError] = C
 #: The largest image a VLIC stream may hold by default (4096 x 4096), for ``compress`` and
 #: ``decompress`` alike (here, not in the model module, so command-line parsers need no torch).
 STREAM_MAX_PIXELS = 1 << 24
+
+#: Default pixel limit of :func:`compressai_vlic.image_io.load_image`: 100 megapixels (e.g.
+#: 12000x8333). Decoding one such 8-bit RGB image takes about 2.6 GB.
+IMAGE_MAX_PIXELS = 100_000_000
+#: Environment variable of the input image pixel limit (0 = no limit).
+MAX_PIXELS_ENV = "COMPRESSAI_VLIC_MAX_PIXELS"
+#: Environment variable of the image decode memory budget, in MiB (0 = no budget).
+MAX_IMAGE_MB_ENV = "COMPRESSAI_VLIC_MAX_IMAGE_MB"

@@ -38,7 +38,7 @@ def add_image_limit_arguments(parser: argparse.ArgumentParser, pixels: bool = Tr
         parser: the sub-command's parser.
         pixels: also add --max-pixels (off where the command has its own).
     """
-    from compressai_vlic.image_io import MAX_IMAGE_MB_ENV, MAX_PIXELS_ENV
+    from compressai_vlic.options import MAX_IMAGE_MB_ENV, MAX_PIXELS_ENV
 
     group = parser.add_argument_group("input image limits (checked on each file's header)")
     if pixels:
@@ -62,7 +62,7 @@ def apply_image_limits(args: argparse.Namespace) -> None:
     worker processes) reads, through the environment variables the reader consults."""
     import os
 
-    from compressai_vlic.image_io import MAX_IMAGE_MB_ENV, MAX_PIXELS_ENV
+    from compressai_vlic.options import MAX_IMAGE_MB_ENV, MAX_PIXELS_ENV
 
     if getattr(args, "max_image_mb", None) is not None:
         os.environ[MAX_IMAGE_MB_ENV] = repr(float(args.max_image_mb))
