@@ -46,6 +46,7 @@ _PAPER = {
     "guidance_scale": 1.5,
     "time_shift": 0.5,
     "tile_overlap": 8,
+    "mup": True,  # FlowMo's enable_mup (base.yaml); at 64-dim heads the same logits as 1/sqrt(d)
 }
 
 QUALITIES: dict[str, VLICConfig] = {
