@@ -12,6 +12,7 @@ require("pytorch_lightning", "train", "Training (compressai_vlic_lightning)")
 from compressai_vlic_lightning.data import ImageFolderDataModule, PhotosDataModule  # noqa: E402
 from compressai_vlic_lightning.ema import EMA  # noqa: E402
 from compressai_vlic_lightning.export import export_checkpoint, export_shipped  # noqa: E402
+from compressai_vlic_lightning.mode_seeking import ModeSeekingModule  # noqa: E402
 from compressai_vlic_lightning.preferences import OfflinePreferences, PreferenceBuffer  # noqa: E402
 from compressai_vlic_lightning.prior_refit import PriorRefitModule  # noqa: E402
 from compressai_vlic_lightning.stage1 import Stage1Module  # noqa: E402
@@ -20,6 +21,7 @@ from compressai_vlic_lightning.stage2 import Stage2Module  # noqa: E402
 __all__ = [
     "EMA",
     "ImageFolderDataModule",
+    "ModeSeekingModule",
     "OfflinePreferences",
     "PhotosDataModule",
     "PreferenceBuffer",
