@@ -11,7 +11,8 @@ Layout of format version 2 (big-endian, 33 bytes + payload; written by this pack
     2      4    u32: version (4 bits) | height - 1 (14 bits) | width - 1 (14 bits)
     6      4    config hash (first 4 bytes of sha256 of the model config)
     10     4    weights fingerprint (first 4 bytes of sha256 of decoder, prior and FSQ tensors)
-    14     1    tile overlap in px (tile size = the config's image_size, inside the hash)
+    14     1    tile overlap in px (tile size = the config's image_size, inside the hash);
+                255 = seamless: whole tiles, deblocked at decode time
     15     4    decode seed (u32)
     19     1    sampler steps (1..100)
     20     2    guidance scale (IEEE float16)
@@ -200,7 +201,7 @@ class StreamHeader:
         """
         from compressai_vlic.tiling import TileLayout
 
-        return TileLayout.for_image(self.height, self.width, tile, self.tile_overlap)
+        return TileLayout.from_header(self.height, self.width, tile, self.tile_overlap)
 
     def check_model(
         self,

@@ -87,7 +87,9 @@ def test_new_layout_rule_drops_overlap_for_whole_tiles(net) -> None:
     whole = net.layout_for(64, 96, "whole")
     assert whole.num_tiles == 6 and whole.overlap == 0
     assert net.layout_for(64, 97, "whole").overlap == 8
-    assert net.layout_for(64, 96).overlap == 8  # the default blends tiles: no seams
+    assert net.layout_for(64, 96, "blend").overlap == 8  # blended tiles
+    seamless = net.layout_for(64, 97)  # the default: whole tiles, deblocked at decode time
+    assert seamless.seamless and seamless.overlap == 0 and seamless.num_tiles == 8
     with pytest.raises(ConfigError):
         net.layout_for(64, 96, "none")  # type: ignore[arg-type]
     tile = 256

@@ -184,14 +184,16 @@ def test_factorized_configs_keep_their_hash_and_causal_changes_it() -> None:
     from compressai_vlic.models.config import _UNHASHED_FIELDS, VLICConfig
     from compressai_vlic.zoo import quality_config
 
-    for config in (quality_config("test"), quality_config(1)):
+    # Quality 1 itself now uses the causal prior and muP; its older form is the legacy one here.
+    for config in (quality_config("test"), quality_config(1, prior_digits="factorized", mup=False)):
         old = {k: v for k, v in config.to_dict().items() if k not in _UNHASHED_FIELDS}
-        del old["prior_digits"]  # what a config of an older version serialised
+        del old["prior_digits"], old["mup"]  # what a config of an older version serialised
         text = json.dumps(old, sort_keys=True, separators=(",", ":"))
         assert config.config_hash() == hashlib.sha256(text.encode()).digest()[:4]
-        legacy = {k: v for k, v in config.to_dict().items() if k != "prior_digits"}
+        legacy = {k: v for k, v in config.to_dict().items() if k not in ("prior_digits", "mup")}
         assert VLICConfig.from_dict(legacy) == config
         assert config.replace(prior_digits="causal").config_hash() != config.config_hash()
+        assert config.replace(mup=True).config_hash() != config.config_hash()
     with pytest.raises(ConfigError):
         quality_config("test", prior_digits="joint")
 

@@ -84,11 +84,22 @@ def stage1_run(workdir):
     return root
 
 
+def ckpt_config_has_flowmo_parts(run: Path) -> bool:
+    from compressai_vlic.models.vlic import CONFIG_KEY, config_from_tensor
+
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    config = config_from_tensor(ckpt["state_dict"][f"model.{CONFIG_KEY}"])
+    return config.mup and config.prior_digits == "causal"
+
+
 @pytest.mark.slow
 def test_paper_stage1_yaml_two_steps(stage1_run):
     config = yaml.safe_load((stage1_run / "config.yaml").read_text())
     init = config["model"]["init_args"]
     assert init["gradient_checkpointing"] is True and init["quality"] == "1"
+    # FlowMo's defaults where VLIC is silent: encoder freeze, fixed norms (muP, causal prior: q1)
+    assert init["freeze_encoder_after"] == 200000 and init["fix_initial_norms"] is True
+    assert ckpt_config_has_flowmo_parts(stage1_run)
     assert config["trainer"]["accumulate_grad_batches"] == 2
     assert config["trainer"]["precision"] == "bf16-mixed"
     assert _steps(stage1_run) == [0, 1]
@@ -118,3 +129,35 @@ def test_paper_stage2_yaml_two_steps(stage1_run, workdir, photos):
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not [k for k in ckpt["state_dict"] if k.startswith("reference.")]
     assert ckpt["dpo_reference"]["init_from"].endswith("last.ckpt")
+
+
+@pytest.mark.slow
+def test_paper_mode_seeking_yaml_two_steps(stage1_run, workdir):
+    """FlowMo's optional stage at paper width from the stage-1 checkpoint written above."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(workdir / "alex.pth"))
+    root = workdir / "mode_seeking"
+    try:
+        args = ["fit", "--config", str(CONFIGS / "paper_q1_mode_seeking.yaml"), *_common(root)]
+        args += ["--trainer.strategy", "auto"]  # one CPU process: no DDP
+        args += ["--model.init_args.init_from", str(stage1_run / "checkpoints" / "last.ckpt")]
+        args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
+        args += [
+            "--model.init_args.sample_steps",
+            "2",
+        ]  # 8 in the config; 2 keep the CPU test short
+        assert train_main(args) == 0
+    finally:
+        mp.undo()
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    init = config["model"]["init_args"]
+    assert init["freeze_encoder_after"] == 0 and init["perceptual_weight"] == 0.01
+    assert init["gradient_checkpointing"] is True and init["fix_initial_norms"] is True
+    assert _steps(root) == [0, 1]
+    ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    before = torch.load(
+        stage1_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    key = "model.encoder.latent_tokens"
+    assert torch.equal(ckpt["state_dict"][key], before["state_dict"][key])  # tokens kept
+    assert ckpt["state_dict"][key].shape == (256, 1088)

@@ -40,7 +40,7 @@ _UNHASHED_FIELDS = frozenset(
 
 # Fields added after format version 1, with the value that means "as before": at that value they
 # stay out of the hash, so configs (and streams) made before they existed keep their hash.
-_ADDED_FIELDS = {"prior_digits": "factorized"}
+_ADDED_FIELDS = {"prior_digits": "factorized", "mup": False}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ class VLICConfig:
     prior_heads: int = 12
     # "factorized": a token's digits predicted independently; "causal": each given the earlier.
     prior_digits: Literal["factorized", "causal"] = "factorized"
+    # FlowMo's ``enable_mup``: attention logits q.k * 8 / head_dim (muP's 1/d, equal to the usual
+    # 1/sqrt(d) at d = 64) in the encoder and decoder. FlowMo takes its muP base shapes from a
+    # model of the same width, so its readout multipliers and MuAdam learning-rate factors are
+    # all 1: the attention scale is the whole of its effect.
+    mup: bool = False
     # Sampler defaults (each stream carries the values it was made with).
     num_steps: int = 25
     guidance_scale: float = 1.5
@@ -132,7 +137,7 @@ class VLICConfig:
             raise ConfigError(
                 f"cfg_interval must be (lo, hi) with 0 <= lo <= hi <= 1, got {interval}"
             )
-        if not 0 <= self.tile_overlap < self.image_size // 2:
+        if not 0 <= self.tile_overlap < min(self.image_size // 2, 255):
             raise ConfigError(f"tile_overlap ({self.tile_overlap}) must be in [0, image_size/2)")
         if self.tile_batch < 1:
             raise ConfigError(f"tile_batch must be >= 1, got {self.tile_batch}")

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 import torch.utils.checkpoint
 from huggingface_hub import PyTorchModelHubMixin
-from torch import Tensor
+from torch import Tensor, nn
 
 from compressai_vlic._compressai import CompressionModel, register_model
 from compressai_vlic.bitstream import (
@@ -66,7 +66,7 @@ from compressai_vlic.sampling import (
     cfg_combine,
     seeded_noise,
 )
-from compressai_vlic.tiling import TileLayout
+from compressai_vlic.tiling import SEAMLESS_FIELD, TileLayout
 
 CONFIG_KEY = "_config_json"
 #: Default ``decompress`` limits: a stream may not make the decoder sample more pixels than
@@ -157,7 +157,7 @@ def config_from_tensor(buffer: Tensor) -> VLICConfig:
 
 
 #: How ``compress`` tiles an image (see :meth:`VLIC.layout_for`).
-TilingType = Literal["blend", "whole"]
+TilingType = Literal["seamless", "blend", "whole"]
 TSampler = Literal["fat_lognormal", "lognormal"]
 T_SAMPLERS: tuple[str, ...] = ("fat_lognormal", "lognormal")
 
@@ -208,6 +208,34 @@ def _to_image_space(x: Tensor) -> Tensor:
 
 
 @register_model("vlic")
+class _ScaleOutput:
+    """Forward hook multiplying a module's output by a constant (picklable, no state-dict keys)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, module: nn.Module, args: Any, output: Tensor) -> Tensor:
+        return output * self.factor
+
+
+def _use_mup_attention(module: nn.Module) -> None:
+    """FlowMo's muP attention: logits q.k * 8 / d instead of q.k / sqrt(d), d = head dim.
+
+    diffusers' joint attention calls SDPA with its default 1/sqrt(d) scale, so both query
+    streams (after their QK-norm) are multiplied by 8 / sqrt(d).
+    """
+    from diffusers.models.attention_processor import Attention
+
+    for attn in module.modules():
+        if not isinstance(attn, Attention):
+            continue
+        factor = 8.0 / math.sqrt(attn.inner_dim // attn.heads)
+        for norm in (attn.norm_q, attn.norm_added_q):
+            if norm is None:
+                raise ConfigError("mup needs the query norms (qk_norm) of every attention")
+            norm.register_forward_hook(_ScaleOutput(factor))
+
+
 class VLIC(
     CompressionModel,
     PyTorchModelHubMixin,
@@ -248,6 +276,9 @@ class VLIC(
             digits=config.prior_digits,
         )
         self.token_coder = TokenCoder(config.fsq_levels)
+        if config.mup:
+            _use_mup_attention(self.encoder)
+            _use_mup_attention(self.decoder)
 
     # ---------------------------------------------------------- memory / speed
     def enable_gradient_checkpointing(self) -> None:
@@ -444,34 +475,44 @@ class VLIC(
         ).to(device)
 
         def blended_velocity(x_t: Tensor, t: float, g: float) -> Tensor:
-            return layout.blend(
+            v = layout.blend(
                 x_t,
                 lambda windows, ids: tile_velocity(windows, t, g, codes[ids.to(device)]),
                 cfg.tile_batch,
             )
+            if not layout.seamless:
+                return v
+            # Deblock the clean-image estimate x0 = x_t - t v and step towards it instead.
+            return (x_t - layout.deblock(x_t - t * v)) / t
 
         x0 = sampler.sample(blended_velocity, noise)
         return layout.crop(_to_image_space(x0).clamp(0, 1))
 
     # ------------------------------------------------------------- image level
-    def layout_for(self, height: int, width: int, tiling_type: TilingType = "blend") -> TileLayout:
+    def layout_for(
+        self, height: int, width: int, tiling_type: TilingType = "seamless"
+    ) -> TileLayout:
         """The tile grid ``compress`` uses, with the fewest tiles that cover the image.
 
         Args:
-            tiling_type: "blend" (default): the config's ``tile_overlap``, so neighbouring tiles
-                are blended (MultiDiffusion) and no seams show; "whole": no overlap where both
-                sides are whole tiles (fewer tiles, so a lower rate, but each tile is decoded on
-                its own and seams can show), else as "blend". The overlap chosen travels in the
-                stream header.
+            tiling_type: "seamless" (default): whole tiles without coded overlap, so the rate is
+                that of the image's area rounded up to whole tiles, with the tile borders
+                deblocked at every decode step (see :mod:`compressai_vlic.tiling`); "blend": the
+                config's ``tile_overlap``, blended (MultiDiffusion) -- the overlap is coded twice,
+                so the rate nearly doubles at small overlaps; "whole": no overlap where both sides
+                are whole tiles, else as "blend", and no deblocking, so seams can show. The choice
+                travels in the stream header's overlap byte.
         """
         check_option("tiling_type", tiling_type, TilingType)
         tile = self.config.image_size
+        if tiling_type == "seamless":
+            return TileLayout.for_image(height, width, tile, 0, seamless=True)
         whole = height % tile == 0 and width % tile == 0
         overlap = 0 if tiling_type == "whole" and whole else self.config.tile_overlap
         return TileLayout.for_image(height, width, tile, overlap)
 
     def encode_image(
-        self, x: Tensor, tiling_type: TilingType = "blend"
+        self, x: Tensor, tiling_type: TilingType = "seamless"
     ) -> tuple[TileLayout, EncodeOutput]:
         """Tokens of one (1, 3, H, W) image of any size: one row per tile (row-major)."""
         if x.ndim != 4 or x.shape[0] != 1 or x.shape[1] != self.config.in_channels:
@@ -514,7 +555,7 @@ class VLIC(
         self,
         x: Tensor,
         seed: int | None = None,
-        tiling_type: TilingType = "blend",
+        tiling_type: TilingType = "seamless",
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> dict[str, Any]:
         """Real container bytes per image: {"strings": [[bytes, ...]], "shape": (H, W)}.
@@ -525,7 +566,8 @@ class VLIC(
         Args:
             x: (B, 3, H, W) images in [0, 1].
             seed: decode seed stored in the stream (default: ``config.default_seed``).
-            tiling_type: see :meth:`layout_for` ("blend", the default, or "whole").
+            tiling_type: see :meth:`layout_for` ("seamless", the default, "blend" or
+                "whole").
             max_pixels: refuse images over this many pixels (StreamLimitError, before any
                 encoding): the decoder's default limit, so that every stream written here
                 decodes with the defaults. None: no limit (decode with a matching
@@ -549,7 +591,7 @@ class VLIC(
             config_hash=self.config.config_hash(),
             height=layout.height,
             width=layout.width,
-            tile_overlap=layout.overlap,
+            tile_overlap=layout.header_field,
             seed=s.seed,
             num_steps=s.num_steps,
             guidance_scale=s.guidance_scale,
@@ -657,10 +699,10 @@ class VLIC(
                 :meth:`max_evaluations_per_tile`, what this model's own encoder writes.
         """
         tile = self.config.image_size
-        if not 0 <= header.tile_overlap < tile // 2:
+        if not (0 <= header.tile_overlap < tile // 2 or header.tile_overlap == SEAMLESS_FIELD):
             raise CorruptStreamError(
                 f"stream declares a tile overlap of {header.tile_overlap} px; this model's tiles "
-                f"({tile} px) allow 0..{tile // 2 - 1}"
+                f"({tile} px) allow 0..{tile // 2 - 1} (or {SEAMLESS_FIELD}: seamless)"
             )
         pixels = header.height * header.width
         if max_pixels is not None and pixels > max_pixels:

@@ -26,6 +26,7 @@ _EXPORTS = {
     "OfflinePreferences": "compressai_vlic_lightning.preferences",
     "PreferenceBuffer": "compressai_vlic_lightning.preferences",
     "PriorRefitModule": "compressai_vlic_lightning.prior_refit",
+    "ModeSeekingModule": "compressai_vlic_lightning.mode_seeking",
     "Stage1Module": "compressai_vlic_lightning.stage1",
     "Stage2Module": "compressai_vlic_lightning.stage2",
 }

@@ -158,3 +158,47 @@ def apply_speed_options(
         model.disable_gradient_checkpointing()
     if compile_mode != "none":
         model.compile_blocks(**({} if compile_mode == "default" else {"mode": compile_mode}))
+
+
+NormMode = Literal["l2", "channel"]
+
+
+def fixed_norm_weights(model: Any) -> list[tuple[str, Tensor]]:
+    """The weights FlowMo holds at their initial norm: every linear layer's weight inside the
+    encoder's and decoder's transformer blocks (FlowMo's ``get_weights_to_fix``: ``nn.Linear``
+    in ``double_blocks``); embeddings, output heads, biases and the prior are left free."""
+    prefixes = ("encoder.blocks.", "decoder.transformer.transformer_blocks.")
+    return [
+        (name, module.weight)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(prefixes)
+    ]
+
+
+class InitialNorms:
+    """FlowMo's ``fix_initial_norms``: after every optimizer step, rescale each weight of
+    :func:`fixed_norm_weights` back to the norm it had when training started.
+
+    Args:
+        model: the codec; the norms are read now.
+        mode: "l2" (FlowMo's default): the whole matrix's Frobenius norm; "channel": each output
+            row's norm.
+    """
+
+    def __init__(self, model: Any, mode: NormMode = "l2") -> None:
+        check_option("fix_norm_mode", mode, NormMode, ConfigError)
+        self.mode = mode
+        with torch.no_grad():
+            self.norms = {name: self._norm(w).clone() for name, w in fixed_norm_weights(model)}
+
+    def _norm(self, w: Tensor) -> Tensor:
+        if self.mode == "channel":
+            return torch.linalg.vector_norm(w, dim=1, keepdim=True)
+        return torch.linalg.vector_norm(w)
+
+    @torch.no_grad()
+    def apply(self, model: Any) -> None:
+        """Rescale the weights in place (a frozen weight keeps its norm and is left as it is)."""
+        for name, w in fixed_norm_weights(model):
+            if w.requires_grad:
+                w.mul_(self.norms[name].to(w.device) / self._norm(w).clamp_min(1e-12))

@@ -301,6 +301,8 @@ class TrainingSetup:
     perceptual_type: str = "none"
     lpips_net_type: str = "alex"
     notes: list[str] = field(default_factory=list)
+    #: ModeSeekingModule: Euler steps sampled with gradients (0: none).
+    chain_steps: int = 0
 
     @property
     def world_size(self) -> int:
@@ -340,6 +342,8 @@ def read_setup(path: str | Path) -> TrainingSetup:
         stage = 1
     elif class_path.endswith("Stage2Module"):
         stage = 2
+    elif class_path.endswith("ModeSeekingModule"):
+        stage = 1  # stage 1's losses plus a differentiable sampling chain (chain_steps)
     else:
         raise ConfigError(f"{path}: model.class_path {class_path!r} is not a VLIC stage")
     notes: list[str] = []
@@ -380,7 +384,11 @@ def read_setup(path: str | Path) -> TrainingSetup:
         accumulate=int(trainer.get("accumulate_grad_batches", 1)),
         gradient_checkpointing=bool(args.get("gradient_checkpointing", False)),
         dpo_batch_size=int(args.get("dpo_batch_size", 8)) if stage == 2 else 0,
-        freeze_encoder=args.get("freeze_type", "none") == "encoder",
+        freeze_encoder=args.get("freeze_type", "none") == "encoder"
+        or (class_path.endswith("ModeSeekingModule") and args.get("freeze_encoder_after", 0) == 0),
+        chain_steps=int(args.get("sample_steps", 8))
+        if class_path.endswith("ModeSeekingModule")
+        else 0,
         ema=ema,
         ema_device=ema_device,
         bucket_view=bucket_view,
@@ -456,9 +464,15 @@ def plan(setup: TrainingSetup, measurement: Measurement | None = None) -> Memory
         work.append((dec, 2 * ratio))  # policy on winners and losers
         if not setup.freeze_encoder:
             work.append((enc, ratio))  # policy encoder on the pairs' originals
+    chain_per_sample = 0.0
+    if setup.chain_steps:
+        # backward recomputes one chain step at a time: one more decoder pass's kept activations,
+        # plus the chain's intermediate images (float32)
+        work.append((dec, 1.0))
+        chain_per_sample = setup.chain_steps * 3 * setup.model_config.image_size**2 * 4.0
     if setup.freeze_encoder:
         work = [(c, k) for c, k in work if c is not enc]
-    per_sample_kept = sum(c["per_sample"] * k for c, k in work)
+    per_sample_kept = sum(c["per_sample"] * k for c, k in work) + chain_per_sample
     per_step = sum(c["per_step"] for c, _ in {id(c): (c, k) for c, k in work}.values())
     # transient: backward recomputes one checkpointed block at a time with all its activations
     recompute_per_sample = 0.0

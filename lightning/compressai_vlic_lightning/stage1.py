@@ -19,9 +19,12 @@ from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
+from compressai_vlic.options import check_option
 from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
     CompileMode,
+    InitialNorms,
+    NormMode,
     adamw,
     apply_speed_options,
     build_model,
@@ -80,8 +83,15 @@ class Stage1Module(ResumableModule):
             the code alone (default 0, FlowMo's; the shipped tiny model uses 0.25: without it a
             small, briefly trained decoder learns to denoise long before it learns to use its
             code).
-        freeze_encoder_after: from this global step on, the encoder gets no gradient and no
-            optimizer updates (FlowMo has the option at 200k steps, off by default); None = never.
+        freeze_encoder_after: from this global step on, the encoder (and with it the tokens:
+            FSQ has no weights) gets no gradient and no optimizer updates, while the decoder and
+            prior train on. Default 200,000: FlowMo's ``opt.freeze_encoder_after`` in
+            ``flowmo/configs/base.yaml``, applied in ``flowmo/train.py``; None = never.
+        fix_initial_norms: after every optimizer step, rescale the weight of every linear layer
+            in the encoder's and decoder's transformer blocks to its norm at the start of
+            training (default True: FlowMo's ``model.fix_initial_norms``).
+        fix_norm_mode: "l2" (FlowMo's ``model.fix_norm_mode``): each matrix's norm; "channel":
+            each output row's.
         warmup_steps: linear learning-rate warm-up.
         perceptual_type: "lpips" (default; needs local weights), "ms_ssim", "student" (a
             distilled judge, see ``student_path``) or "none".
@@ -113,7 +123,9 @@ class Stage1Module(ResumableModule):
         t_sampler: Literal["fat_lognormal", "lognormal"] = "fat_lognormal",
         t_uniform_share: float = 0.1,
         t_noise_share: float = 0.0,
-        freeze_encoder_after: int | None = None,
+        freeze_encoder_after: int | None = 200_000,
+        fix_initial_norms: bool = True,
+        fix_norm_mode: NormMode = "l2",
         warmup_steps: int = 0,
         perceptual_type: PerceptualType = "lpips",
         perceptual_fallback_type: PerceptualFallbackType = "ms_ssim",
@@ -138,7 +150,9 @@ class Stage1Module(ResumableModule):
             )
         if freeze_encoder_after is not None and freeze_encoder_after < 0:
             raise ConfigError(f"freeze_encoder_after must be >= 0, got {freeze_encoder_after}")
+        check_option("fix_norm_mode", fix_norm_mode, NormMode, ConfigError)
         self.save_hyperparameters()
+        self._initial_norms: InitialNorms | None = None
         self.model = build_model(quality, model_overrides)
         if init_from:
             load_codec_weights(self.model, init_from)
@@ -202,6 +216,16 @@ class Stage1Module(ResumableModule):
             self.model.encoder.requires_grad_(False)
             for p in self.model.encoder.parameters():
                 p.grad = None  # AdamW skips parameters without gradients: no more updates
+
+    def on_train_start(self) -> None:
+        # FlowMo reads the norms after restoring a checkpoint, before the first step.
+        if self.hparams.get("fix_initial_norms", False):
+            self._initial_norms = InitialNorms(self.model, self.hparams.fix_norm_mode)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self._initial_norms is not None:
+            self._initial_norms.apply(self.model)
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         out = self.compute_losses(batch)
