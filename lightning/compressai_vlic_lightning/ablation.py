@@ -127,7 +127,7 @@ def resolve_arm_config(
         logger.setdefault("init_args", {})["save_dir"] = str(run_dir)
     else:
         trainer["logger"] = {
-            "class_path": "pytorch_lightning.loggers.CSVLogger",
+            "class_path": "compressai_vlic_lightning.CSVLogger",
             "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
         }
     ckpt = _checkpoint_callback(trainer).setdefault("init_args", {})
