@@ -201,3 +201,22 @@ def test_decode_cli_limits_are_settable(net, stream, tmp_path, capsys) -> None:
     assert (tmp_path / "d.png").is_file()
     assert main([*args, "-o", str(tmp_path / "e.png"), "--max-pixels", "100"]) == 1
     assert "max-pixels" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_stream_over_the_old_fixed_limit_round_trips_with_default_limits() -> None:
+    # The smaller equivalent of a 12 MP photo on `tiny`: more steps per tile instead of more tiles,
+    # so that the stream needs more network evaluations than the old fixed limit of 20,000.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = vlic("test", num_steps=100, guidance_scale=1.5).eval()
+    x = torch.rand(1, 3, 448, 448, generator=torch.Generator().manual_seed(5))
+    layout = model.layout_for(448, 448)
+    header = model.stream_header(layout)
+    per_tile = model._header_settings(header).sampler().num_evaluations()
+    assert layout.num_tiles * per_tile > 20_000
+    out = model.compress(x, seed=2)
+    with _Evaluations(model) as counted:
+        x_hat = model.decompress(out["strings"], out["shape"])["x_hat"]
+    assert x_hat.shape == x.shape
+    assert counted.calls > 0
