@@ -15,7 +15,7 @@ and the worst of N, the pair with the largest reward gap.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,9 @@ class Ranking:
     order: list[int]  # candidate indices, best first
     preference: list[list[float | None]]  # [i][j]: soft preference for i shown first against j
     n_failed: int
+    judgments: list[Judgment] = field(
+        default_factory=list
+    )  # every call, (i, j) for i != j in order
 
     @property
     def best(self) -> int:
@@ -95,7 +98,7 @@ def rank_images(
         votes += [-pref[j][i] for j in range(n) if j != i and pref[j][i] is not None]  # type: ignore[operator]
         rewards.append(sum(votes) / len(votes) if votes else 0.0)
     order = sorted(range(n), key=lambda i: (-rewards[i], i))
-    return Ranking(names, rewards, order, pref, failed)
+    return Ranking(names, rewards, order, pref, failed, list(judgments))
 
 
 def best_worst_pair(ranking: Ranking) -> tuple[int, int]:

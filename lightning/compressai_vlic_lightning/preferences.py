@@ -15,6 +15,12 @@ Codes: each pair keeps the FSQ indices it was decoded from (``PairCodes``, a JSO
 PNGs, or the ``codes`` file of an offline dataset row), and training conditions winner and loser on
 exactly that code, not on a re-encoding of the original: with a trainable encoder (or a crop of a
 tiled decode) a re-encoding is another code, and the pair was never a sample given it.
+
+Best-of-N (``candidate_type="best_worst"``): each code is decoded N times, the N decodes are ranked
+by the judge's soft reward (:func:`compressai_vlic.judges.rank.rank_images`, N (N - 1) calls) and
+the pair is the best (winner) and the worst (loser) of N; a ranking that cannot separate them is
+an abstention. All N decodes are persisted before ranking, and ``judged.jsonl`` records which two
+were kept.
 """
 
 from __future__ import annotations
@@ -40,13 +46,15 @@ from torch import Tensor
 from compressai_vlic.errors import DatasetError, JudgeError
 from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.judges.pair_codes import PairCodes
-from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment
+from compressai_vlic.judges.rank import Ranking, best_worst_pair, rank_images
+from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment, add_usage
 from compressai_vlic.options import check_option
 
 log = logging.getLogger(__name__)
 
 WorkerType = Literal["thread", "inline"]
 CallType = Literal["async", "batch"]
+CandidateType = Literal["pair", "best_worst"]
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -66,6 +74,12 @@ class PreferencePair:
     round: int = 0
     judgment: Judgment | None = None
     codes: PairCodes | None = None  # the code both decodes were sampled from (one tile)
+    extra: list[Tensor] = field(default_factory=list)  # decodes 3..N of a best-of-N set
+
+    @property
+    def candidates(self) -> list[Tensor]:
+        """Every decode of the code (``a``, ``b`` and the extra ones of a best-of-N set)."""
+        return [self.a, self.b, *self.extra]
 
     @property
     def usable(self) -> bool:
@@ -207,6 +221,34 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def ranked_judgment(ranking: Ranking) -> Judgment:
+    """The verdict on the (best, worst) pair of a ranking, best shown as A.
+
+    ``score`` is the reward gap; no gap (e.g. every call abstained) is an abstention, and a
+    ranking whose every call failed is a failure (not a label, asked again after a resume).
+    """
+    best, worst = best_worst_pair(ranking)
+    gap = ranking.rewards[best] - ranking.rewards[worst]
+    calls = ranking.judgments
+    usage: dict[str, int] = {}
+    for j in calls:
+        add_usage(usage, j.usage)
+    failed = bool(calls) and ranking.n_failed == len(calls)
+    rewards = ", ".join(f"{ranking.names[i]}={ranking.rewards[i]:+.3f}" for i in ranking.order)
+    return Judgment(
+        score=gap,
+        choice=Choice.A if gap > 0 else Choice.ABSTAIN,
+        rationale=f"best-of-{len(ranking.names)} rewards: {rewards}",
+        backend=f"rank/{calls[0].backend}" if calls else "rank",
+        model=calls[0].model if calls else "",
+        prompt_version=calls[0].prompt_version if calls else "",
+        error="every ranking call failed" if failed else None,
+        cached=bool(calls) and all(j.cached for j in calls),
+        status="failed" if failed else None,
+        usage=usage or None,
+    )
+
+
 def wrap_with_cache(judge: Judge, cache_path: str | Path | None) -> Judge:
     """The judge behind a persistent cache when it can be cached (so resumes repeat no call)."""
     if cache_path is None:
@@ -241,8 +283,10 @@ class PreferenceBuffer:
         cache_path: str | Path | None = None,
         keep_rounds: int | None = None,
         call_type: CallType = "async",
+        candidate_type: CandidateType = "pair",
     ) -> None:
         check_option("call_type", call_type, CallType, JudgeError)
+        check_option("candidate_type", candidate_type, CandidateType, JudgeError)
         check_option("worker_type", worker_type, WorkerType, JudgeError)
         if capacity <= 0:
             raise JudgeError(f"buffer capacity must be positive, got {capacity}")
@@ -254,6 +298,7 @@ class PreferenceBuffer:
         self.worker_type = worker_type
         self.judge_batch_size = max(1, judge_batch_size)
         self.call_type = call_type
+        self.candidate_type = candidate_type
         self.keep_rounds = keep_rounds
         self._pending_fh = _open_for_append(self.directory / "pending.jsonl")
         self._judged_fh = _open_for_append(self.directory / "judged.jsonl")
@@ -283,7 +328,8 @@ class PreferenceBuffer:
 
     def _pair_paths(self, pair: PreferencePair) -> dict[str, Path]:
         folder = self.directory / "pairs" / f"r{pair.round:05d}"
-        return {k: folder / f"{pair.pair_id}_{k}.png" for k in ("reference", "a", "b")}
+        keys = ["reference", "a", "b"] + [f"c{k}" for k in range(2, 2 + len(pair.extra))]
+        return {k: folder / f"{pair.pair_id}_{k}.png" for k in keys}
 
     def _codes_path(self, pair: PreferencePair) -> Path:
         return self.directory / "pairs" / f"r{pair.round:05d}" / f"{pair.pair_id}_codes.json"
@@ -323,10 +369,15 @@ class PreferenceBuffer:
                 step=int(rec["step"]),
                 round=int(rec["round"]),
                 codes=codes,
+                extra=[_load_png(paths[f"c{k}"]) for k in range(2, len(paths) - 1)],
             )
             self._known.add(pair_id)
             if pair_id in judged:
                 pair.judgment = Judgment.from_dict(judged[pair_id]["judgment"])
+                if "ranked" in judged[pair_id]:  # a best-of-N set: keep the pair it became
+                    best, worst = judged[pair_id]["ranked"]
+                    cands = pair.candidates
+                    pair.a, pair.b, pair.extra = cands[best], cands[worst], []
                 with self._lock:
                     self._pairs[pair_id] = pair
                     self._judged_order.append(pair_id)
@@ -358,16 +409,24 @@ class PreferenceBuffer:
         step: int,
         round: int,
         codes: Sequence[PairCodes] | None = None,
+        extra: Sequence[Tensor] = (),
     ) -> int:
         """Persist candidate pairs (float or uint8 (N, 3, H, W)) and queue them; returns how many.
 
-        ``codes``: per pair, the code both decodes were sampled from (kept for training).
+        Args:
+            codes: per pair, the code both decodes were sampled from (kept for training).
+            extra: more decodes of the same codes, each (N, 3, H, W), for
+                ``candidate_type="best_worst"`` (the pair becomes the best and worst of them all).
         """
         self.raise_if_failed()
         if codes is not None and len(codes) != len(pair_ids):
             raise JudgeError(f"{len(codes)} codes for {len(pair_ids)} pairs")
-        ref_u8, a_u8, b_u8 = (
-            x if x.dtype == torch.uint8 else quantize_uint8(x) for x in (reference, a, b)
+        if extra and self.candidate_type != "best_worst":
+            raise JudgeError(
+                f"{2 + len(extra)} candidates per code need candidate_type='best_worst'"
+            )
+        ref_u8, a_u8, b_u8, *extra_u8 = (
+            x if x.dtype == torch.uint8 else quantize_uint8(x) for x in (reference, a, b, *extra)
         )
         added = 0
         for i, pair_id in enumerate(pair_ids):
@@ -381,11 +440,13 @@ class PreferenceBuffer:
                 step,
                 round,
                 codes=codes[i] if codes is not None else None,
+                extra=[x[i].cpu() for x in extra_u8],
             )
             paths = self._pair_paths(pair)
             next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
-            for key, path in paths.items():
-                _save_png(getattr(pair, key), path)
+            images = [pair.reference, *pair.candidates]  # in the order of _pair_paths
+            for image, path in zip(images, paths.values(), strict=True):
+                _save_png(image, path)
             rel = {k: str(p.relative_to(self.directory)) for k, p in paths.items()}
             record: dict[str, Any] = {
                 "pair_id": pair_id,
@@ -448,6 +509,10 @@ class PreferenceBuffer:
         a judge without ``acompare`` is called one pair at a time; ``"batch"`` uses
         ``compare_batch`` (for judges that batch on a GPU).
         """
+        if self.candidate_type == "best_worst":
+            for pair in batch:  # one set at a time, each verdict persisted at once
+                self._rank(pair)
+            return
         requests = [
             JudgeRequest(to_float(p.reference), to_float(p.a), to_float(p.b), p.pair_id)
             for p in batch
@@ -471,6 +536,15 @@ class PreferenceBuffer:
         for pair, judgment in zip(batch, judgments, strict=True):
             self._record(pair, judgment, elapsed)
 
+    def _rank(self, pair: PreferencePair) -> None:
+        """Best-of-N: rank the set by soft reward; the pair becomes (best, worst) of it."""
+        start = time.perf_counter()
+        cands = pair.candidates
+        ranking = rank_images(self.judge, [to_float(c) for c in cands], to_float(pair.reference))
+        best, worst = best_worst_pair(ranking)
+        pair.a, pair.b, pair.extra = cands[best], cands[worst], []
+        self._record(pair, ranked_judgment(ranking), time.perf_counter() - start, (best, worst))
+
     async def _judge_async(self, batch: list[PreferencePair], requests: list[JudgeRequest]) -> None:
         async def one(pair: PreferencePair, request: JudgeRequest) -> None:
             start = time.perf_counter()
@@ -479,8 +553,20 @@ class PreferenceBuffer:
 
         await asyncio.gather(*(one(p, r) for p, r in zip(batch, requests, strict=True)))
 
-    def _record(self, pair: PreferencePair, judgment: Judgment, latency_s: float) -> None:
-        record = {"pair_id": pair.pair_id, "judgment": judgment.to_dict(), "time": time.time()}
+    def _record(
+        self,
+        pair: PreferencePair,
+        judgment: Judgment,
+        latency_s: float,
+        ranked: tuple[int, int] | None = None,
+    ) -> None:
+        record: dict[str, Any] = {
+            "pair_id": pair.pair_id,
+            "judgment": judgment.to_dict(),
+            "time": time.time(),
+        }
+        if ranked is not None:
+            record["ranked"] = list(ranked)  # (best, worst) indices among the persisted decodes
         with self._lock:
             _append_line(self._judged_fh, record)
             pair.judgment = judgment

@@ -55,6 +55,7 @@ from compressai_vlic_lightning.perceptual import (
 )
 from compressai_vlic_lightning.preferences import (
     CallType,
+    CandidateType,
     JudgeStats,
     OfflinePreferences,
     PreferenceBatch,
@@ -171,6 +172,11 @@ class Stage2Module(ResumableModule):
         judge_worker_type: "thread" (background) or "inline" (synchronous, deterministic).
         judge_batch_size: pairs handed to the judge at once.
         judge_call_type: "async" (pair by pair, persisted as each answer arrives) or "batch".
+        candidates: decodes per code (online mode); more than 2 needs ``candidate_type``
+            "best_worst".
+        candidate_type: "pair" (default: the two decodes are judged against each other) or
+            "best_worst" (best-of-N: the ``candidates`` decodes are ranked by the judge's soft
+            reward, N (N - 1) calls per code, and the pair is the best and the worst of them).
         keep_rounds: delete pair images of rounds older than this many refreshes (None: keep).
         decode_num_steps: sampler steps for the candidate decodes (default: the config's).
         decode_guidance_scale: CFG scale for the candidate decodes (default: the config's).
@@ -220,6 +226,8 @@ class Stage2Module(ResumableModule):
         judge_worker_type: WorkerType = "thread",
         judge_batch_size: int = 8,
         judge_call_type: CallType = "async",
+        candidates: int = 2,
+        candidate_type: CandidateType = "pair",
         keep_rounds: int | None = None,
         decode_num_steps: int | None = None,
         decode_guidance_scale: float | None = None,
@@ -233,6 +241,12 @@ class Stage2Module(ResumableModule):
         check_option("preference_type", preference_type, PreferenceType)
         check_option("freeze_type", freeze_type, FreezeType)
         check_option("t_sampling_type", t_sampling_type, TSamplingType)
+        check_option("candidate_type", candidate_type, CandidateType)
+        if candidates < 2 or (candidate_type == "pair" and candidates != 2):
+            raise ConfigError(
+                f"candidates={candidates}: a pair needs 2 decodes per code, best-of-N "
+                f"(candidate_type='best_worst') at least 2"
+            )
         if preference_type == "offline" and not preference_dataset:
             raise ConfigError(
                 "preference_type='offline' needs preference_dataset=PATH (made by `compressai-vlic judge`)"
@@ -355,6 +369,7 @@ class Stage2Module(ResumableModule):
                 worker_type=hp.judge_worker_type,
                 judge_batch_size=hp.judge_batch_size,
                 call_type=hp.judge_call_type,
+                candidate_type=hp.candidate_type,
                 cache_path=cache,
                 keep_rounds=hp.keep_rounds,
             )
@@ -401,7 +416,7 @@ class Stage2Module(ResumableModule):
     # ------------------------------------------------------------------ pairs
     @torch.no_grad()
     def _make_candidates(self, originals: Tensor, tag: str, step: int, round_: int) -> int:
-        """Decode each original's code twice (different noise) and submit the pairs."""
+        """Decode each original's code ``candidates`` times (different noise) and submit them."""
         assert self.buffer is not None
         hp = self.hparams
         ids = [f"{tag}-r{self.global_rank}-{i}" for i in range(originals.shape[0])]
@@ -420,13 +435,26 @@ class Stage2Module(ResumableModule):
             b = self.model.decode_codes(
                 indices, seed=_seed(hp.seed, tag, self.global_rank, "b"), **kwargs
             )
+            extra = [
+                self.model.decode_codes(
+                    indices, seed=_seed(hp.seed, tag, self.global_rank, f"c{k}"), **kwargs
+                )
+                for k in range(2, hp.candidates)
+            ]
         finally:
             self.model.train(was_training)
         layout = self.model.layout_for(originals.shape[-2], originals.shape[-1])
         levels = self.model.config.fsq_levels
         codes = [PairCodes.from_layout(idx[None], layout, levels) for idx in indices]
         return self.buffer.submit(
-            [ids[i] for i in keep], originals, a, b, step=step, round=round_, codes=codes
+            [ids[i] for i in keep],
+            originals,
+            a,
+            b,
+            step=step,
+            round=round_,
+            codes=codes,
+            extra=extra,
         )
 
     def _refresh(self) -> None:
