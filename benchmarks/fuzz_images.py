@@ -205,10 +205,16 @@ def _child(paths: list[str]) -> None:
         print(json.dumps({"path": path, **result}), flush=True)
 
 
-def run_batch(paths: list[Path], timeout: float) -> dict[Path, dict]:
-    """Outcomes of ``paths``; a child that dies or hangs is replaced after the file it was on."""
+def run_batch(paths: list[Path], timeout: float, start_timeout: float = 300.0) -> dict[Path, dict]:
+    """Outcomes of ``paths``; a child that dies or hangs is replaced after the file it was on.
+
+    A child gets ``start_timeout`` seconds for its imports (a loaded machine can take minutes);
+    one that is stopped for that reason, before its first file, is started again once: a slow
+    start is not a crash of any file.
+    """
     results: dict[Path, dict] = {}
     todo = list(paths)
+    restarts = 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     while todo:
         proc = subprocess.Popen(
@@ -219,7 +225,7 @@ def run_batch(paths: list[Path], timeout: float) -> dict[Path, dict]:
             env=env,
         )
         current = None
-        deadline = time.monotonic() + timeout + 30  # + the child's imports
+        deadline = time.monotonic() + start_timeout  # the child's imports
         import selectors
 
         sel = selectors.DefaultSelector()
@@ -252,6 +258,8 @@ def run_batch(paths: list[Path], timeout: float) -> dict[Path, dict]:
             else:
                 results[current] = {"outcome": "crash", "error": f"exit status {code}"}
             todo.remove(current)
+        elif hung and not done and restarts == 0:
+            restarts += 1  # stopped while importing: start it again
         elif todo and not done:
             for p in todo:  # the child died before its first file: count them all
                 results[p] = {"outcome": "crash", "error": f"exit status {code}"}
