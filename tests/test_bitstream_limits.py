@@ -65,12 +65,20 @@ def _payload_bytes(model: VLIC, layout) -> int:
     return max(8, -(-least // 4) * 4)
 
 
-@pytest.mark.parametrize(("quality", "size"), [("tiny", (3000, 4000)), ("test", (1800, 1800))])
-def test_default_limits_accept_what_the_encoder_writes(quality, size) -> None:
-    # The streams compress writes for these sizes need 30,602 and 22,500 network evaluations.
+@pytest.mark.parametrize(
+    ("quality", "size", "tiling_type"),
+    [
+        ("tiny", (3000, 4000), "seamless"),  # the default tiling
+        ("tiny", (3000, 4000), "blend"),
+        ("test", (1800, 1800), "blend"),
+    ],
+)
+def test_default_limits_accept_what_the_encoder_writes(quality, size, tiling_type) -> None:
+    # A 12 MP photo on `tiny` and 1800x1800 on `test`: over the old fixed limit of 20,000 network
+    # evaluations (30,602 and 22,500 with the blend tiling).
     model = vlic(quality).eval()
-    header = model.stream_header(model.layout_for(*size))
-    layout = model.layout_for(*size)
+    layout = model.layout_for(*size, tiling_type)
+    header = model.stream_header(layout)
     per_tile = model._header_settings(header).sampler().num_evaluations()
     assert layout.num_tiles * per_tile > 20_000  # the old fixed limit refused them
     assert model.check_stream(header, _payload_bytes(model, layout)) == layout
