@@ -164,13 +164,15 @@ def test_pair_codes_round_trip_and_bad_input(tmp_path):
         PairCodes.load(tmp_path / "bad.json")
 
 
-def test_tile_crops_need_images_at_least_one_tile(tmp_path, photos, codec_ckpt):
+def test_tile_crops_need_images_at_least_one_tile(tmp_path, photos, codec_ckpt, capsys):
     orig = tmp_path / "orig"
     orig.mkdir()
     Image.fromarray(np.ascontiguousarray(photos["coffee"][:20, :40])).save(orig / "small.png")
     args = ["judge", "--originals", str(orig), "--codec-checkpoint", str(codec_ckpt)]
     args += ["--output", str(tmp_path / "p.jsonl"), "--judge-type", "psnr"]
-    assert vlic_main([*args, "--no-progress"]) == 2  # a clear error, nothing written
+    # a reported skip naming the file (exit 1: some input failed), nothing written
+    assert vlic_main([*args, "--no-progress"]) == 1
+    assert "small.png" in capsys.readouterr().err
     assert not (tmp_path / "p.jsonl").exists() or (tmp_path / "p.jsonl").read_text() == ""
 
 

@@ -207,7 +207,6 @@ def _to_image_space(x: Tensor) -> Tensor:
     return (x + 1.0) / 2.0
 
 
-@register_model("vlic")
 class _ScaleOutput:
     """Forward hook multiplying a module's output by a constant (picklable, no state-dict keys)."""
 
@@ -236,6 +235,7 @@ def _use_mup_attention(module: nn.Module) -> None:
             norm.register_forward_hook(_ScaleOutput(factor))
 
 
+@register_model("vlic")
 class VLIC(
     CompressionModel,
     PyTorchModelHubMixin,

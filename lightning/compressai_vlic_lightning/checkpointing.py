@@ -236,7 +236,8 @@ class ResumableModule(pl.LightningModule):
     _rng_between_steps: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        use_safe_checkpoint_io(self.trainer)
+        if self._trainer is not None:  # set up by hand (no Trainer): nothing to install
+            use_safe_checkpoint_io(self.trainer)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = self._rng_between_steps or collect_rng_states()
