@@ -43,6 +43,10 @@ def _fit(root: Path, steps: int, *extra: str) -> None:
             "2",
             "--trainer.callbacks.save_top_k",
             "-1",
+            # Fixed weight norms are read again when a run resumes (as FlowMo does), so a resumed
+            # run with them is not bit-exact; see docs/training.md.
+            "--model.init_args.fix_initial_norms",
+            "false",
             "--model.init_args.perceptual_type",
             "ms_ssim",
             "--model.init_args.val_decode_batches",
