@@ -34,7 +34,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from compressai_vlic.errors import ConfigError, JudgeError
@@ -113,6 +113,15 @@ class ChatEndpoint:
         self.timeout_s = float(self.timeout_s)
         self.deadline_s = float(self.deadline_s or 4 * self.timeout_s)
         self.extra_body = dict(self.extra_body or {})
+
+    @classmethod
+    def pick(cls, values: dict[str, Any]) -> ChatEndpoint:
+        """The endpoint from a caller's keywords (its ``locals()``): the fields it names.
+
+        Args:
+            values: keyword values; those that are no field of the endpoint are ignored.
+        """
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     def body(
         self,

@@ -89,22 +89,7 @@ class OpenAIJudge:
         max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS,
     ) -> None:
         check_option("logprobs_type", logprobs_type, LogprobsType)
-        self.endpoint = ChatEndpoint(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout_s=timeout_s,
-            deadline_s=deadline_s,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            max_response_bytes=max_response_bytes,
-            max_answer_chars=max_answer_chars,
-            image_detail=image_detail,
-            max_tokens_field=max_tokens_field,
-            extra_body=dict(extra_body or {}),
-        )
+        self.endpoint = ChatEndpoint.pick(locals())
         self.template: PromptTemplate = get_template(prompt_type, attribute, reference)
         self.temperature = float(temperature)
         self.seed = seed

@@ -147,22 +147,7 @@ class OpenAIAnswerer:
 
         if max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
-        self.endpoint = ChatEndpoint(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            timeout_s=timeout_s,
-            deadline_s=deadline_s,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            max_response_bytes=max_response_bytes or 0,
-            max_answer_chars=max_answer_chars or 0,
-            image_detail=image_detail,
-            max_tokens_field=max_tokens_field,
-            extra_body=dict(extra_body or {}),
-        )
+        self.endpoint = ChatEndpoint.pick(locals())
         self.client = ChatClient(self.endpoint)
         self.model = model
         self.base_url = base_url
