@@ -227,11 +227,11 @@ def pair_kind(pair_id: str) -> str:
 
 def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
     """Agreement per kind of pair (float32 and int8 student, and the baselines)."""
-    from compressai_vlic.judges.student.evaluate import evaluate_pairs
-    from compressai_vlic.judges.student.model import load_student
-    from compressai_vlic.judges.student.quantized import quantize_student
-    from compressai_vlic.judges.student.teacher import read_teacher_pairs
-    from compressai_vlic.judges.student.train import ImageStore
+    from compressai_vlic.student.evaluate import evaluate_pairs
+    from compressai_vlic.student.model import load_student
+    from compressai_vlic.student.quantized import quantize_student
+    from compressai_vlic.student.teacher import read_teacher_pairs
+    from compressai_vlic.student.train import ImageStore
 
     pairs = read_teacher_pairs(test_file).pairs
     groups: dict[str, list] = {}
@@ -252,11 +252,11 @@ def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
 def reliability_experiment(
     train_file: Path, test_file: Path, seeds: int, rate: float, share: float
 ) -> dict:
-    from compressai_vlic.judges.student.evaluate import evaluate_pairs
-    from compressai_vlic.judges.student.reliability import reliability
-    from compressai_vlic.judges.student.teacher import TeacherData, read_teacher_pairs
-    from compressai_vlic.judges.student.train import ImageStore, train_student
     from compressai_vlic.judges.types import Choice
+    from compressai_vlic.student.evaluate import evaluate_pairs
+    from compressai_vlic.student.reliability import reliability
+    from compressai_vlic.student.teacher import TeacherData, read_teacher_pairs
+    from compressai_vlic.student.train import ImageStore, train_student
 
     store = ImageStore()
     test = read_teacher_pairs(test_file).pairs
@@ -299,8 +299,8 @@ def reliability_experiment(
 
 def main(argv: list[str] | None = None) -> int:
     from compressai_vlic.cli.main import main as cli
-    from compressai_vlic.judges.student.opinions import Opinion, write_opinions
     from compressai_vlic.metrics import get_metric
+    from compressai_vlic.student.opinions import Opinion, write_opinions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/student-distill"))
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             str(work / "calibration.json"),
         ]
     )
-    from compressai_vlic.judges.student.calibration import correlations, fit_calibration
+    from compressai_vlic.student.calibration import correlations, fit_calibration
 
     context = {}
     for mname in ("psnr", "lpips"):

@@ -32,8 +32,8 @@ def _time(judge, requests) -> float:
 def main(argv: list[str] | None = None) -> int:
     from compressai_vlic.errors import MetricUnavailableError
     from compressai_vlic.judges import make_judge
-    from compressai_vlic.judges.student.model import StudentModel
     from compressai_vlic.judges.types import JudgeRequest
+    from compressai_vlic.student.model import StudentModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", help="a trained student folder (default: untrained)")

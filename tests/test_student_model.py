@@ -11,10 +11,10 @@ from conftest import photo_tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError, MetricUnavailableError
 from compressai_vlic.judges import JudgeSpec, make_judge
-from compressai_vlic.judges.student import backbone as backbone_module
-from compressai_vlic.judges.student.config import StudentConfig
-from compressai_vlic.judges.student.model import StudentModel, load_student
 from compressai_vlic.judges.types import Choice, JudgeRequest
+from compressai_vlic.student import backbone as backbone_module
+from compressai_vlic.student.config import StudentConfig
+from compressai_vlic.student.model import StudentModel, load_student
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_int8_judge_is_calibrated_at_save_time_and_agrees_with_float32(tmp_path,
     """The judge's int8 backbone is rebuilt from ranges stored in student.json; its decisions
     match float32 on pairs whose gap is not a near-tie, and a student without ranges never
     silently pretends to be int8."""
-    from compressai_vlic.judges.student.quantized import (
+    from compressai_vlic.student.quantized import (
         CALIBRATION_KEY,
         calibrate_int8,
         quantized_engine,

@@ -23,8 +23,8 @@ ACTIONS = ("train", "eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from compressai_vlic.judges.student.config import LAYER_NAMES
-    from compressai_vlic.judges.student.reliability import ReliabilityType
+    from compressai_vlic.student.config import LAYER_NAMES
+    from compressai_vlic.student.reliability import ReliabilityType
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
@@ -147,12 +147,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressai_vlic.judges.student import workflow
-    from compressai_vlic.judges.student.config import StudentConfig
+    from compressai_vlic.student import workflow
+    from compressai_vlic.student.config import StudentConfig
 
     try:
         if args.action == "train" and args.student_type == "no-reference":
-            from compressai_vlic.judges.student.noref import train_noref_from_files
+            from compressai_vlic.student.noref import train_noref_from_files
 
             summary = train_noref_from_files(
                 args.output,
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"no-reference student written to {args.output}")
             return 0
         if args.action == "eval" and (args.student / "noref.json").is_file():
-            from compressai_vlic.judges.student.noref import evaluate_noref_files
+            from compressai_vlic.student.noref import evaluate_noref_files
 
             out = evaluate_noref_files(
                 args.student, args.pairs, args.baseline or ["psnr"], args.full_reference_student

@@ -46,8 +46,6 @@ LAZY_JUDGES: dict[str, str] = {
     "colorfulness": "compressai_vlic.judges.attribute_judge:colorfulness_judge",
     "rms_contrast": "compressai_vlic.judges.attribute_judge:rms_contrast_judge",
     "attribute": "compressai_vlic.judges.attribute_judge:AttributeJudge",
-    # a student distilled from a teacher judge (compressai-vlic student train)
-    "student": "compressai_vlic.judges.student.judge:student_judge",
 }
 
 

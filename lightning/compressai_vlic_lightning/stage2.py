@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
-from compressai_vlic.judges.pair_codes import PairCodes
+from compressai_vlic.evaluation.codec_pairs import PairCodes
 from compressai_vlic.losses import (
     DEFAULT_BETA,
     DEFAULT_LAMBDA_FLOW,

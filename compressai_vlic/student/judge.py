@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.model import load_student
-from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
 from compressai_vlic.judges.types import Choice, JudgeRequest, Judgment, Vote, choice_from_score
+from compressai_vlic.student.model import load_student
+from compressai_vlic.student.quantized import PrecisionType, quantize_student
 
 
 class StudentJudge:

@@ -9,24 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.calibration import Calibration, fit_calibration
-from compressai_vlic.judges.student.config import StudentConfig
-from compressai_vlic.judges.student.evaluate import (
+from compressai_vlic.student.calibration import Calibration, fit_calibration
+from compressai_vlic.student.config import StudentConfig
+from compressai_vlic.student.evaluate import (
     PairReport,
     evaluate_opinions,
     evaluate_pairs,
     student_distances,
 )
-from compressai_vlic.judges.student.model import StudentModel, load_student, student_files
-from compressai_vlic.judges.student.opinions import read_opinions
-from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
-from compressai_vlic.judges.student.reliability import ReliabilityType
-from compressai_vlic.judges.student.teacher import (
+from compressai_vlic.student.model import StudentModel, load_student, student_files
+from compressai_vlic.student.opinions import read_opinions
+from compressai_vlic.student.quantized import PrecisionType, quantize_student
+from compressai_vlic.student.reliability import ReliabilityType
+from compressai_vlic.student.teacher import (
     TeacherData,
     read_teacher_pairs,
     read_teacher_points,
 )
-from compressai_vlic.judges.student.train import ImageStore, TrainResult, train_student
+from compressai_vlic.student.train import ImageStore, TrainResult, train_student
 
 PathLike = str | os.PathLike[str]
 

@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.model import StudentModel
-from compressai_vlic.judges.student.quantized import (
+from compressai_vlic.judges.types import Choice
+from compressai_vlic.student.model import StudentModel
+from compressai_vlic.student.quantized import (
     CALIBRATION_KEY,
     calibrate_int8,
     quantized_engine,
 )
-from compressai_vlic.judges.student.reliability import ReliabilityType, reliability
-from compressai_vlic.judges.student.teacher import ImageRef, TeacherData
-from compressai_vlic.judges.types import Choice
+from compressai_vlic.student.reliability import ReliabilityType, reliability
+from compressai_vlic.student.teacher import ImageRef, TeacherData
 
 log = logging.getLogger(__name__)
 

@@ -121,7 +121,7 @@ def calibrate_int8(
 
 
 class QuantizedStages(nn.Module):
-    """Drop-in for :class:`~compressai_vlic.judges.student.backbone.AlexNetStages` in int8."""
+    """Drop-in for :class:`~compressai_vlic.student.backbone.AlexNetStages` in int8."""
 
     def __init__(self, backbone: nn.Module, calibration: dict[str, Any], engine: str) -> None:
         super().__init__()
