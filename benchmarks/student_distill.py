@@ -226,10 +226,9 @@ def pair_kind(pair_id: str) -> str:
 
 
 def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
-    """Agreement per kind of pair (float32 and int8 student, and the baselines)."""
+    """Agreement per kind of pair (the student and the baselines)."""
     from compressai_vlic.student.evaluate import evaluate_pairs
     from compressai_vlic.student.model import load_student
-    from compressai_vlic.student.quantized import quantize_student
     from compressai_vlic.student.teacher import read_teacher_pairs
     from compressai_vlic.student.train import ImageStore
 
@@ -238,14 +237,12 @@ def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
     for p in pairs:
         groups.setdefault(pair_kind(p.pair_id), []).append(p)
     store, out = ImageStore(), {}
-    for precision in ("float32", "int8"):
-        model = load_student(student)
-        quantize_student(model, precision)
-        for kind, group in sorted(groups.items()):
-            rep = evaluate_pairs(model, group, baselines, store)
-            out.setdefault(kind, {})[precision] = rep.to_dict()
-            print(f"{kind} ({len(group)} pairs), student in {precision}:")
-            print("\n".join("  " + line for line in rep.lines()))
+    model = load_student(student)
+    for kind, group in sorted(groups.items()):
+        rep = evaluate_pairs(model, group, baselines, store)
+        out[kind] = rep.to_dict()
+        print(f"{kind} ({len(group)} pairs):")
+        print("\n".join("  " + line for line in rep.lines()))
     return out
 
 
@@ -366,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["student", "eval", "--student", str(student), "--pairs", str(test_file)]
         argv += [f"--baseline={b}" for b in baselines]
         cli([*argv, "--json", str(work / f"eval-{teacher}.json")])
-        print(f"the same, with the judge's int8 backbone ({teacher} teacher):")
-        cli([*argv, "--precision", "int8", "--json", str(work / f"eval-{teacher}-int8.json")])
         if args.pair_set == "hard":
             kinds = by_kind(student, test_file, baselines)
             (work / f"eval-{teacher}-by-kind.json").write_text(json.dumps(kinds, indent=2))

@@ -87,12 +87,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="opinion scores (JSONL/CSV reference,image,opinion) to calibrate on",
     )
     t.add_argument(
-        "--calibration-images",
-        type=int,
-        default=64,
-        help="training images whose activation ranges are stored for the int8 judge (0: none)",
-    )
-    t.add_argument(
         "--student-type",
         choices=("full-reference", "no-reference"),
         default="full-reference",
@@ -129,12 +123,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         help="fit the calibration on the first N opinion rows, score the rest",
-    )
-    e.add_argument(
-        "--precision",
-        choices=("float32", "int8", "auto"),
-        default="float32",
-        help="backbone arithmetic (int8: as the judge runs it; default float32)",
     )
     e.add_argument(
         "--full-reference-student",
@@ -201,7 +189,6 @@ def run(args: argparse.Namespace) -> int:
                 args.opinions,
                 args.overwrite,
                 args.seed,
-                args.calibration_images,
             )
             print(json.dumps(result.summary, indent=2))
             print(f"student written to {args.output}")
@@ -213,7 +200,6 @@ def run(args: argparse.Namespace) -> int:
             args.opinions,
             args.fit_count,
             args.seed,
-            args.precision,
         )
         print("\n".join(lines))
         if args.json is not None:
