@@ -184,6 +184,21 @@ def test_judges_import_neither_the_bitstream_format_nor_the_student():
     assert not (PACKAGE / "judges" / "pair_codes.py").exists()
 
 
+def test_the_package_never_calls_torch_jit_script():
+    """``torch.jit.script`` is deprecated; pytest filters its warning by message only because
+    torch_geometric calls it when compressai is imported (torch names itself as the source)."""
+    offenders = []
+    for path in _module_files().values():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "script":
+                if isinstance(node.value, ast.Attribute) and node.value.attr == "jit":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "torch.jit":
+                if any(alias.name == "script" for alias in node.names):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, "\n".join(offenders)
+
+
 _IMPORT_EVERY_MODULE = r"""
 import importlib, json, sys, warnings
 found = {}
