@@ -259,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.cli import LightningCLI
 
     import compressai_vlic_lightning
+    from compressai_vlic.thirdparty import ignore_lightning_leafspec
 
     compressai_vlic_lightning.load_all()  # the classes the configs name
+    ignore_lightning_leafspec()  # Lightning's own use of a torch API it has deprecated
 
     try:
         _cli_class(LightningCLI)(
