@@ -1,8 +1,8 @@
 """The literal paper YAMLs train on the CPU with only the depths (and the hardware) changed.
 
 Full width (1088, 17 heads, 256x256 tiles, 4096 + 256 tokens), gradient checkpointing and
-gradient accumulation as configured; one block per transformer so that two optimizer steps
-(four micro-batches) fit in a CPU test. Stage 2 starts from the stage-1 checkpoint written here.
+gradient accumulation as configured; one block per transformer so that one optimizer step
+(two micro-batches) fits in a CPU test. Stage 2 starts from the stage-1 checkpoint written here.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _common(root: Path) -> list[str]:
     return [
         "--trainer.accelerator", "cpu",
         "--trainer.devices", "1",
-        "--trainer.max_steps", "2",
+        "--trainer.max_steps", "1",
         "--trainer.limit_val_batches", "0",
         "--trainer.num_sanity_val_steps", "0",
         "--trainer.log_every_n_steps", "1",
@@ -82,7 +82,7 @@ def stage1_run(workdir):
     try:
         args = ["fit", "--config", str(CONFIGS / "paper_q1_stage1.yaml"), *_common(root)]
         args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
-        # One CPU process, 2 steps: the freeze (step 200k) is never reached, and DDP's search for
+        # One CPU process, 1 step: the freeze (step 200k) is never reached, and DDP's search for
         # unused parameters walks the whole checkpointed graph every step at paper width.
         args += ["--trainer.strategy.init_args.find_unused_parameters", "false"]
         assert train_main(args) == 0
@@ -100,7 +100,7 @@ def ckpt_config_has_flowmo_parts(run: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_paper_stage1_yaml_two_steps(stage1_run):
+def test_paper_stage1_yaml_one_step(stage1_run):
     config = yaml.safe_load((stage1_run / "config.yaml").read_text())
     init = config["model"]["init_args"]
     assert init["gradient_checkpointing"] is True and init["quality"] == "1"
@@ -112,17 +112,17 @@ def test_paper_stage1_yaml_two_steps(stage1_run):
         yaml.safe_load((CONFIGS / "paper_q1_stage1.yaml").read_text())["trainer"]["precision"]
         == "bf16-mixed"
     )
-    assert _steps(stage1_run) == [0, 1]
+    assert _steps(stage1_run) == [0]
     ckpt_path = stage1_run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 2
+    assert ckpt["global_step"] == 1
     assert ckpt["state_dict"]["model.encoder.latent_tokens"].shape == (256, 1088)
     assert set(ckpt["callbacks"]["EMA"]) == {"num_updates"}  # averages stored once
     assert "model.encoder.latent_tokens" in ckpt["ema_state_dict"]
 
 
 @pytest.mark.slow
-def test_paper_stage2_yaml_two_steps(stage1_run, workdir, photos):
+def test_paper_stage2_yaml_one_step(stage1_run, workdir, photos):
     from test_train_memory import _judged
 
     dataset = _judged(workdir, photos, size=288)
@@ -135,14 +135,14 @@ def test_paper_stage2_yaml_two_steps(stage1_run, workdir, photos):
     config = yaml.safe_load((root / "config.yaml").read_text())
     assert config["model"]["init_args"]["gradient_checkpointing"] is True
     assert config["trainer"]["accumulate_grad_batches"] == 2
-    assert _steps(root) == [0, 1]
+    assert _steps(root) == [0]
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not [k for k in ckpt["state_dict"] if k.startswith("reference.")]
     assert ckpt["dpo_reference"]["init_from"].endswith("last.ckpt")
 
 
 @pytest.mark.slow
-def test_paper_mode_seeking_yaml_two_steps(stage1_run, workdir):
+def test_paper_mode_seeking_yaml_one_step(stage1_run, workdir):
     """FlowMo's optional stage at paper width from the stage-1 checkpoint written above."""
     mp = pytest.MonkeyPatch()
     mp.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(workdir / "alex.pth"))
@@ -163,7 +163,7 @@ def test_paper_mode_seeking_yaml_two_steps(stage1_run, workdir):
     init = config["model"]["init_args"]
     assert init["freeze_encoder_after"] == 0 and init["perceptual_weight"] == 0.01
     assert init["gradient_checkpointing"] is True and init["fix_initial_norms"] is True
-    assert _steps(root) == [0, 1]
+    assert _steps(root) == [0]
     ckpt = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     before = torch.load(
         stage1_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
