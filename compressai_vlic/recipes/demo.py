@@ -543,8 +543,9 @@ def finetune(run: DemoRun) -> Path:
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.stage1
     pl.seed_everything(run.args.seed, workers=True, verbose=False)
     model_args = cfg["model"]["init_args"]
-    start = model_args.get("init_from") or "random weights"
-    what = "fine-tuning" if model_args.get("init_from") else "pre-training"
+    weights = model_args.get("weights") or model_args.get("init_from")
+    start = weights or "random weights"
+    what = "fine-tuning" if weights else "pre-training"
     print(
         f"[demo] stage 1: {what} the {model_args.get('quality', 'test')!r} codec from {start} "
         f"for {plan.stage1_steps} steps on bundled photos (held out: {', '.join(EVAL_PHOTOS)})",
@@ -573,7 +574,7 @@ def finetune(run: DemoRun) -> Path:
     trainer.fit(stage1, run.data)
     clock.stop()
     report.stage1 = {
-        "init_from": model_args.get("init_from"),
+        "init_from": weights,
         "quality": model_args.get("quality"),
         "steps": trainer.global_step,
         "train_photos": list(run.data.train_photos),
@@ -609,7 +610,8 @@ def posttrain(run: DemoRun) -> Path:
     stage2 = Stage2Module(
         **{
             **run.configs.stage2["model"]["init_args"],
-            "init_from": str(run.stage1_ckpt),
+            "init_from": None,
+            "weights": str(run.stage1_ckpt),
             "lr": plan.stage2_lr,
             "beta": plan.beta,
             "dpo_batch_size": plan.dpo_batch_size,

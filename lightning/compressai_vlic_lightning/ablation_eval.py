@@ -157,7 +157,7 @@ def heldout_dpo_diagnostics(
     keep = {
         k: v
         for k, v in model_args.items()
-        if k in ("init_from", "beta", "weighting_type", "label_type", "t_sampling_type")
+        if k in ("weights", "init_from", "beta", "weighting_type", "label_type", "t_sampling_type")
     }
     module = Stage2Module(**keep, preference_type="offline", preference_dataset=str(pairs))
     cfg = module.model.config

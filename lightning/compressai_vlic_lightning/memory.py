@@ -348,7 +348,7 @@ def read_setup(path: str | Path) -> TrainingSetup:
         raise ConfigError(f"{path}: model.class_path {class_path!r} is not a VLIC stage")
     notes: list[str] = []
     model_config = None
-    init_from = args.get("init_from")
+    init_from = args.get("weights") or args.get("init_from")
     if stage == 2 and init_from and Path(init_from).is_file():
         from compressai_vlic_lightning.common import load_codec
 

@@ -46,6 +46,7 @@ from compressai_vlic_lightning.common import (
     fixed_flow_matching,
     load_codec,
     psnr,
+    weights_spec,
 )
 from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
@@ -128,11 +129,13 @@ class Stage2Module(ResumableModule):
     """Diffusion-DPO post-training with an online (background-judged) or offline preference set.
 
     Args:
-        init_from: stage-1 checkpoint (Lightning .ckpt or CompressAI state dict); the model is
-            built from the config stored in it. It also becomes the frozen reference.
-        init_weights_type: "ema" (default) or "raw" weights of a Lightning checkpoint.
-        quality: zoo quality used only without ``init_from``.
-        model_overrides: VLIC config overrides used only without ``init_from``.
+        weights: the stage-1 weights, any spec of :func:`compressai_vlic.pretrained.load_weights`
+            (a Lightning checkpoint's EMA weights; ``last.ckpt#raw`` for the raw ones); the model
+            is built from the config stored in them. They also become the frozen reference.
+        init_from: the older name of ``weights``.
+        init_weights_type: the older way to pick "ema" or "raw" weights (``#raw`` now).
+        quality: zoo quality used only without ``weights``.
+        model_overrides: VLIC config overrides used only without ``weights``.
         lr: learning rate (VLIC: 5e-7 at batch 256).
         beta: DPO temperature (VLIC's value is unpublished; 2500 = the public eps-prediction
             Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
@@ -191,7 +194,7 @@ class Stage2Module(ResumableModule):
     def __init__(
         self,
         init_from: str | None = None,
-        init_weights_type: WeightsType = "ema",
+        init_weights_type: WeightsType | None = None,
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
         lr: float = 5e-7,
@@ -236,6 +239,7 @@ class Stage2Module(ResumableModule):
         judge: Any = None,
         gradient_checkpointing: bool = False,
         compile_mode: CompileMode = "none",
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         check_option("preference_type", preference_type, PreferenceType)
@@ -258,11 +262,12 @@ class Stage2Module(ResumableModule):
         if dpo_weight < 0:
             raise ConfigError(f"dpo_weight must be >= 0, got {dpo_weight}")
         self.save_hyperparameters(ignore=["judge"])
-        if init_from:  # the checkpoint's own config: quality/model_overrides are not needed
-            self.model = load_codec(init_from, init_weights_type)
+        self._weights = weights_spec(weights, init_from, init_weights_type)
+        if self._weights:  # the checkpoint's own config: quality/model_overrides are not needed
+            self.model = load_codec(self._weights)
         else:
             self.model = build_model(quality, model_overrides)
-            log.warning("stage 2 without init_from: post-training a randomly initialised codec")
+            log.warning("stage 2 without weights: post-training a randomly initialised codec")
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         # Checkpoints name the reference instead of carrying it (see on_save_checkpoint).
         self._reference_fingerprint = weights_fingerprint(self.reference)
@@ -299,9 +304,11 @@ class Stage2Module(ResumableModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        base, _, kind = (self._weights or "").partition("#")
         checkpoint[REFERENCE_KEY] = {
-            "init_from": self.hparams.init_from,
-            "init_weights_type": self.hparams.init_weights_type,
+            "weights": self._weights,
+            "init_from": base or None,  # the older names, for readers of older checkpoints
+            "init_weights_type": kind or "ema",
             "fingerprint": self._reference_fingerprint,
         }
         super().on_save_checkpoint(checkpoint)
@@ -311,7 +318,7 @@ class Stage2Module(ResumableModule):
         super().on_load_checkpoint(checkpoint)  # checks the keys, keeps the random streams
 
     def _attach_reference(self, checkpoint: dict[str, Any]) -> None:
-        """Put the frozen reference (rebuilt from ``init_from``) back into the state dict."""
+        """Put the frozen reference (rebuilt from ``weights``) back into the state dict."""
         state = checkpoint.get("state_dict")
         if state is None or any(k.startswith("reference.") for k in state):
             return  # an older checkpoint that carries its reference
@@ -320,8 +327,9 @@ class Stage2Module(ResumableModule):
         if expected and expected != self._reference_fingerprint:
             raise CheckpointError(
                 f"this stage-2 checkpoint was trained against the reference from "
-                f"{saved.get('init_from')!r} ({saved.get('init_weights_type')} weights), but the "
-                f"module's reference differs; pass --model.init_from with that stage-1 checkpoint"
+                f"{saved.get('weights') or saved.get('init_from')!r}, but the module's reference "
+                f"differs; pass --model.weights (formerly --model.init_from) with that stage-1 "
+                "checkpoint"
             )
         for key, value in self.reference.state_dict().items():
             state[f"reference.{key}"] = value
