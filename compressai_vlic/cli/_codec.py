@@ -25,7 +25,7 @@ WEIGHTS_HELP = (
     "the VLIC weights: 'tiny' (the trained model shipped with the package), a checkpoint file "
     "(a Lightning .ckpt uses its EMA weights; append #raw for the raw ones), a "
     "save_pretrained folder, a Hub id (owner/name), or random:test (random weights from a fixed "
-    "seed, for tests only); read with weights_only=True or as safetensors"
+    "seed, for tests only: its output is noise); read with weights_only=True or as safetensors"
 )
 
 
@@ -207,7 +207,7 @@ def open_batch(
     check: Callable[[VLIC], object] | None = None,
 ) -> Batch | None:
     """Plan ``args.inputs`` -> ``args.output`` and load the model; None (after printing why)
-    when there is nothing to do or no usable model, so no input is read in vain.
+    when there is nothing to do, so no input is read in vain; an unusable model raises.
 
     ``check`` runs on the loaded model to reject bad options (e.g. a seed) up front.
     """
@@ -217,12 +217,8 @@ def open_batch(
     if not plan.jobs:
         print(f"error: nothing to {verb}", file=sys.stderr)
         return None
-    try:
-        apply_threads(args.threads)
-        model = load_model(args.checkpoint, args.quality, args.weights)
-        if check is not None:
-            check(model)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    apply_threads(args.threads)  # a typed error here is the command's error (exit status 1)
+    model = load_model(args.checkpoint, args.quality, args.weights)
+    if check is not None:
+        check(model)
     return Batch(plan.jobs, model, plan.refused)

@@ -48,6 +48,9 @@ from compressai_vlic.evaluation.codec_bench import (
     paper_prior,
 )
 
+#: Exit status of a typed error (main prints it): 1, as for a failed input.
+ERROR_STATUS = 1
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, required=False)
@@ -285,14 +288,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.isolation == "process" and args.worker_json is None:
-            report = run_subprocess(_child_argv(args))
-        else:
-            report = run_inline(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.isolation == "process" and args.worker_json is None:
+        report = run_subprocess(_child_argv(args))
+    else:
+        report = run_inline(args)
     from compressai_vlic.atomic import atomic_write_text
 
     payload = json.dumps(asdict(report), indent=2)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.cli._args import key_value
-from compressai_vlic.errors import ConfigError, VLICError
+from compressai_vlic.errors import ConfigError
 
 DEFAULT_CODECS = ["jpeg", "webp"]
 
@@ -100,14 +100,6 @@ def _metric_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from compressai_vlic.evaluation.codecs import make_codec
     from compressai_vlic.evaluation.compare import CompareSettings, run_comparison
     from compressai_vlic.image_io import find_images

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from compressai_vlic.cli._args import key_value
 from compressai_vlic.cli._codec import WEIGHTS_HELP
-from compressai_vlic.errors import ConfigError, VLICError
+from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -334,9 +334,6 @@ def run(args: argparse.Namespace) -> int:
 
             return run_rank_cli(args)
         return run_build(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every pair judged so far is saved; rerun the same command to resume",

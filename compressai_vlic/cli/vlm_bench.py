@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from compressai_vlic.cli._args import key_value
-from compressai_vlic.errors import VLICError
 
 DEFAULT_CODECS = ["jpeg", "webp"]
 
@@ -163,13 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.vlm_command == "gaps":
-            return _gaps(args)
-        return _run(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.vlm_command == "gaps":
+        return _gaps(args)
+    return _run(args)
 
 
 def _answerer_options(args: argparse.Namespace) -> dict:

@@ -55,9 +55,9 @@ from compressai_vlic_lightning.perceptual import (
     perceptual_distance,
 )
 from compressai_vlic_lightning.preferences import (
+    BufferJudgeStats,
     CallType,
     CandidateType,
-    JudgeStats,
     OfflinePreferences,
     PreferenceBatch,
     PreferenceBuffer,
@@ -291,7 +291,7 @@ class Stage2Module(ResumableModule):
         self._judge = judge
         self.buffer: PreferenceBuffer | None = None
         self.offline: OfflinePreferences | None = None
-        self._last_stats = JudgeStats()
+        self._last_stats = BufferJudgeStats()
 
     # ------------------------------------------------------------------ set-up
     def train(self, mode: bool = True) -> Stage2Module:
