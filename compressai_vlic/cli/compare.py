@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="codec spec, repeatable, NAME=SPEC renames: jpeg, webp, avif (rate points from --bpp, "
         "or jpeg@0.2,q50), "
-        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)})",
+        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic:WEIGHTS (vlic:tiny, vlic:PATH, "
+        f"vlic:random:test; older: vlic@test, vlic-ckpt:PATH), folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)})",
     )
     parser.add_argument(
         "--bpp",

@@ -47,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="codecs",
         metavar="SPEC",
         help="codec spec as in `compare`, repeatable: jpeg, webp, avif, jpeg@0.2,q50, "
-        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
+        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic:WEIGHTS (vlic:tiny, vlic:PATH, "
+        f"vlic:random:test; older: vlic@test, vlic-ckpt:PATH), folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
         "always the ceiling",
     )
     run.add_argument(

@@ -51,10 +51,11 @@ class PretrainedCfg:
         file: the safetensors file in this folder.
         sha256: the file's sha256, checked before a tensor is used.
         config_hash: the config hash of the model the weights fit.
-        licence: SPDX id of the weights' licence.
+        licence: SPDX id of the weights' licence (default: the package's).
         hub_id: a Hugging Face Hub id holding the same weights ("" when none).
         url: a download URL of the same file ("" when none).
-        card: a JSON card in this folder with the training record.
+
+    Next to the file, a JSON card of the same name holds the training record.
     """
 
     name: str
@@ -62,14 +63,17 @@ class PretrainedCfg:
     file: str
     sha256: str
     config_hash: str
-    licence: str
+    licence: str = "Apache-2.0"
     hub_id: str = ""
     url: str = ""
-    card: str = ""
 
     @property
     def path(self) -> Path:
         return FOLDER / self.file
+
+    @property
+    def card(self) -> str:
+        return Path(self.file).with_suffix(".json").name
 
 
 #: Every weights file that ships with the package, by name.
@@ -80,8 +84,6 @@ WEIGHTS: dict[str, PretrainedCfg] = {
         file="vlic-tiny.safetensors",
         sha256="0afc8c358b9489680b59e9696103fed8d54db5bd02b98cd98c24f7f645f7c56e",
         config_hash="17f14011",
-        licence="Apache-2.0",
-        card="vlic-tiny.json",
     ),
 }
 #: zoo quality -> card file in this folder
@@ -199,7 +201,7 @@ def shipped_weights(quality: str) -> ShippedWeights:
             f"file {digest[:12]}...): reinstall compressai-vlic"
         )
     try:
-        card = json.loads((FOLDER / row.card).read_text()) if row.card else {}
+        card = json.loads((FOLDER / row.card).read_text())
     except (OSError, ValueError):
         card = {}
     return ShippedWeights(row.quality, path, row.sha256, row.config_hash, card)
@@ -228,6 +230,7 @@ def load_weights(
         ema: a Lightning checkpoint's EMA weights when it has them (default), else the raw ones.
     """
     from compressai_vlic.checkpoints import is_url
+    from compressai_vlic.models.vlic import CONFIG_KEY, config_to_tensor
     from compressai_vlic.zoo import QUALITIES, quality_config, quality_key
 
     text = os.fspath(spec).strip()
@@ -243,6 +246,8 @@ def load_weights(
     if row is not None:
         shipped = shipped_weights(row.quality)
         state = _safetensors_state(shipped.path)
+        # the zoo config (same hash): its sampler settings, as vlic(quality) builds the model
+        state[CONFIG_KEY] = config_to_tensor(quality_config(row.quality))
         return Weights(text, str(shipped.path), row.sha256, state, quality=row.quality)
     if base.startswith(ZOO_PREFIX):
         shipped_weights(base[len(ZOO_PREFIX) :])  # raises: names what does ship

@@ -610,7 +610,6 @@ def posttrain(run: DemoRun) -> Path:
     stage2 = Stage2Module(
         **{
             **run.configs.stage2["model"]["init_args"],
-            "init_from": None,
             "weights": str(run.stage1_ckpt),
             "lr": plan.stage2_lr,
             "beta": plan.beta,

@@ -30,24 +30,30 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
     return vlic(quality, **overrides)
 
 
+#: The default of the old ``init_from``: not given (``None`` given on purpose means no weights).
+NOT_GIVEN = ""
+
+
 def weights_spec(
-    weights: str | None, init_from: str | None = None, init_weights_type: str | None = None
+    weights: str | None, init_from: str | None = NOT_GIVEN, init_weights_type: str | None = None
 ) -> str | None:
     """The one weights spec from ``weights`` or its aliases ``init_from`` + ``init_weights_type``.
 
     Args:
         weights: any spec of :func:`compressai_vlic.pretrained.load_weights`.
-        init_from: the older name of ``weights`` (still accepted; it wins when both are set, so
-            ``--model.init_from`` still overrides a YAML's ``weights``).
+        init_from: the older name of ``weights`` (still accepted; when given, even as null, it
+            wins, so ``--model.init_from X`` or ``null`` still overrides a YAML's ``weights``).
         init_weights_type: "raw" appends ``#raw`` (a Lightning checkpoint's raw weights).
     """
-    if weights and init_from and weights != init_from:  # e.g. `--model.init_from` on a new YAML
-        logging.getLogger(__name__).warning(
-            "both weights=%r and its old name init_from=%r are set: using init_from",
-            weights,
-            init_from,
-        )
-    spec = init_from or weights
+    spec = weights
+    if init_from != NOT_GIVEN:
+        if weights and init_from != weights:
+            logging.getLogger(__name__).warning(
+                "both weights=%r and its old name init_from=%r are set: using init_from",
+                weights,
+                init_from,
+            )
+        spec = init_from
     if init_weights_type is not None:
         check_option("init_weights_type", init_weights_type, WeightsType, ConfigError)
         if spec and init_weights_type == "raw" and not spec.endswith(("#raw", "#ema")):

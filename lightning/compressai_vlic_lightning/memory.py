@@ -349,7 +349,7 @@ def read_setup(path: str | Path) -> TrainingSetup:
     notes: list[str] = []
     model_config = None
     init_from = args.get("weights") or args.get("init_from")
-    if stage == 2 and init_from and Path(init_from).is_file():
+    if stage == 2 and init_from and Path(init_from.partition("#")[0]).is_file():
         from compressai_vlic_lightning.common import load_codec
 
         model_config = load_codec(init_from).config

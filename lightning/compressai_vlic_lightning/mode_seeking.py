@@ -23,7 +23,7 @@ from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.models.vlic import sample_t
-from compressai_vlic_lightning.common import CompileMode, NormMode
+from compressai_vlic_lightning.common import NOT_GIVEN, CompileMode, NormMode
 from compressai_vlic_lightning.perceptual import PerceptualFallbackType, PerceptualType
 from compressai_vlic_lightning.stage1 import Stage1Module
 
@@ -36,7 +36,7 @@ class ModeSeekingModule(Stage1Module):
         model_overrides: VLIC config overrides (must match the weights' model).
         weights: the codec to post-train: a stage-1, stage-2 or mode-seeking checkpoint, a
             CompressAI one, ``tiny`` or any spec of :func:`compressai_vlic.pretrained.load_weights`.
-        init_from: the older name of ``weights``.
+        init_from: the older name of ``weights``; when given (even as None) it wins.
         lr: learning rate (FlowMo's post-training: 5e-5).
         weight_decay: AdamW weight decay.
         betas: AdamW betas (FlowMo's (0.9, 0.95)).
@@ -72,7 +72,7 @@ class ModeSeekingModule(Stage1Module):
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
         weights: str | None = None,
-        init_from: str | None = None,
+        init_from: str | None = NOT_GIVEN,
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),

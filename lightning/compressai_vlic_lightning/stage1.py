@@ -22,6 +22,7 @@ from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
 from compressai_vlic.options import check_option
 from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
+    NOT_GIVEN,
     CompileMode,
     InitialNorms,
     NormMode,
@@ -106,7 +107,7 @@ class Stage1Module(ResumableModule):
         weights: the weights to start from, any spec of
             :func:`compressai_vlic.pretrained.load_weights` (``tiny``: the shipped ones, a
             Lightning or CompressAI checkpoint, a ``save_pretrained`` folder, a Hub id).
-        init_from: the older name of ``weights``.
+        init_from: the older name of ``weights``; when given (even as None) it wins.
         val_decode_batches: validation batches decoded with the sampler for PSNR.
         val_seed: seed of validation noise/timesteps and decodes.
         gradient_checkpointing: recompute encoder/decoder blocks in backward (far less memory,
@@ -139,7 +140,7 @@ class Stage1Module(ResumableModule):
         prior_weight: float = 1.0,
         rate_weight: float = 0.0,
         weights: str | None = None,
-        init_from: str | None = None,
+        init_from: str | None = NOT_GIVEN,
         val_decode_batches: int = 1,
         val_seed: int = 0,
         gradient_checkpointing: bool = False,

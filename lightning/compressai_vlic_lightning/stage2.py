@@ -38,6 +38,7 @@ from compressai_vlic.losses import (
 from compressai_vlic.options import check_option
 from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
+    NOT_GIVEN,
     CompileMode,
     WeightsType,
     adamw,
@@ -132,7 +133,7 @@ class Stage2Module(ResumableModule):
         weights: the stage-1 weights, any spec of :func:`compressai_vlic.pretrained.load_weights`
             (a Lightning checkpoint's EMA weights; ``last.ckpt#raw`` for the raw ones); the model
             is built from the config stored in them. They also become the frozen reference.
-        init_from: the older name of ``weights``.
+        init_from: the older name of ``weights``; when given (even as None) it wins.
         init_weights_type: the older way to pick "ema" or "raw" weights (``#raw`` now).
         quality: zoo quality used only without ``weights``.
         model_overrides: VLIC config overrides used only without ``weights``.
@@ -193,7 +194,7 @@ class Stage2Module(ResumableModule):
 
     def __init__(
         self,
-        init_from: str | None = None,
+        init_from: str | None = NOT_GIVEN,
         init_weights_type: WeightsType | None = None,
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
