@@ -539,11 +539,12 @@ def finetune(run: DemoRun) -> Path:
     ``init_type="scratch"``, ``tiny_stage1_scratch.yaml``: all of stage 1 from random weights)."""
     pl = require("pytorch_lightning", "train", "The demo's training")
     from compressai_vlic_lightning import EMA, PhotosDataModule, Stage1Module
+    from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
 
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.stage1
     pl.seed_everything(run.args.seed, workers=True, verbose=False)
     model_args = cfg["model"]["init_args"]
-    weights = model_args.get("weights") or model_args.get("init_from")
+    weights = weights_spec(model_args.get("weights"), model_args.get("init_from", NOT_GIVEN))
     start = weights or "random weights"
     what = "fine-tuning" if weights else "pre-training"
     print(
@@ -611,6 +612,7 @@ def posttrain(run: DemoRun) -> Path:
         **{
             **run.configs.stage2["model"]["init_args"],
             "weights": str(run.stage1_ckpt),
+            "init_from": "",  # not given: the older name must not override the stage-1 run
             "lr": plan.stage2_lr,
             "beta": plan.beta,
             "dpo_batch_size": plan.dpo_batch_size,

@@ -440,7 +440,9 @@ def prepare_runs(
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(config_path).read_text()) or {}
     model = (base.get("model") or {}).get("init_args") or {}
-    reference = model.get("weights") or model.get("init_from")
+    from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
+
+    reference = weights_spec(model.get("weights"), model.get("init_from", NOT_GIVEN))
     if not reference:
         raise ConfigError(
             "the stage-2 config needs model.init_args.weights (the stage-1 checkpoint)"
