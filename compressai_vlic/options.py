@@ -37,3 +37,21 @@ IMAGE_MAX_PIXELS = 100_000_000
 MAX_PIXELS_ENV = "COMPRESSAI_VLIC_MAX_PIXELS"
 #: Environment variable of the image decode memory budget, in MiB (0 = no budget).
 MAX_IMAGE_MB_ENV = "COMPRESSAI_VLIC_MAX_IMAGE_MB"
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, booleans, lists).
+
+    Args:
+        text: one ``KEY=VALUE`` command-line item.
+    """
+    import argparse
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

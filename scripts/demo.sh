@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main command: install (idempotent), then run the main job on the CPU.
+# The demo: install (idempotent), then run the demo on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh

@@ -12,7 +12,8 @@ import torch
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges import factory
-from compressai_vlic.judges.compose import ComposeSpec, compose, describe_judge, make_base_judge
+from compressai_vlic.judges.compose import ComposeSpec, compose, describe_judge
+from compressai_vlic.judges.factory import make_judge
 from compressai_vlic.judges.spec import JudgeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +40,9 @@ def test_from_args_builds_the_judge_the_flags_describe():
     assert spec.backend == "psnr" and spec.options == {"margin": 0.5}
     assert spec.extra_options == {"ms_ssim": {"scale": 0.05}}
     expected = compose(
-        make_base_judge("psnr", margin=0.5),
+        make_judge("psnr", margin=0.5),
         ComposeSpec(order_type="symmetrize", votes=3, unanimous_with=["ms_ssim"]),
-        lambda t: make_base_judge(t, scale=0.05),
+        lambda t: make_judge(t, scale=0.05),
     )
     judge = spec.build()
     assert describe_judge(judge) == describe_judge(expected)
@@ -65,7 +66,7 @@ def test_from_config_takes_field_names_and_the_stage2_spelling():
             "model": "m",
             "temperature": 0.3,
             "options": {"base_url": "http://127.0.0.1:1/v1"},
-            "order_type": "symmetrize",
+            "compose": {"order_type": "symmetrize"},
         }
     )
     assert legacy == fields
@@ -78,7 +79,7 @@ def test_from_config_takes_field_names_and_the_stage2_spelling():
     with pytest.raises(ConfigError, match="unknown judge option"):
         JudgeSpec.from_config({"backend": "psnr", "vote": 3})
     with pytest.raises(ConfigError, match="votes"):
-        JudgeSpec(votes=0)
+        JudgeSpec(compose={"votes": 0})
     with pytest.raises(ConfigError, match="given twice"):
         JudgeSpec(model="a", options={"model": "b"})
 
@@ -122,24 +123,25 @@ def test_third_party_judges_register_through_the_entry_point_group(tmp_path, mon
 
     monkeypatch.setattr(factory, "entry_points", fake_entry_points)
     assert "third_party" in factory.available_judges()
-    judge = JudgeSpec(backend="third_party", order_type="symmetrize").build()
+    judge = JudgeSpec(backend="third_party", compose={"order_type": "symmetrize"}).build()
     assert judge.name == "symmetrize(third-party)"
     assert seen and set(seen) == {factory.ENTRY_POINT_GROUP}
     monkeypatch.delitem(sys.modules, "vlic_third_party_judge")
 
 
-def test_built_in_judges_resolve_without_installed_metadata(monkeypatch):
-    monkeypatch.setattr(factory, "entry_points", lambda group: [])  # old or missing metadata
-    for name in factory.LAZY_JUDGES:
+def test_built_in_judges_are_the_entry_points_and_each_resolves(monkeypatch):
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"][factory.ENTRY_POINT_GROUP]
+    assert set(declared) <= set(factory.available_judges())  # one registry: the entry points
+    assert not hasattr(factory, "LAZY_JUDGES")
+    for name in declared:
         assert callable(factory.resolve_judge_type(name)), name
     with pytest.raises(ConfigError, match="unknown judge type"):
         factory.resolve_judge_type("no-such-judge")
-
-
-def test_pyproject_declares_the_built_in_judges():
-    tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert project["entry-points"][factory.ENTRY_POINT_GROUP] == factory.LAZY_JUDGES
+    monkeypatch.setattr(factory, "entry_points", lambda group: [])  # metadata missing
+    with pytest.raises(ConfigError, match="pip install -e"):
+        factory.resolve_judge_type("psnr")
 
 
 def test_training_configs_ship_in_the_wheel_and_resolve_from_the_source_tree(tmp_path, monkeypatch):

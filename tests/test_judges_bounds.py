@@ -133,7 +133,7 @@ def test_endpoint_credentials_are_never_stored(server, photos, tmp_path):
     judge = OpenAIJudge("m", base_url=url, api_key_env="")
     text = repr(judge) + json.dumps(describe_judge(judge))
     assert "hunter2" not in text and "AIzaSy" not in text and "alice" not in text
-    assert judge._scrub("echo hunter2-pass and AIzaSyQuerySecret0") == "echo *** and ***"
+    assert judge.client.scrub("echo hunter2-pass and AIzaSyQuerySecret0") == "echo *** and ***"
     # a real run with credentials in the URL: no row holds them
     root = tmp_path / "pairs"
     for d in ("orig", "a", "b"):

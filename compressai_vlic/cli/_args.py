@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from compressai_vlic.options import key_value
 
-def key_value(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON when it parses (numbers, booleans, lists)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+__all__ = ["add_image_limit_arguments", "apply_image_limits", "key_value"]
 
 
 def _non_negative(kind: type) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.audit.scaling import ScaleType
-from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
+from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec
 from compressai_vlic.options import choices
 
 
@@ -100,15 +100,16 @@ def run_psychophysics_cli(args: Any) -> int:
         raise ConfigError(f"{args.csv}: no attribute column; name one with --attribute")
     pairs = {a: load_csv(args.csv, a) for a in attributes}
     judge_types = args.judge_type or ["attribute"]
-    check_judge_arg_prefixes(args.judge_arg, judge_types)
+    spec = JudgeSpec.from_args(args, judge_types[0])
 
     def maker(judge_type: str) -> Any:
         def make(attribute: str) -> Any:
-            spec = JudgeSpec.from_args(args, judge_type)
-            options = {**spec.options, "attribute": attribute}
+            one = JudgeSpec.from_args(args, judge_type)
+            options = {**one.options, "attribute": attribute}
             if all(p.reference is None for p in pairs[attribute]):
                 options.setdefault("reference", False)
-            return replace(spec, options=options, votes=1, order_type="as-given").build()
+            compose = replace(one.compose, votes=1, order_type="as-given")
+            return replace(one, options=options, compose=compose).build()
 
         return make
 
@@ -116,8 +117,8 @@ def run_psychophysics_cli(args: Any) -> int:
         {t: maker(t) for t in judge_types},
         pairs,
         repeats=args.repeats,
-        order_type=args.order_type,
-        combine_type=args.combine_type,
+        order_type=spec.compose.order_type,
+        combine_type=spec.compose.combine_type,
         n_boot=args.bootstrap,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -153,22 +154,18 @@ def run_audit_cli(args: Any) -> int:
         pairs = pairs[: args.limit]
     judge_types = args.judge_type or [DEFAULT_JUDGE]
     spec = JudgeSpec.from_args(args, judge_types[0])
-    check_judge_arg_prefixes(args.judge_arg, [*judge_types, *spec.judge_types()[1:]])
+    noise = spec.compose
     # The audit derives orders, votes and unanimity from raw answers; a weighted ensemble is
     # audited as one judge.
-    judges = [
-        replace(
-            JudgeSpec.from_args(args, t), order_type="as-given", votes=1, unanimous_with=[]
-        ).build()
-        for t in judge_types
-    ]
+    raw = replace(noise, order_type="as-given", votes=1, unanimous_with=[])
+    judges = [replace(JudgeSpec.from_args(args, t), compose=raw).build() for t in judge_types]
     settings = AuditSettings(
-        repeats=args.repeats or args.votes,
-        order_type=args.order_type,
-        votes=args.votes,
-        combine_type=args.combine_type,
-        majority_type=args.majority_type,
-        unanimous_with=list(args.unanimous_with),
+        repeats=args.repeats or noise.votes,
+        order_type=noise.order_type,
+        votes=noise.votes,
+        combine_type=noise.combine_type,
+        majority_type=noise.majority_type,
+        unanimous_with=list(noise.unanimous_with),
         gap_metric=args.gap_metric,
         scale_type=args.scale_type,
         bootstrap=args.bootstrap,

@@ -18,6 +18,7 @@ from typing import Any
 
 from compressai_vlic.cli._args import key_value
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.spec import JudgeSpec
 
 DEFAULT_CODECS = ["jpeg", "webp"]
 
@@ -68,12 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patch-size", type=int, default=256, help="HiFiC patch size for FID/KID/FD"
     )
-    parser.add_argument(
-        "--judge-type", default=None, help="judge for the win-rate (any judge type)"
-    )
-    parser.add_argument(
-        "--judge-option", action="append", default=[], type=key_value, metavar="KEY=VALUE"
-    )
+    JudgeSpec.add_arguments(parser)  # the win-rate's judge: none unless --judge-type is given
     parser.add_argument(
         "--reference-codec", default=None, help="codec name the win-rate and BD-rates are against"
     )
@@ -123,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
         distribution_metrics=[m for m in args.distribution_metrics if m != "none"],
         metric_options=_metric_options(args.metric_option),
         patch_size=args.patch_size,
-        judge_type=args.judge_type,
-        judge_options=dict(args.judge_option),
+        judge=JudgeSpec.from_args(args) if args.judge_type else None,
         reference_codec=reference,
         device=args.device,
         crop=args.crop,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from compressai_vlic.recipes.demo import INIT_TYPES, JUDGE_MODEL_ENV, JUDGE_URL_ENV, PRESETS
+from compressai_vlic.judges.spec import JudgeSpec
+from compressai_vlic.recipes.demo import INIT_TYPES, PRESETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,22 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prior refit after stage 2: auto (default: only when stage 2 trained the encoder) "
         "or always",
     )
-    parser.add_argument(
-        "--judge",
-        default=None,
-        help=f"judge type (default: 'openai' when --judge-base-url or ${JUDGE_URL_ENV} is set, else 'ssimulacra2')",
-    )
-    parser.add_argument(
-        "--judge-base-url", default=os.environ.get(JUDGE_URL_ENV), help="OpenAI-compatible endpoint"
-    )
-    parser.add_argument(
-        "--judge-model", default=os.environ.get(JUDGE_MODEL_ENV), help="VLM name at that endpoint"
-    )
-    parser.add_argument(
-        "--judge-api-key-env",
-        default="OPENAI_API_KEY",
-        help="environment variable holding the API key",
-    )
+    # the judge: tiny_stage2.yaml's, or the VLM at --judge-base-url (default $COMPRESSAI_VLIC_JUDGE_BASE_URL) named by
+    # --judge-model (default $COMPRESSAI_VLIC_JUDGE_MODEL)
+    JudgeSpec.add_arguments(parser)
     parser.add_argument(
         "--threads",
         type=int,

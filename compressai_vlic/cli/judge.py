@@ -20,96 +20,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compressai_vlic.cli._args import key_value
 from compressai_vlic.cli._codec import WEIGHTS_HELP
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec, check_judge_arg_prefixes
+from compressai_vlic.judges.spec import JudgeSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     from compressai_vlic.pretrained import Weights
 
 
-def _weight(text: str) -> tuple[str, float]:
-    key, _sep, value = text.rpartition("=")
-    try:
-        return key, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected JUDGE_TYPE=WEIGHT, got {text!r}") from None
-
-
 def add_judge_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
-    """Judge selection and composition flags (shared by build and audit)."""
-    g = parser.add_argument_group("judge")
-    if multi:
-        g.add_argument(
-            "--judge-type",
-            action="append",
-            default=None,
-            help=f"judge to audit (repeat to compare several); default {DEFAULT_JUDGE}. A registered "
-            "name (ssimulacra2, psnr, ms_ssim, lpips, dists, VLM backends) or module:attr",
-        )
-    else:
-        g.add_argument(
-            "--judge-type",
-            default=DEFAULT_JUDGE,
-            help="registered judge name (ssimulacra2 = offline default, psnr, ms_ssim, lpips, dists, "
-            "VLM backends) or module:attr of a factory",
-        )
-    g.add_argument(
-        "--judge-arg",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="[TYPE.]KEY=VALUE",
-        help="keyword for the judge factory (repeatable), e.g. margin=0.5, model=..., "
-        "attribute=contrast; prefix TYPE. to address one judge (lpips.net_type=vgg)",
-    )
-    g.add_argument(
-        "--cache",
-        default=None,
-        metavar="PATH",
-        help="persistent judgment cache (SQLite); answers are reused across runs",
-    )
-    g.add_argument(
-        "--order-type",
-        choices=("as-given", "symmetrize"),
-        default="as-given",
-        help="symmetrize: judge (A,B) and (B,A) and combine (cancels position bias)",
-    )
-    g.add_argument(
-        "--symmetrize",
-        dest="order_type",
-        action="store_const",
-        const="symmetrize",
-        help="same as --order-type symmetrize",
-    )
-    g.add_argument(
-        "--combine-type",
-        choices=("sum", "agree"),
-        default="sum",
-        help="how the two orders combine: sum of scores (VLIC) or both must agree",
-    )
-    g.add_argument(
-        "--votes", type=int, default=1, help="self-ensemble: majority over N votes (ties abstain)"
-    )
-    g.add_argument("--majority-type", choices=("plurality", "strict"), default="plurality")
-    g.add_argument(
-        "--unanimous-with",
-        action="append",
-        default=[],
-        metavar="JUDGE_TYPE",
-        help="also ask this judge; keep the label only if all agree (e.g. lpips)",
-    )
-    g.add_argument(
-        "--weighted",
-        type=_weight,
-        action="append",
-        default=[],
-        metavar="JUDGE_TYPE=WEIGHT",
-        help="weighted ensemble of the base judge (weight --base-weight) and these judges",
-    )
-    g.add_argument("--base-weight", type=float, default=1.0)
-    g.add_argument("--weighted-type", choices=("choice", "score"), default="choice")
+    """The shared judge flags (:meth:`JudgeSpec.add_arguments`).
+
+    Args:
+        parser: the sub-command's parser.
+        multi: ``--judge-type`` may be repeated (audit, psychophysics).
+    """
+    JudgeSpec.add_arguments(parser, multi=multi)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,12 +206,11 @@ def run_build(args: argparse.Namespace) -> int:
     if args.limit is not None:
         pairs = pairs[: args.limit]
     spec = JudgeSpec.from_args(args)
-    check_judge_arg_prefixes(args.judge_arg, spec.judge_types())
     judge = spec.build()
     config = {
         "judge": describe_judge(judge),
-        "judge_type": args.judge_type,
-        "judge_args": public_kwargs(dict(args.judge_arg)),
+        "judge_type": spec.backend,
+        "judge_args": public_kwargs(dict(args.judge_option or [])),
     }
     if codec is not None:
         config["codec"] = codec

@@ -66,13 +66,12 @@ def run_rank_cli(args: Any) -> int:
     from compressai_vlic.image_io import load_image
     from compressai_vlic.judges.compose import describe_judge
     from compressai_vlic.judges.rank import rank_images
-    from compressai_vlic.judges.spec import JudgeSpec, check_judge_arg_prefixes
+    from compressai_vlic.judges.spec import JudgeSpec
 
     refuse_existing(args.output, args.overwrite)
     groups = _groups(args.candidates)
     spec = JudgeSpec.from_args(args)
-    check_judge_arg_prefixes(args.judge_arg, spec.judge_types())
-    if args.votes > 1 or spec.unanimous_with:
+    if spec.compose.votes > 1 or spec.compose.unanimous_with:
         raise ConfigError("judge rank asks both orders itself; --votes/--unanimous-with not used")
     judge = spec.build()
     rows, lines = [], []

@@ -17,7 +17,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from compressai_vlic.atomic import atomic_path, atomic_write_text
 from compressai_vlic.errors import ConfigError, JudgeError, MetricUnavailableError, VLICError
 from compressai_vlic.evaluation.codecs import Codec, CodedImage
 from compressai_vlic.image_io import load_image, quantize_uint8, save_png
+from compressai_vlic.judges.spec import JudgeSpec
 
 DEFAULT_METRICS = ("psnr", "ms_ssim", "ssimulacra2", "lpips", "dists")
 DEFAULT_DISTRIBUTION_METRICS = ("fid", "kid", "fd_dino")
@@ -85,12 +86,17 @@ class CurvePoint:
 
 @dataclass
 class CompareSettings:
-    """What to measure and how."""
+    """What to measure and how.
+
+    ``judge`` is the win-rate's judge (None: no win-rate); ``judge_type`` / ``judge_options``
+    are its older spelling, kept for one release.
+    """
 
     metrics: Sequence[str] = DEFAULT_METRICS
     distribution_metrics: Sequence[str] = DEFAULT_DISTRIBUTION_METRICS
     metric_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     patch_size: int = 256
+    judge: JudgeSpec | None = None
     judge_type: str | None = None
     judge_options: dict[str, Any] = field(default_factory=dict)
     reference_codec: str | None = None
@@ -100,6 +106,10 @@ class CompareSettings:
     bpp_tolerance: float = 0.15
     # image file name -> further names it is known by (a folder codec matches any of them)
     image_names: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.judge is None and self.judge_type:
+            self.judge = JudgeSpec(backend=self.judge_type, options=dict(self.judge_options))
 
 
 @dataclass
@@ -355,7 +365,7 @@ class ComparisonRunner:
         distribution = self._build_distribution()
         if distribution:
             points = self._add_distribution(points, sources, distribution)
-        if self.settings.judge_type:
+        if self.settings.judge is not None:
             points = self._add_judge(points, sources)
         return ComparisonResult(
             rows=rows,
@@ -500,7 +510,6 @@ class ComparisonRunner:
         return out
 
     def _add_judge(self, points: list[CurvePoint], sources: list[_Source]) -> list[CurvePoint]:
-        from compressai_vlic.judges.spec import JudgeSpec
         from compressai_vlic.judges.types import Choice, JudgeRequest
 
         reference = self.settings.reference_codec
@@ -508,11 +517,9 @@ class ComparisonRunner:
             raise ConfigError("a judge win-rate needs a reference codec")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         # VLM judges are cached: never pay twice for the same question.
-        judge = JudgeSpec(
-            backend=self.settings.judge_type,
-            options=dict(self.settings.judge_options),
-            cache=str(self.cache_dir / "judgments.sqlite"),
-        ).build()
+        spec = self.settings.judge
+        assert spec is not None
+        judge = replace(spec, cache=spec.cache or str(self.cache_dir / "judgments.sqlite")).build()
         ref_points = [p for p in points if p.codec == reference]
         out = []
         for point in points:

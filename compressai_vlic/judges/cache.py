@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -146,6 +147,26 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     stored: int = 0
+
+
+def cached(judge: Judge, cache: JudgmentCache | str | Path | None) -> Judge:
+    """The one cache wrapper: ``judge`` behind a persistent cache when a cache is given and the
+    judge has a cache identity (a metric judge has none: it is cheaper than a lookup).
+
+    Args:
+        judge: any judge (already cached ones come back as they are).
+        cache: the cache or its SQLite path; None for no cache.
+    """
+    if cache is None or isinstance(judge, CachedJudge):
+        return judge
+    if not callable(getattr(judge, "cache_identity", None)):
+        print(
+            f"notice: --cache: judge {getattr(judge, 'name', judge)!r} cannot be cached (it has no "
+            "cache_identity()); it runs uncached",
+            file=sys.stderr,
+        )
+        return judge
+    return CachedJudge(judge, cache)
 
 
 class CachedJudge:

@@ -15,15 +15,20 @@ never turned into wins, and every composite keeps every raw vote (tagged with ``
 from __future__ import annotations
 
 import asyncio
-import importlib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 
 from compressai_vlic.errors import ConfigError
+from compressai_vlic.judges.spec import (
+    CombineOrderType,
+    ComposeSpec,
+    MajorityType,
+    WeightedType,
+)
 from compressai_vlic.judges.types import (
     Choice,
     Judge,
@@ -33,12 +38,6 @@ from compressai_vlic.judges.types import (
     choice_from_score,
 )
 from compressai_vlic.options import check_option
-
-OrderType = Literal["as-given", "symmetrize"]
-CombineOrderType = Literal["sum", "agree"]
-MajorityType = Literal["plurality", "strict"]
-WeightedType = Literal["choice", "score"]
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -535,52 +534,16 @@ def _unique_names(judges: Sequence[Judge]) -> list[str]:
     return names
 
 
-# --------------------------------------------------------------------------- building from strings
+def compose(base: Judge, spec: ComposeSpec, make: Callable[[str], Judge] | None = None) -> Judge:
+    """Wrap ``base`` as ``spec`` says.
 
-
-def make_base_judge(judge_type: str, **kwargs: Any) -> Judge:
-    """A judge from its type string: a registered name (see ``judges.factory``) or ``module:attr``."""
-    if ":" in judge_type and not judge_type.startswith(("http:", "https:")):
-        module_name, _, attr = judge_type.partition(":")
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(
-                f"judge type {judge_type!r}: cannot import {attr!r} from {module_name!r} ({exc})"
-            ) from exc
-        return target(**kwargs)
-    from compressai_vlic.judges.factory import make_judge
-
-    return make_judge(judge_type, **kwargs)
-
-
-@dataclass
-class ComposeSpec:
-    """How to wrap a base judge, in VLIC's order: symmetrise, then self-ensemble, then unanimity.
-
-    ``weighted`` (judge type -> weight) replaces the base judge by a weighted ensemble of the base
-    judge (weight ``base_weight``) and those judges.
+    Args:
+        base: the backend judge.
+        spec: the composition.
+        make: builds the extra judges named in the spec (default: the factory, no options).
     """
-
-    order_type: OrderType = "as-given"
-    combine_type: CombineOrderType = "sum"
-    votes: int = 1
-    majority_type: MajorityType = "plurality"
-    unanimous_with: list[str] = field(default_factory=list)
-    weighted: dict[str, float] = field(default_factory=dict)
-    base_weight: float = 1.0
-    weighted_type: WeightedType = "choice"
-
-    def __post_init__(self) -> None:
-        check_option("order_type", self.order_type, OrderType)
-        if self.votes < 1:
-            raise ConfigError(f"votes must be >= 1, got {self.votes}")
-
-
-def compose(
-    base: Judge, spec: ComposeSpec, make: Callable[[str], Judge] = make_base_judge
-) -> Judge:
-    """Wrap ``base`` as ``spec`` says; ``make`` builds the extra judges named in the spec."""
+    if make is None:
+        from compressai_vlic.judges.factory import make_judge as make
     judge: Judge = base
     if spec.weighted:
         extra = [make(t) for t in spec.weighted]

@@ -203,24 +203,23 @@ class DemoReport:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def _judge_settings(
-    args: argparse.Namespace, stage2: dict[str, Any]
-) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """The run's judge, with the noise control of ``tiny_stage2.yaml`` (LPIPS unanimity)."""
-    compose = stage2["model"]["init_args"].get("judge_compose") or None
-    judge = args.judge or ("openai" if args.judge_base_url else "ssimulacra2")
-    if judge == "openai":
-        if not args.judge_model:
-            raise ConfigError(f"a VLM judge needs --judge-model (or ${JUDGE_MODEL_ENV})")
-        kwargs = {
-            "model": args.judge_model,
-            "base_url": args.judge_base_url,
-            "api_key_env": args.judge_api_key_env or None,
-            "prompt_type": "vlic-score",
-        }
-        # VLIC's noise control: both orders, and unanimity with LPIPS as the config says.
-        return judge, kwargs, {**(compose or {}), "order_type": "symmetrize"}
-    return judge, {}, compose
+def _judge_spec(args: argparse.Namespace, stage2: dict[str, Any]) -> JudgeSpec:
+    """The run's judge: ``tiny_stage2.yaml``'s (LPIPS unanimity) with the judge flags laid over
+    it. An endpoint (``--judge-base-url`` or the environment) makes it the VLM judge, asked in
+    both orders (VLIC's noise control)."""
+    base = JudgeSpec.from_module_args(stage2["model"]["init_args"])
+    if getattr(args, "judge_base_url", None) is None:
+        args.judge_base_url = os.environ.get(JUDGE_URL_ENV)
+    if getattr(args, "judge_model", None) is None:
+        args.judge_model = os.environ.get(JUDGE_MODEL_ENV)
+    backend = args.judge_type or ("openai" if args.judge_base_url else base.backend)
+    if backend == "openai" and base.backend != "openai":
+        compose = replace(base.compose, order_type="symmetrize")
+        base = JudgeSpec(backend="openai", prompt_type="vlic-score", compose=compose)
+    spec = JudgeSpec.from_args(args, backend, base)
+    if spec.backend == "openai" and not spec.model:
+        raise ConfigError(f"a VLM judge needs --judge-model (or ${JUDGE_MODEL_ENV})")
+    return spec
 
 
 def _machine() -> dict[str, Any]:
@@ -506,10 +505,7 @@ def prepare(args: argparse.Namespace) -> DemoRun:
     plan = replace(plan, **steps)
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    judge_type, judge_kwargs, judge_compose = _judge_settings(args, configs.stage2)
-    judge_spec = JudgeSpec.from_config(
-        {"judge_type": judge_type, "judge_kwargs": judge_kwargs, "judge_compose": judge_compose}
-    )
+    judge_spec = _judge_spec(args, configs.stage2)
     threads = args.threads or 1
     torch.set_num_threads(threads)
     out = Path(args.output).resolve()
@@ -524,9 +520,9 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         plan=asdict(plan),
         machine=_machine(),
         judge={
-            "judge_type": judge_type,
-            "judge_kwargs": judge_kwargs,
-            "judge_compose": judge_compose,
+            "judge_type": judge_spec.backend,
+            "judge_kwargs": judge_spec.backend_kwargs(),
+            "judge_compose": judge_spec.compose.changed() or None,
         },
     )
     return DemoRun(
@@ -607,18 +603,19 @@ def posttrain(run: DemoRun) -> Path:
     clock = _Clock(report, "stage2")
     torch.set_num_threads(max(1, run.threads - 1))  # the judge thread keeps a core
     pl.seed_everything(run.args.seed + 1, workers=True, verbose=False)
-    judge = report.judge
     stage2 = Stage2Module(
         **{
-            **run.configs.stage2["model"]["init_args"],
+            **{
+                k: v
+                for k, v in run.configs.stage2["model"]["init_args"].items()
+                if k not in ("judge", "judge_type", "judge_kwargs", "judge_compose")
+            },
             "weights": str(run.stage1_ckpt),
             "init_from": "",  # not given: the older name must not override the stage-1 run
             "lr": plan.stage2_lr,
             "beta": plan.beta,
             "dpo_batch_size": plan.dpo_batch_size,
-            "judge_type": judge["judge_type"],
-            "judge_kwargs": judge["judge_kwargs"],
-            "judge_compose": judge["judge_compose"],
+            "judge": spec,
             "buffer_size": plan.buffer_size,
             "refresh_every": plan.refresh_every,
             "warmup_pairs": plan.warmup_pairs,

@@ -1,10 +1,9 @@
 """A VLM answering one question about one image, through the judge layer's two backends.
 
 - :class:`OpenAIAnswerer`: any OpenAI-compatible chat-completions server (vLLM, SGLang, Ollama,
-  hosted APIs) through the OpenAI judge's plumbing: one private event loop, a concurrency bound,
-  one retry budget over 429 (honouring Retry-After), 5xx, timeouts, connection errors and
-  malformed bodies, the API key read from the environment variable it names and scrubbed from
-  every text (never an attribute, never in a cache key).
+  hosted APIs) through the one chat transport (:mod:`compressai_vlic.judges.chat`: concurrency
+  bound, retry budget with Retry-After, bounds, usage, the API key scrubbed from every text and
+  never in a cache key); this class is its prompt and reader.
 - :class:`HFAnswerer`: a local Hugging Face checkpoint through ``AutoProcessor`` /
   ``AutoModelForImageTextToText`` (the HF judge's loader), greedy generation in batches. With
   ``adaptor`` (the path of an adapter file) the vision tower is conditioned on the codec and
@@ -144,107 +143,66 @@ class OpenAIAnswerer:
         max_response_bytes: int | None = None,
         max_answer_chars: int | None = None,
     ) -> None:
-        from compressai_vlic.judges.openai_judge import OpenAIJudge, transport_bounds
+        from compressai_vlic.judges.chat import ChatClient, ChatEndpoint
 
         if max_tokens < 1:
             raise ConfigError(f"max_tokens must be >= 1, got {max_tokens}")
-        # the judge's transport: key, loop, client, semaphore and retry budget; its 2AFC prompt
-        # is never sent (every request is built by _build below)
-        self._transport = OpenAIJudge(
-            model=model,
-            base_url=base_url,
-            api_key_env=api_key_env,
-            prompt_type="ab-choice",
-            temperature=temperature,
-            seed=seed,
-            max_tokens=max_tokens,
-            max_tokens_field=max_tokens_field,
-            concurrency=concurrency,
-            timeout_s=timeout_s,
-            max_attempts=max_attempts,
-            backoff_base_s=backoff_base_s,
-            backoff_max_s=backoff_max_s,
-            logprobs_type="off",
-            image_detail=image_detail,
-            extra_body=extra_body,
-            **transport_bounds(deadline_s, max_response_bytes, max_answer_chars),
-        )
+        self.endpoint = ChatEndpoint.pick(locals())
+        self.client = ChatClient(self.endpoint)
         self.model = model
         self.base_url = base_url
+        self.max_tokens = int(max_tokens)
+        self.temperature = float(temperature)
+        self.seed = seed
         self.name = f"openai:{model}"
         self.stats = AnswerStats()
 
     def __repr__(self) -> str:
-        t = self._transport
-        return repr(t).replace("OpenAIJudge(", "OpenAIAnswerer(", 1)
+        from compressai_vlic.judges.secrets import public_url
+
+        e = self.endpoint
+        return (
+            f"OpenAIAnswerer(model={e.model!r}, base_url={public_url(e.base_url)!r}, "
+            f"api_key_env={e.api_key_env!r})"
+        )
 
     @property
     def transport_stats(self) -> Any:
-        """HTTP attempts and retries (the judge plumbing's counters)."""
-        return self._transport.stats
+        """HTTP attempts, retries and token usage (the chat client's counters)."""
+        return self.client.stats
 
     def cache_identity(self) -> dict[str, Any]:
         """Everything that determines an answer; never the key or the URL."""
-        t = self._transport
+        e = self.endpoint
         return {
             "backend": self.backend,
-            "model": t.model,
+            "model": e.model,
             "sampling": {
-                "temperature": t.temperature,
-                "seed": t.seed,
-                t.max_tokens_field: t.max_tokens,
-                "image_detail": t.image_detail,
-                "extra_body": t.extra_body,
+                "temperature": self.temperature,
+                "seed": self.seed,
+                e.max_tokens_field: self.max_tokens,
+                "image_detail": e.image_detail,
+                "extra_body": e.extra_body,
             },
         }
-
-    def _build(self, url: str, prompt: str) -> dict[str, Any]:
-        t = self._transport
-        content = [
-            {"type": "image_url", "image_url": {"url": url, "detail": t.image_detail}},
-            {"type": "text", "text": prompt},
-        ]
-        kwargs: dict[str, Any] = {
-            "model": t.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": t.temperature,
-            t.max_tokens_field: t.max_tokens,
-        }
-        if t.seed is not None:
-            kwargs["seed"] = t.seed
-        if t.extra_body:
-            kwargs["extra_body"] = t.extra_body
-        return kwargs
-
-    @staticmethod
-    def _read(response: Any) -> tuple[Any, str]:
-        from compressai_vlic.judges.openai_judge import _MalformedResponse
-        from compressai_vlic.judges.parsing import ParsedAnswer
-        from compressai_vlic.judges.types import Choice
-
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise _MalformedResponse("no choices in the response")
-        message = getattr(choices[0], "message", None)
-        if message is None:
-            raise _MalformedResponse("no message in the response")
-        text = message.content or getattr(message, "refusal", None) or ""
-        return ParsedAnswer(score=0.0, choice=Choice.ABSTAIN), str(text)
 
     async def _answer(self, request: AnswerRequest) -> Answer:
         start = time.perf_counter()
         image = check_image(request.image)
         url = await asyncio.to_thread(png_data_url, image)
-        parsed, text, _attempts, failed, usage = await self._transport._call(
-            [url], build=lambda _logprobs: self._build(url, request.prompt), read=self._read
+        content = [self.endpoint.image(url), {"type": "text", "text": request.prompt}]
+        body = self.endpoint.body(
+            [{"role": "user", "content": content}], self.temperature, self.max_tokens, self.seed
         )
-        t = self._transport
+        reply = await self.client.call(
+            lambda _logprobs: body, lambda _choice, text, refusal: text or refusal or ""
+        )
         answer = Answer(
-            text=t.public_text(text),
-            status="failed" if failed else "ok",
-            error=t._scrub(parsed.error) if failed and parsed.error else None,
+            text=self.client.public_text(reply.value or ""),
+            status="failed" if reply.failed else "ok",
+            error=self.client.scrub(reply.error) if reply.error else None,
             latency_s=time.perf_counter() - start,
-            usage=usage,
+            usage=reply.usage,
         )
         self.stats.count(answer)
         return answer
@@ -262,14 +220,13 @@ class OpenAIAnswerer:
     ) -> list[Answer]:
         """All requests in flight at once (bounded by ``concurrency``), results in input order;
         ``on_result(index, answer)`` as each one finishes (from the client's thread)."""
-        runner = self._transport._runner()
         futures = [
-            runner.submit(self._answer_notify(i, r, on_result)) for i, r in enumerate(requests)
+            self.client.submit(self._answer_notify(i, r, on_result)) for i, r in enumerate(requests)
         ]
         return [f.result() for f in futures]
 
     def close(self) -> None:
-        self._transport.close()
+        self.client.close()
 
 
 # ----------------------------------------------------------------------------- Hugging Face

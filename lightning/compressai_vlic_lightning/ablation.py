@@ -209,12 +209,10 @@ def cut_crops(images: list[Path], out_dir: Path, count: int, size: int, seed: in
 
 
 def judge_config_of(model_args: dict[str, Any]) -> dict[str, Any]:
-    """The stage-2 module's judge settings, in :class:`JudgeSpec.from_config`'s spelling."""
-    return {
-        "judge_type": model_args.get("judge_type", "ssimulacra2"),
-        "judge_kwargs": model_args.get("judge_kwargs"),
-        "judge_compose": model_args.get("judge_compose"),
-    }
+    """The stage-2 module's judge (its ``judge:`` block or the older keys) as a spec dict."""
+    from compressai_vlic.judges.spec import JudgeSpec
+
+    return JudgeSpec.from_module_args(model_args).to_config()
 
 
 def make_pair_set(
@@ -248,11 +246,12 @@ def make_pair_set(
         {"reference": str(reference)},
         crop_type="image",
     )
-    judge = JudgeSpec.from_config(judge_settings).build()
+    spec = JudgeSpec.from_config(judge_settings)
+    judge = spec.build()
     config = {
         "judge": describe_judge(judge),
-        "judge_type": judge_settings["judge_type"],
-        "judge_args": public_kwargs(dict(judge_settings.get("judge_kwargs") or {})),
+        "judge_type": spec.backend,
+        "judge_args": public_kwargs(spec.backend_kwargs()),
         "codec": {"reference": str(reference), "base_seed": base_seed, "crop_type": "image"},
     }
     summary = build_preference_dataset(

@@ -25,6 +25,7 @@ import torch
 
 from compressai_vlic.atomic import atomic_write_text
 from compressai_vlic.evaluation.paired import arm_means, paired_difference
+from compressai_vlic.judges.spec import JudgeSpec
 from compressai_vlic_lightning.ablation import (
     Manifest,
     RunSpec,
@@ -62,10 +63,11 @@ def metric_roles(model_args: dict[str, Any]) -> dict[str, str]:
         if name in roles:
             roles[name].append(role)
 
-    mark(str(model_args.get("judge_type", "ssimulacra2")), "judge")
-    for partner in (model_args.get("judge_compose") or {}).get("unanimous_with") or []:
+    spec = JudgeSpec.from_module_args(model_args)
+    mark(spec.backend, "judge")
+    for partner in spec.compose.unanimous_with:
         mark(str(partner), "unanimity partner")
-    for partner in (model_args.get("judge_compose") or {}).get("weighted") or []:
+    for partner in spec.compose.weighted:
         mark(str(partner), "judge ensemble")
     if float(model_args.get("perceptual_weight", 0.0) or 0.0) > 0:
         mark(str(model_args.get("perceptual_type", "lpips")), "loss term")

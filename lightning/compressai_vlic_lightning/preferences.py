@@ -211,23 +211,6 @@ def ranked_judgment(ranking: Ranking) -> Judgment:
     )
 
 
-def wrap_with_cache(judge: Judge, cache_path: str | Path | None) -> Judge:
-    """The judge behind a persistent cache when it can be cached (so resumes repeat no call)."""
-    if cache_path is None:
-        return judge
-    from compressai_vlic.judges.cache import CachedJudge
-
-    if isinstance(judge, CachedJudge):
-        return judge
-    if not callable(getattr(judge, "cache_identity", None)):
-        log.warning(
-            "judge %r has no cache_identity(); running it without the judge cache",
-            getattr(judge, "name", type(judge).__name__),
-        )
-        return judge
-    return CachedJudge(judge, cache_path)
-
-
 class PreferenceBuffer:
     """Online, durable buffer of judged pairs.
 
@@ -252,7 +235,9 @@ class PreferenceBuffer:
         check_option("worker_type", worker_type, WorkerType, JudgeError)
         if capacity <= 0:
             raise JudgeError(f"buffer capacity must be positive, got {capacity}")
-        self.judge = wrap_with_cache(judge, cache_path)
+        from compressai_vlic.judges.cache import cached
+
+        self.judge = cached(judge, cache_path)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "pairs").mkdir(exist_ok=True)

@@ -19,7 +19,8 @@ import dataclasses
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.judges.pair_codes import PairCodes
+from compressai_vlic.judges.spec import JudgeSpec
 from compressai_vlic.losses import (
     DEFAULT_BETA,
     DEFAULT_LAMBDA_FLOW,
@@ -160,12 +162,11 @@ class Stage2Module(ResumableModule):
         t_sampling_type: "uniform" or "logit_normal" timesteps for the DPO pairs.
         freeze_type: "none" (VLIC: encoder trainable) or "encoder".
         preference_type: "online" (buffer judged in the background) or "offline".
-        judge_type: a ``compressai_vlic.judges.make_judge`` type ("ssimulacra2", "openai", "hf",
-            "lpips", ... or "package.module:factory").
-        judge_kwargs: options of that judge (model, base_url, api_key_env, ...).
-        judge_compose: VLIC noise control, e.g. {"order_type": "symmetrize", "votes": 3,
-            "unanimous_with": ["lpips"]}. The three build one
-            ``compressai_vlic.judges.JudgeSpec`` (``JudgeSpec.from_config``).
+        judge: the judge, a ``compressai_vlic.judges.JudgeSpec`` (YAML: a ``judge:`` block with
+            ``backend``, ``model``, ``options``, ``compose``, ...; default: SSIMULACRA 2). Python
+            callers may also pass a ready judge object.
+        judge_type, judge_kwargs, judge_compose: the older spelling of ``judge`` (its
+            ``backend``, ``options`` and ``compose``), kept for one release.
         preference_dataset: JSONL written by ``compressai-vlic judge`` (offline mode).
         buffer_size: judged pairs trained on (VLIC: ~2,560).
         refresh_every: steps between buffer refreshes (VLIC: 250).
@@ -186,7 +187,6 @@ class Stage2Module(ResumableModule):
         decode_guidance_scale: CFG scale for the candidate decodes (default: the config's).
         val_decode_batches: validation batches decoded for PSNR.
         seed: base seed of decode noise and pair sampling (stable across resumes).
-        judge: a ready judge object (Python use; overrides judge_type).
         gradient_checkpointing: recompute the trained encoder/decoder blocks in backward.
         compile_mode: ``torch.compile`` of the trained model's blocks ("none", "default",
             "max-autotune-no-cudagraphs").
@@ -217,7 +217,8 @@ class Stage2Module(ResumableModule):
         t_sampling_type: TSamplingType = "uniform",
         freeze_type: FreezeType = "none",
         preference_type: PreferenceType = "online",
-        judge_type: str = "ssimulacra2",
+        judge: JudgeSpec | None = None,
+        judge_type: str | None = None,
         judge_kwargs: dict[str, Any] | None = None,
         judge_compose: dict[str, Any] | None = None,
         preference_dataset: str | None = None,
@@ -237,7 +238,6 @@ class Stage2Module(ResumableModule):
         decode_guidance_scale: float | None = None,
         val_decode_batches: int = 1,
         seed: int = 0,
-        judge: Any = None,
         gradient_checkpointing: bool = False,
         compile_mode: CompileMode = "none",
         weights: str | None = None,
@@ -262,7 +262,15 @@ class Stage2Module(ResumableModule):
             raise ConfigError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
         if dpo_weight < 0:
             raise ConfigError(f"dpo_weight must be >= 0, got {dpo_weight}")
-        self.save_hyperparameters(ignore=["judge"])
+        # A ready judge object (Python use) is used as it is; anything else is a JudgeSpec.
+        ready = judge is not None and not isinstance(judge, JudgeSpec | Mapping)
+        self.judge_spec = None if ready else JudgeSpec.from_module_args(
+            {"judge": judge, "judge_type": judge_type, "judge_kwargs": judge_kwargs,
+             "judge_compose": judge_compose}
+        )  # fmt: skip
+        self.save_hyperparameters(ignore=["judge", "judge_type", "judge_kwargs", "judge_compose"])
+        if self.judge_spec is not None:  # saved in one spelling, so a checkpoint reloads it
+            self.hparams["judge"] = self.judge_spec.to_config()
         self._weights = weights_spec(weights, init_from, init_weights_type)
         if self._weights:  # the checkpoint's own config: quality/model_overrides are not needed
             self.model = load_codec(self._weights)
@@ -289,7 +297,7 @@ class Stage2Module(ResumableModule):
         self._perceptual = [perceptual] if perceptual is not None else []
         self.pairs_per_step = pairs_per_step or max(1, math.ceil(buffer_size / refresh_every))
         self.warmup_pairs = buffer_size if warmup_pairs is None else warmup_pairs
-        self._judge = judge
+        self._judge = judge if ready else None
         self.buffer: PreferenceBuffer | None = None
         self.offline: OfflinePreferences | None = None
         self._last_stats = BufferJudgeStats()
@@ -343,18 +351,14 @@ class Stage2Module(ResumableModule):
             root = Path(self.trainer.default_root_dir) / "preferences"
         return root / f"rank{self.global_rank}" if self.trainer.world_size > 1 else root
 
-    def _make_judge(self) -> Any:
+    def _make_judge(self, cache: str) -> Any:
+        """The judge, its backend cached in ``cache`` unless the spec names its own cache."""
         if self._judge is not None:
-            return self._judge
-        from compressai_vlic.judges.spec import JudgeSpec
+            from compressai_vlic.judges.cache import cached
 
-        return JudgeSpec.from_config(
-            {
-                "judge_type": self.hparams.judge_type,
-                "judge_kwargs": self.hparams.judge_kwargs,
-                "judge_compose": self.hparams.judge_compose,
-            }
-        ).build()
+            return cached(self._judge, cache)
+        assert self.judge_spec is not None
+        return replace(self.judge_spec, cache=self.judge_spec.cache or cache).build()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -372,14 +376,13 @@ class Stage2Module(ResumableModule):
             directory = self._buffer_dir()
             cache = hp.judge_cache or str(directory / "judge_cache.sqlite")
             self.buffer = PreferenceBuffer(
-                self._make_judge(),
+                self._make_judge(cache),
                 directory,
                 capacity=hp.buffer_size,
                 worker_type=hp.judge_worker_type,
                 judge_batch_size=hp.judge_batch_size,
                 call_type=hp.judge_call_type,
                 candidate_type=hp.candidate_type,
-                cache_path=cache,
                 keep_rounds=hp.keep_rounds,
             )
 

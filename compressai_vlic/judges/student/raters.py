@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from compressai_vlic.errors import ConfigError, JudgeError
+from compressai_vlic.errors import JudgeError
 from compressai_vlic.judges.student.rating import (
     RATING_MAX,
     RATING_MIN,
@@ -62,8 +62,8 @@ def _check_pair(reference: torch.Tensor, image: torch.Tensor) -> tuple[torch.Ten
 class OpenAIRater:
     """Point-wise VLM rater over an OpenAI-compatible server.
 
-    Requests go through the OpenAI judge's transport (its client, retry budget and bounds), with
-    this rater's prompt and parser.
+    A prompt-plus-parser adapter over the one chat transport
+    (:mod:`compressai_vlic.judges.chat`: client, retry budget, bounds, key scrubbing).
 
     Args:
         model: model name at the endpoint (required).
@@ -96,93 +96,50 @@ class OpenAIRater:
         max_response_bytes: int | None = None,
         max_answer_chars: int | None = None,
     ) -> None:
-        from compressai_vlic.judges.openai_judge import OpenAIJudge, transport_bounds
+        from compressai_vlic.judges.chat import ChatClient, ChatEndpoint
 
-        if not model:
-            raise ConfigError("model is required")
-        if max_attempts < 1 or timeout_s <= 0:
-            raise ConfigError("max_attempts must be >= 1 and timeout_s > 0")
         self.template = rating_template(prompt_type)
-        self.model = model
         self.temperature = float(temperature)
         self.max_tokens = int(max_tokens or (1024 if prompt_type == "rating" else 16))
-        self.max_attempts = int(max_attempts)
-        # the judge's transport: key, loop, client and retry budget; its 2AFC prompt is never
-        # sent (every request is built by _request below)
-        self._transport = OpenAIJudge(
+        endpoint = ChatEndpoint(
             model=model,
             base_url=base_url,
             api_key_env=api_key_env,
-            prompt_type="ab-choice",
-            temperature=temperature,
-            max_tokens=self.max_tokens,
             concurrency=1,
             timeout_s=timeout_s,
+            deadline_s=deadline_s,
             max_attempts=max_attempts,
             backoff_base_s=0.1,
             backoff_max_s=2.0,
-            logprobs_type="off",
-            **transport_bounds(deadline_s, max_response_bytes, max_answer_chars),
+            max_response_bytes=max_response_bytes or 0,
+            max_answer_chars=max_answer_chars or 0,
         )
+        self.model, self.max_attempts = endpoint.model, endpoint.max_attempts
+        self.client = ChatClient(endpoint)
         self.name = f"openai:{model}:{self.template.version}"
-
-    def _messages(self, urls: list[str]) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
-        for part in self.template.parts():
-            if part.kind == "text":
-                content.append({"type": "text", "text": part.text})
-            else:
-                content.append(
-                    {
-                        "type": "image_url",
-                        "image_url": {"url": urls[part.image_index], "detail": "high"},
-                    }
-                )
-        return [
-            {"role": "system", "content": self.template.system},
-            {"role": "user", "content": content},
-        ]
-
-    def _read(self, response: Any) -> tuple[Any, str]:
-        from compressai_vlic.judges.openai_judge import _MalformedResponse
-
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise _MalformedResponse("reply without choices")
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        if message is None:
-            raise _MalformedResponse("no message in the response")
-        scrub = self._transport._scrub
-        text = None if message.content is None else scrub(str(message.content))
-        refusal = getattr(message, "refusal", None)
-        refusal = None if refusal is None else scrub(str(refusal))
-        return parse_rating(text, refusal, choice.finish_reason), text or ""
 
     def rate(self, reference: torch.Tensor, image: torch.Tensor) -> Rating:
         from compressai_vlic.judges.encoding import png_data_url
 
         ref, img = _check_pair(reference, image)
-        urls = [png_data_url(ref), png_data_url(img)]
-        request = {
-            "model": self.model,
-            "messages": self._messages(urls),
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        t = self._transport
-        call = t._call(urls, build=lambda _logprobs: dict(request), read=self._read)
-        parsed, text, _attempts, failed, _usage = t._runner().submit(call).result()
-        if failed:
-            return Rating(None, "", t._scrub(parsed.error or "failed"), "failed")
-        text = t.public_text(text)
-        if parsed.value is None:
-            return Rating(None, text, parsed.error, "abstained")
-        return Rating(parsed.value, text)
+        e = self.client.endpoint
+        messages = e.template_messages(self.template, [png_data_url(ref), png_data_url(img)])
+        body = e.body(messages, self.temperature, self.max_tokens)
+        call = self.client.call(
+            lambda _logprobs: body,
+            lambda choice, text, refusal: parse_rating(text, refusal, choice.finish_reason),
+        )
+        reply = self.client.submit(call).result()
+        if reply.value is None:
+            return Rating(None, "", self.client.scrub(reply.error or "failed"), "failed")
+        text = self.client.public_text(reply.text)
+        if reply.value.value is None:
+            return Rating(None, text, reply.value.error, "abstained")
+        return Rating(reply.value.value, text)
 
     def close(self) -> None:
         """Close the HTTP client and its background loop."""
-        self._transport.close()
+        self.client.close()
 
 
 class HFRater:
@@ -206,19 +163,14 @@ class HFRater:
         min_answer_mass: float = 0.1,
         local_files_only: bool = True,
     ) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
         from compressai_vlic.errors import CheckpointError
+        from compressai_vlic.judges.hf_judge import load_vlm
 
         self.template = rating_template(prompt_type)
-        try:
-            self.processor = AutoProcessor.from_pretrained(model, local_files_only=local_files_only)
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                model, local_files_only=local_files_only
-            )
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot load a VLM from {model!r}: {exc}") from exc
-        self.model.to(device).eval()
+        # the one local VLM loader; float32 as before (a rating reads the digit logits)
+        self.processor, self.model, _ = load_vlm(
+            model, device, "float32", local_files_only=local_files_only
+        )
         tok = self.processor.tokenizer
         self.digit_ids: list[list[int]] = []
         for d in range(RATING_MIN, RATING_MAX + 1):
