@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, features
 
+from compressai_vlic.checkpoints import checkpoint_label
 from compressai_vlic.digest import file_sha256
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.image_io import to_uint8_array
@@ -75,14 +76,6 @@ class Codec(ABC):
 
 def _from_uint8_array(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255.0
-
-
-def _checkpoint_label(path: Path) -> str:
-    """``vlic-test-stage2.pth.tar`` -> ``vlic-test-stage2``: the rate point label of a checkpoint."""
-    name = path.name
-    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".safetensors"):
-        name = name.removesuffix(suffix)
-    return name or path.name
 
 
 # --------------------------------------------------------------------------- Pillow codecs
@@ -252,7 +245,7 @@ class CompressAICodec(Codec):
         if self.checkpoint is not None:
             if not self.checkpoint.is_file():
                 raise CheckpointError(f"{self.checkpoint}: no such checkpoint")
-            self._rate_points = [_checkpoint_label(self.checkpoint)]
+            self._rate_points = [checkpoint_label(self.checkpoint)]
             self._digests = {self._rate_points[0]: file_sha256(self.checkpoint, 16)}
         else:
             self._rate_points = [str(q) for q in (qualities or ["1", "3", "6"])]

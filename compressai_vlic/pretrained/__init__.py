@@ -133,10 +133,9 @@ class Weights:
             return self.spec.split(":")[1]
         if not Path(self.source).is_file():
             return self.spec
-        name = Path(self.source).name
-        for suffix in (".tar", ".pth", ".pt", ".ckpt", ".safetensors"):
-            name = name.removesuffix(suffix)
-        return name or Path(self.source).name
+        from compressai_vlic.checkpoints import checkpoint_label
+
+        return checkpoint_label(self.source)
 
     def model(self, config: VLICConfig | None = None) -> VLIC:
         """The VLIC holding these weights, in eval mode.
@@ -315,9 +314,7 @@ def _safetensors_state(path: Path) -> dict[str, torch.Tensor]:
 
 def _checkpoint(spec: str, location: str | Path, ema: bool) -> Weights:
     """The codec's state dict from a torch checkpoint (``weights_only=True``), any layout."""
-    import torch
-
-    from compressai_vlic.checkpoints import STATE_KEYS, check_finite, is_url, load_checkpoint
+    from compressai_vlic.checkpoints import is_url, load_state_dict
     from compressai_vlic.digest import file_sha256
 
     name = str(location)
@@ -330,26 +327,15 @@ def _checkpoint(spec: str, location: str | Path, ema: bool) -> Weights:
                 f"hash check failed for {location}: name says {match.group('sha')}, content is "
                 f"{identity[:8]} (corrupted or renamed file)"
             )
-    ckpt = load_checkpoint(location)
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{name}: does not hold a state dict ({type(ckpt).__name__})")
-    source = ckpt
-    nested = ckpt.get("state_dict")
-    if isinstance(nested, dict) and any(str(k).startswith("model.") for k in nested):
-        if ema and isinstance(ckpt.get("ema_state_dict"), dict):  # Lightning, with EMA
+
+    def lightning(ckpt: Any) -> Any:
+        """A Lightning checkpoint's codec weights (EMA when asked and present), else ``ckpt``."""
+        nested = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+        if not isinstance(nested, dict) or not any(str(k).startswith("model.") for k in nested):
+            return ckpt
+        if ema and isinstance(ckpt.get("ema_state_dict"), dict):
             nested = ckpt["ema_state_dict"]
-        source = {k[len("model.") :]: v for k, v in nested.items() if k.startswith("model.")}
-    else:
-        for key in STATE_KEYS:
-            if isinstance(ckpt.get(key), dict):
-                source = ckpt[key]
-                break
-    state = {str(k).removeprefix("module."): v for k, v in source.items()}
-    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-    if not state or bad:
-        raise CheckpointError(
-            f"{name}: neither a Lightning checkpoint of a VLIC run nor a state dict of tensors"
-            + (f" (entry {bad[0]!r} is a {type(state[bad[0]]).__name__})" if bad else "")
-        )
-    check_finite(state, name)
+        return {k[len("model.") :]: v for k, v in nested.items() if k.startswith("model.")}
+
+    state = load_state_dict(location, unwrap=lightning)  # weights_only; finite tensors only
     return Weights(spec, name, identity, state)
