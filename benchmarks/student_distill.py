@@ -226,37 +226,34 @@ def pair_kind(pair_id: str) -> str:
 
 
 def by_kind(student: Path, test_file: Path, baselines: list[str]) -> dict:
-    """Agreement per kind of pair (float32 and int8 student, and the baselines)."""
-    from compressai_vlic.judges.student.evaluate import evaluate_pairs
-    from compressai_vlic.judges.student.model import load_student
-    from compressai_vlic.judges.student.quantized import quantize_student
-    from compressai_vlic.judges.student.teacher import read_teacher_pairs
-    from compressai_vlic.judges.student.train import ImageStore
+    """Agreement per kind of pair (the student and the baselines)."""
+    from compressai_vlic.student.evaluate import evaluate_pairs
+    from compressai_vlic.student.model import load_student
+    from compressai_vlic.student.teacher import read_teacher_pairs
+    from compressai_vlic.student.train import ImageStore
 
     pairs = read_teacher_pairs(test_file).pairs
     groups: dict[str, list] = {}
     for p in pairs:
         groups.setdefault(pair_kind(p.pair_id), []).append(p)
     store, out = ImageStore(), {}
-    for precision in ("float32", "int8"):
-        model = load_student(student)
-        quantize_student(model, precision)
-        for kind, group in sorted(groups.items()):
-            rep = evaluate_pairs(model, group, baselines, store)
-            out.setdefault(kind, {})[precision] = rep.to_dict()
-            print(f"{kind} ({len(group)} pairs), student in {precision}:")
-            print("\n".join("  " + line for line in rep.lines()))
+    model = load_student(student)
+    for kind, group in sorted(groups.items()):
+        rep = evaluate_pairs(model, group, baselines, store)
+        out[kind] = rep.to_dict()
+        print(f"{kind} ({len(group)} pairs):")
+        print("\n".join("  " + line for line in rep.lines()))
     return out
 
 
 def reliability_experiment(
     train_file: Path, test_file: Path, seeds: int, rate: float, share: float
 ) -> dict:
-    from compressai_vlic.judges.student.evaluate import evaluate_pairs
-    from compressai_vlic.judges.student.reliability import reliability
-    from compressai_vlic.judges.student.teacher import TeacherData, read_teacher_pairs
-    from compressai_vlic.judges.student.train import ImageStore, train_student
     from compressai_vlic.judges.types import Choice
+    from compressai_vlic.student.evaluate import evaluate_pairs
+    from compressai_vlic.student.reliability import reliability
+    from compressai_vlic.student.teacher import TeacherData, read_teacher_pairs
+    from compressai_vlic.student.train import ImageStore, train_student
 
     store = ImageStore()
     test = read_teacher_pairs(test_file).pairs
@@ -299,8 +296,8 @@ def reliability_experiment(
 
 def main(argv: list[str] | None = None) -> int:
     from compressai_vlic.cli.main import main as cli
-    from compressai_vlic.judges.student.opinions import Opinion, write_opinions
     from compressai_vlic.metrics import get_metric
+    from compressai_vlic.student.opinions import Opinion, write_opinions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/student-distill"))
@@ -366,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["student", "eval", "--student", str(student), "--pairs", str(test_file)]
         argv += [f"--baseline={b}" for b in baselines]
         cli([*argv, "--json", str(work / f"eval-{teacher}.json")])
-        print(f"the same, with the judge's int8 backbone ({teacher} teacher):")
-        cli([*argv, "--precision", "int8", "--json", str(work / f"eval-{teacher}-int8.json")])
         if args.pair_set == "hard":
             kinds = by_kind(student, test_file, baselines)
             (work / f"eval-{teacher}-by-kind.json").write_text(json.dumps(kinds, indent=2))
@@ -411,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             str(work / "calibration.json"),
         ]
     )
-    from compressai_vlic.judges.student.calibration import correlations, fit_calibration
+    from compressai_vlic.student.calibration import correlations, fit_calibration
 
     context = {}
     for mname in ("psnr", "lpips"):

@@ -6,8 +6,7 @@ Both judges score the same pairs through ``make_judge(...).compare_batch`` (the 
 ``compressai-vlic judge`` takes), alternating run by run so a busy machine slows both alike; the
 table gives the median pairs/s of each, their ratio, and the 100 pairs/s target. Without
 ``--student`` an untrained student is saved to a temporary folder (speed does not depend on the
-learned weights; an untrained student carries no int8 ranges, so it runs in float32). A trained
-student runs with the judge's int8 backbone, and the table adds the same student in float32.
+learned weights).
 """
 
 from __future__ import annotations
@@ -32,8 +31,8 @@ def _time(judge, requests) -> float:
 def main(argv: list[str] | None = None) -> int:
     from compressai_vlic.errors import MetricUnavailableError
     from compressai_vlic.judges import make_judge
-    from compressai_vlic.judges.student.model import StudentModel
     from compressai_vlic.judges.types import JudgeRequest
+    from compressai_vlic.student.model import StudentModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", help="a trained student folder (default: untrained)")
@@ -52,11 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         path = tempfile.mkdtemp(prefix="student-bench-")
         StudentModel().save(path)
     judges = {"student": make_judge("student", path=path, batch_size=args.batch_size)}
-    print(f"student backbone: {judges['student'].precision}", file=sys.stderr)
-    if judges["student"].precision != "float32":
-        judges["student-fp32"] = make_judge(
-            "student", path=path, batch_size=args.batch_size, precision="float32"
-        )
     try:
         judges["lpips-alex"] = make_judge("lpips")
     except MetricUnavailableError as exc:

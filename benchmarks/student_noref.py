@@ -34,18 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     from student_distill import pair_kind
 
     from compressai_vlic.cli.main import main as cli
-    from compressai_vlic.judges.student.calibration import correlations, fit_calibration
-    from compressai_vlic.judges.student.model import load_student
-    from compressai_vlic.judges.student.noref import (
+    from compressai_vlic.metrics import get_metric
+    from compressai_vlic.student.calibration import correlations, fit_calibration
+    from compressai_vlic.student.model import load_student
+    from compressai_vlic.student.noref import (
         calibrate_noref,
         evaluate_noref_pairs,
         load_noref_student,
         noref_scores,
         read_mos_csv,
     )
-    from compressai_vlic.judges.student.teacher import read_teacher_pairs
-    from compressai_vlic.judges.student.train import ImageStore
-    from compressai_vlic.metrics import get_metric
+    from compressai_vlic.student.teacher import read_teacher_pairs
+    from compressai_vlic.student.train import ImageStore
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/student-distill"))

@@ -4,7 +4,9 @@ A user should see only what concerns them. ``import compressai`` imports torch_g
 import calls the deprecated ``torch.jit.script`` (a ``FutureWarning`` on every command), and
 ``lpips``/torchmetrics build torchvision backbones with the deprecated ``pretrained=`` argument.
 The filters are scoped to those calls (``warnings.catch_warnings``), so the same warnings raised by
-a user's own code still show.
+a user's own code still show. One is filtered for a whole command, at its entry point: Lightning's
+own ``LeafSpec`` use (a ``FutureWarning`` from torch on every logged step, attributed to
+``pytorch_lightning``), see :func:`ignore_lightning_leafspec`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ _TORCHVISION_PRETRAINED = (
     r"The parameter 'pretrained' is deprecated",
     r"Arguments other than a weight enum or `None` for 'weights' are deprecated",
 )
+
+# torch.utils._pytree, when pytorch_lightning.utilities._pytree builds a LeafSpec (each self.log).
+_LIGHTNING_LEAFSPEC = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
 
 
 def import_compressai() -> ModuleType:
@@ -55,3 +60,14 @@ def quiet_torchvision_pretrained() -> Iterator[None]:
         for message in _TORCHVISION_PRETRAINED:
             warnings.filterwarnings("ignore", message=message, category=UserWarning)
         yield
+
+
+def ignore_lightning_leafspec() -> None:
+    """For the rest of the process (a training command's entry point): hide torch's
+    ``LeafSpec`` deprecation raised by Lightning's own code, and only from Lightning's modules."""
+    warnings.filterwarnings(
+        "ignore",
+        message=_LIGHTNING_LEAFSPEC,
+        category=FutureWarning,
+        module=r"(pytorch_lightning|lightning)\.",
+    )

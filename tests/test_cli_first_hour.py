@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -114,6 +115,29 @@ def test_plain_encode_prints_no_warning(tmp_path, photos):
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr and "warn" not in proc.stderr, proc.stderr
     assert (tmp_path / "a.vlic").stat().st_size > 0
+
+
+def test_console_encode_prints_no_warning_even_with_hidden_deprecations_shown(tmp_path, photos):
+    """`compressai-vlic encode` as a user types it (the console script): nothing on stderr that
+    is a warning, also with the deprecation warnings Python hides by default shown."""
+    cli = shutil.which("compressai-vlic", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("the compressai-vlic console script is not installed")
+    Image.fromarray(photos["chelsea"][:48, :40]).save(tmp_path / "a.png")
+    for setting in ("", "default"):
+        env = {**_env(), **({"PYTHONWARNINGS": setting} if setting else {})}
+        out = f"a{setting}.vlic"
+        proc = subprocess.run(
+            [cli, "encode", "a.png", "-o", out, "--quality", "test", "--threads", "1"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr and "warn" not in proc.stderr, (setting, proc.stderr)
+        assert (tmp_path / out).stat().st_size > 0
 
 
 def test_weights_fetch_prints_the_outcome_not_the_failed_attempts(monkeypatch, tmp_path, capsys):

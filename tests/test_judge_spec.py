@@ -160,3 +160,15 @@ def test_training_configs_ship_in_the_wheel_and_resolve_from_the_source_tree(tmp
     assert configs.load_config("tiny_stage1") == {"seed_everything": 7}
     with pytest.raises(ConfigError, match="not found"):
         configs.config_path("no_such_config")
+
+
+def test_module_args_take_both_spellings_only_when_they_agree():
+    """A resumed run merges the checkpoint's ``judge:`` into a YAML with the older keys."""
+    legacy = {"judge_type": "metric", "judge_kwargs": {"metric": "psnr"}}
+    spec = JudgeSpec.from_module_args(legacy)
+    assert JudgeSpec.from_module_args({**legacy, "judge": spec.to_config()}) == spec
+    other = JudgeSpec.from_module_args(
+        {"judge_type": "metric", "judge_kwargs": {"metric": "lpips"}}
+    )
+    with pytest.raises(ConfigError, match="they differ"):
+        JudgeSpec.from_module_args({**legacy, "judge": other.to_config()})

@@ -20,8 +20,8 @@ from compressai_vlic.judges.compose import describe_judge, public_kwargs
 from compressai_vlic.judges.dataset import read_preference_dataset
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.secrets import public_url, scrub
-from compressai_vlic.judges.student.raters import OpenAIRater
 from compressai_vlic.judges.types import Choice
+from compressai_vlic.student.raters import OpenAIRater
 from compressai_vlic.testing.loopback_server import ServerScript, run_server
 from compressai_vlic.vlm.answerers import AnswerRequest, OpenAIAnswerer
 

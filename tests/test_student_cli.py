@@ -13,9 +13,9 @@ from conftest import photo_tensor
 from compressai_vlic.cli.main import main
 from compressai_vlic.image_io import save_png
 from compressai_vlic.judges.dataset import read_preference_dataset
-from compressai_vlic.judges.student.agreement import bootstrap_difference, wilson_interval
-from compressai_vlic.judges.student.calibration import fit_calibration, logistic4
-from compressai_vlic.judges.student.teacher import read_teacher_pairs
+from compressai_vlic.student.agreement import bootstrap_difference, wilson_interval
+from compressai_vlic.student.calibration import fit_calibration, logistic4
+from compressai_vlic.student.teacher import read_teacher_pairs
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from conftest import photo_tensor
 from PIL import Image
 
 from compressai_vlic.errors import CheckpointError, ConfigError, DatasetError
-from compressai_vlic.judges.student.agreement import agreement
-from compressai_vlic.judges.student.calibration import correlations
-from compressai_vlic.judges.student.noref import (
+from compressai_vlic.judges.types import Choice, Vote
+from compressai_vlic.student.agreement import agreement
+from compressai_vlic.student.calibration import correlations
+from compressai_vlic.student.noref import (
     NoRefConfig,
     NoRefStudent,
     calibrate_noref,
@@ -21,8 +22,7 @@ from compressai_vlic.judges.student.noref import (
     read_mos_csv,
     train_noref,
 )
-from compressai_vlic.judges.student.teacher import TeacherData, TeacherPair, TeacherPoint
-from compressai_vlic.judges.types import Choice, Vote
+from compressai_vlic.student.teacher import TeacherData, TeacherPair, TeacherPoint
 
 SIGMAS = [0.0, 0.02, 0.05, 0.09, 0.14]
 STEPS = 80

@@ -8,9 +8,9 @@ from conftest import photo_tensor
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.image_io import save_png
-from compressai_vlic.judges.student.raters import HFRater, MetricRater, OpenAIRater, rate_pairs
-from compressai_vlic.judges.student.rating import parse_rating, rating_template
-from compressai_vlic.judges.student.teacher import read_teacher_points, write_teacher_points
+from compressai_vlic.student.raters import HFRater, MetricRater, OpenAIRater, rate_pairs
+from compressai_vlic.student.rating import parse_rating, rating_template
+from compressai_vlic.student.teacher import read_teacher_points, write_teacher_points
 from compressai_vlic.testing.loopback_server import ServerScript, run_server
 
 

@@ -8,17 +8,17 @@ import random
 import pytest
 import torch
 
-from compressai_vlic.judges.student.config import StudentConfig
-from compressai_vlic.judges.student.evaluate import evaluate_pairs
-from compressai_vlic.judges.student.model import StudentModel
-from compressai_vlic.judges.student.reliability import (
+from compressai_vlic.judges.types import Choice, Vote
+from compressai_vlic.student.config import StudentConfig
+from compressai_vlic.student.evaluate import evaluate_pairs
+from compressai_vlic.student.model import StudentModel
+from compressai_vlic.student.reliability import (
     order_consistency,
     reliability,
     vote_agreement,
 )
-from compressai_vlic.judges.student.teacher import TeacherData, TeacherPair
-from compressai_vlic.judges.student.train import train_student
-from compressai_vlic.judges.types import Choice, Vote
+from compressai_vlic.student.teacher import TeacherData, TeacherPair
+from compressai_vlic.student.train import train_student
 
 REF = torch.full((3, 8, 8), 0.5)
 

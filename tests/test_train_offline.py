@@ -10,7 +10,7 @@ from PIL import Image
 
 from compressai_vlic.cli.main import main as vlic_main
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student import StudentConfig, StudentModel
+from compressai_vlic.student import StudentConfig, StudentModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from compressai_vlic.cli.main import main as vlic_main
 from compressai_vlic.errors import DatasetError
+from compressai_vlic.evaluation.codec_pairs import PairCodes
 from compressai_vlic.judges.dataset import read_preference_dataset
-from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.judges.types import Choice, Judgment, Vote
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 import yaml
+from compressai_vlic_lightning.cli import cpu_bf16_is_fast
 from compressai_vlic_lightning.cli import main as train_main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
@@ -45,6 +46,9 @@ def _common(root: Path) -> list[str]:
         "--data.init_args.batch_size", "1",
         "--data.init_args.num_workers", "0",
         "--data.init_args.samples_per_epoch", "4",
+        # the hardware: bf16 autocast where the CPU has bf16 instructions, else float32 (CPU
+        # bf16 kernels without them run 10-25x slower: minutes per step at paper width)
+        "--trainer.precision", "bf16-mixed" if cpu_bf16_is_fast() else "32-true",
     ]  # fmt: skip
 
 
@@ -95,10 +99,6 @@ def ckpt_config_has_flowmo_parts(run: Path) -> bool:
     return config.mup and config.prior_digits == "causal"
 
 
-@pytest.mark.skip(
-    reason="paper width on the CPU: one stage-1 step now runs past the 15-minute test timeout "
-    "(under investigation); the reduced-depth YAML runs are not exercised until it is fixed"
-)
 @pytest.mark.slow
 def test_paper_stage1_yaml_two_steps(stage1_run):
     config = yaml.safe_load((stage1_run / "config.yaml").read_text())
@@ -108,7 +108,10 @@ def test_paper_stage1_yaml_two_steps(stage1_run):
     assert init["freeze_encoder_after"] == 200000 and init["fix_initial_norms"] is True
     assert ckpt_config_has_flowmo_parts(stage1_run)
     assert config["trainer"]["accumulate_grad_batches"] == 2
-    assert config["trainer"]["precision"] == "bf16-mixed"
+    assert (
+        yaml.safe_load((CONFIGS / "paper_q1_stage1.yaml").read_text())["trainer"]["precision"]
+        == "bf16-mixed"
+    )
     assert _steps(stage1_run) == [0, 1]
     ckpt_path = stage1_run / "checkpoints" / "last.ckpt"
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -118,10 +121,6 @@ def test_paper_stage1_yaml_two_steps(stage1_run):
     assert "model.encoder.latent_tokens" in ckpt["ema_state_dict"]
 
 
-@pytest.mark.skip(
-    reason="paper width on the CPU: one stage-1 step now runs past the 15-minute test timeout "
-    "(under investigation); the reduced-depth YAML runs are not exercised until it is fixed"
-)
 @pytest.mark.slow
 def test_paper_stage2_yaml_two_steps(stage1_run, workdir, photos):
     from test_train_memory import _judged
@@ -142,10 +141,6 @@ def test_paper_stage2_yaml_two_steps(stage1_run, workdir, photos):
     assert ckpt["dpo_reference"]["init_from"].endswith("last.ckpt")
 
 
-@pytest.mark.skip(
-    reason="paper width on the CPU: one stage-1 step now runs past the 15-minute test timeout "
-    "(under investigation); the reduced-depth YAML runs are not exercised until it is fixed"
-)
 @pytest.mark.slow
 def test_paper_mode_seeking_yaml_two_steps(stage1_run, workdir):
     """FlowMo's optional stage at paper width from the stage-1 checkpoint written above."""

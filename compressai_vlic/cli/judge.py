@@ -154,12 +154,9 @@ def _codec_identity(weights: Weights) -> dict[str, Any]:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from compressai_vlic.evaluation.codec_pairs import CodecPairMaker
     from compressai_vlic.judges.compose import describe_judge, public_kwargs
-    from compressai_vlic.judges.dataset import (
-        CodecPairMaker,
-        build_preference_dataset,
-        pairs_from_folders,
-    )
+    from compressai_vlic.judges.dataset import build_preference_dataset, pairs_from_folders
 
     if args.output is None or args.originals is None:
         raise ConfigError(

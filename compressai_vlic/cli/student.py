@@ -21,8 +21,8 @@ ACTIONS = ("train", "eval")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from compressai_vlic.judges.student.config import LAYER_NAMES
-    from compressai_vlic.judges.student.reliability import ReliabilityType
+    from compressai_vlic.student.config import LAYER_NAMES
+    from compressai_vlic.student.reliability import ReliabilityType
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
@@ -85,12 +85,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="opinion scores (JSONL/CSV reference,image,opinion) to calibrate on",
     )
     t.add_argument(
-        "--calibration-images",
-        type=int,
-        default=64,
-        help="training images whose activation ranges are stored for the int8 judge (0: none)",
-    )
-    t.add_argument(
         "--student-type",
         choices=("full-reference", "no-reference"),
         default="full-reference",
@@ -129,12 +123,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fit the calibration on the first N opinion rows, score the rest",
     )
     e.add_argument(
-        "--precision",
-        choices=("float32", "int8", "auto"),
-        default="float32",
-        help="backbone arithmetic (int8: as the judge runs it; default float32)",
-    )
-    e.add_argument(
         "--full-reference-student",
         type=Path,
         default=None,
@@ -145,11 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compressai_vlic.judges.student import workflow
-    from compressai_vlic.judges.student.config import StudentConfig
+    from compressai_vlic.student import workflow
+    from compressai_vlic.student.config import StudentConfig
 
     if args.action == "train" and args.student_type == "no-reference":
-        from compressai_vlic.judges.student.noref import train_noref_from_files
+        from compressai_vlic.student.noref import train_noref_from_files
 
         summary = train_noref_from_files(
             args.output,
@@ -169,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"no-reference student written to {args.output}")
         return 0
     if args.action == "eval" and (args.student / "noref.json").is_file():
-        from compressai_vlic.judges.student.noref import evaluate_noref_files
+        from compressai_vlic.student.noref import evaluate_noref_files
 
         out = evaluate_noref_files(
             args.student, args.pairs, args.baseline or ["psnr"], args.full_reference_student
@@ -198,7 +186,6 @@ def run(args: argparse.Namespace) -> int:
             args.opinions,
             args.overwrite,
             args.seed,
-            args.calibration_images,
         )
         print(json.dumps(result.summary, indent=2))
         print(f"student written to {args.output}")
@@ -210,7 +197,6 @@ def run(args: argparse.Namespace) -> int:
         args.opinions,
         args.fit_count,
         args.seed,
-        args.precision,
     )
     print("\n".join(lines))
     if args.json is not None:

@@ -30,7 +30,6 @@ import warnings
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,14 +46,13 @@ from compressai_vlic.errors import (
     MetricUnavailableError,
     VLICError,
 )
-from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image, save_png
+from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image
 from compressai_vlic.jsonl import JsonlAppender, intact_length
 from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
 DATASET_VERSION = 1
 MissingType = Literal["error", "skip"]
-CropType = Literal["tile", "image"]
 
 
 @dataclass(frozen=True)
@@ -597,200 +595,3 @@ def build_preference_dataset(
 
             asyncio.run(_judge_all(todo, judge, writer, summary, concurrency, on_row, prepare))
     return summary
-
-
-# --------------------------------------------------------------------------- pairs from a codec
-
-
-class CodecPairMaker:
-    """Two decodes of the same bitstream with different noise seeds, per original (VLIC pairs).
-
-    Each original (or tile-size crop of it) is compressed once; the container is re-packed with
-    each decode seed (same tokens, new seed in the header) and decoded. The token indices and tile
-    layout are read back from that bitstream and stored beside it (``PairCodes`` JSON, the row's
-    ``codes``), so post-training conditions on exactly the code both decodes were sampled from.
-    Crops, decodes, bitstream and codes are written atomically under ``decode_dir`` and reused by a
-    resumed run.
-
-    Args:
-        crop_type: "tile" (default): each pair is a tile-size crop of an original, coded as one
-            tile, so A and B are exact samples of the decoder given that code, and the judge
-            rates exactly the images training uses. "image": the whole original, decoded with
-            tile blending (what a user of the codec sees; training then takes one whole tile of
-            it with that tile's code, an approximation near the blended margins).
-        tiles_per_image: with "tile", how many crops per original: the non-overlapping tile grid
-            centred in the image, nearest the centre first (default 1, the centre crop).
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        decode_dir: Path,
-        pairs_per_image: int = 1,
-        base_seed: int = 0,
-        identity: dict[str, Any] | None = None,
-        crop_type: CropType = "tile",
-        tiles_per_image: int = 1,
-    ):
-        if pairs_per_image < 1:
-            raise ConfigError(f"pairs_per_image must be >= 1, got {pairs_per_image}")
-        check_option("crop_type", crop_type, CropType)
-        if tiles_per_image < 1:
-            raise ConfigError(f"tiles_per_image must be >= 1, got {tiles_per_image}")
-        self._check_identity(Path(decode_dir), identity or {})
-        self.model = model.eval()
-        self.decode_dir = Path(decode_dir)
-        self.pairs_per_image = pairs_per_image
-        self.base_seed = base_seed
-        self.crop_type = crop_type
-        self.tiles_per_image = tiles_per_image
-        self._crops: dict[str, tuple[Path, int, int]] = {}  # crop reference -> (source, top, left)
-        #: originals :meth:`plan` left out (unreadable, over a limit, too small) -> reason
-        self.skipped: dict[str, str] = {}
-        self._lock = asyncio.Lock()
-
-    @staticmethod
-    def _check_identity(decode_dir: Path, identity: dict[str, Any]) -> None:
-        """Decodes on disk are reused only if the same codec made them."""
-        marker = decode_dir / "codec.json"
-        want = json.loads(json.dumps(identity, sort_keys=True))
-        if marker.is_file():
-            have = json.loads(marker.read_text())
-            if have != want:
-                raise ConfigError(
-                    f"{decode_dir} holds decodes of another codec ({have}); this run uses {want}. "
-                    "Use another --decode-dir / --output."
-                )
-            return
-        _atomic_write(marker, json.dumps(want, sort_keys=True).encode())
-
-    def seeds(self, i: int) -> tuple[int, int]:
-        return self.base_seed + 2 * i, self.base_seed + 2 * i + 1
-
-    def _sources(self, f: Path, key: str) -> list[tuple[str, Path]]:
-        """(key, reference file) of each crop of one original, per ``crop_type``."""
-        height, width = _image_size(f)  # the header, within the pixel and memory limits
-        if self.crop_type == "image":
-            return [(key, f)]
-        tile = int(self.model.config.image_size)
-        if height < tile or width < tile:
-            raise DatasetError(
-                f"{f}: {height}x{width} is smaller than the codec's {tile}-px tile; use larger "
-                "originals or --crop-type image"
-            )
-        if (height, width) == (tile, tile):
-            return [(key, f)]
-        rows, cols = height // tile, width // tile
-        top0, left0 = (height - rows * tile) // 2, (width - cols * tile) // 2
-        cells = [(top0 + r * tile, left0 + c * tile) for r in range(rows) for c in range(cols)]
-        cy, cx = (height - tile) / 2, (width - tile) / 2
-        cells.sort(key=lambda p: ((p[0] - cy) ** 2 + (p[1] - cx) ** 2, p))
-        out = []
-        for top, left in cells[: self.tiles_per_image]:
-            crop_key = f"{key}@y{top}x{left}"
-            ref = self.decode_dir / f"{crop_key}.png"
-            self._crops[str(ref)] = (f, top, left)
-            out.append((crop_key, ref))
-        return out
-
-    def plan(self, originals: Path) -> list[PairInputs]:
-        """Every pair this run will judge (no decoding yet). An original that cannot be used
-        (unreadable header, over the pixel limit or memory budget, smaller than a tile) is left
-        out with its reason in :attr:`skipped`; the others are still planned."""
-        root = Path(originals)
-        files = find_images(root)
-        if not files:
-            raise DatasetError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES)})")
-        base = root if root.is_dir() else root.parent
-        pairs = []
-        for f in files:
-            try:
-                sources = self._sources(f, _stem_key(f, base))
-            except VLICError as exc:
-                self.skipped[_stem_key(f, base)] = _reason(exc)
-                continue
-            for key, reference in sources:
-                for i in range(self.pairs_per_image):
-                    s1, s2 = self.seeds(i)
-                    pairs.append(
-                        PairInputs(
-                            pair_id=f"{key}#s{s1}-s{s2}",
-                            reference=reference,
-                            a=self.decode_dir / f"{key}.s{s1}.png",
-                            b=self.decode_dir / f"{key}.s{s2}.png",
-                            seeds=(s1, s2),
-                            bitstream=self.decode_dir / f"{key}.vlic",
-                            codes=self.decode_dir / f"{key}.codes.json",
-                        )
-                    )
-        return pairs
-
-    def _reference(self, pair: PairInputs) -> None:
-        """Write the tile-size crop a pair judges (once; a resumed run reuses it)."""
-        crop = self._crops.get(str(pair.reference))
-        if crop is None or pair.reference.is_file():
-            return
-        source, top, left = crop
-        tile = int(self.model.config.image_size)
-        x = load_image(source).tensor[:, top : top + tile, left : left + tile]
-        save_png(x, pair.reference)  # atomic
-
-    def _codes(self, pair: PairInputs, data: bytes) -> None:
-        """Store the tokens and layout inside the bitstream (exactly what A and B decode)."""
-        if pair.codes is None or pair.codes.is_file():
-            return
-        from compressai_vlic.judges.pair_codes import codes_from_stream
-
-        codes_from_stream(data, self.model).save(pair.codes)
-
-    def _bitstream(self, pair: PairInputs) -> bytes:
-        assert pair.bitstream is not None and pair.seeds is not None
-        if pair.bitstream.is_file():
-            return self.model.read_stream(pair.bitstream)
-        x = load_image(pair.reference).tensor[None]
-        with torch.no_grad():
-            data = bytes(self.model.compress(x, seed=pair.seeds[0])["strings"][0][0])
-        _atomic_write(pair.bitstream, data)
-        return data
-
-    def _decode(self, data: bytes, seed: int, out: Path) -> None:
-        from compressai_vlic.bitstream import pack, unpack
-
-        header, payload = unpack(data)
-        stream = pack(dc_replace(header, seed=seed), payload)  # same tokens, another noise seed
-        with torch.no_grad():
-            x_hat = self.model.decompress([[stream]], (header.height, header.width))["x_hat"]
-        save_png(x_hat[0], out)  # atomic
-
-    def _make(self, pair: PairInputs) -> None:
-        self._reference(pair)
-        data = self._bitstream(pair)
-        self._codes(pair, data)
-        assert pair.seeds is not None
-        for seed, path in zip(pair.seeds, (pair.a, pair.b)):
-            if not path.is_file():
-                self._decode(data, seed, path)
-
-    async def prepare(self, pair: PairInputs) -> PairInputs:
-        done = [pair.a, pair.b, pair.reference] + ([pair.codes] if pair.codes else [])
-        if not all(p.is_file() for p in done):
-            async with self._lock:  # one decode at a time: the codec uses all cores itself
-                await asyncio.to_thread(self._make, pair)
-        return pair
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) as ``load_image`` will return it (EXIF rotation applied), from the header;
-    :class:`ImageReadError` for an unreadable file or one over the image limits."""
-    from compressai_vlic.image_io import check_image_limits
-
-    header = check_image_limits(path)
-    width, height = header.width, header.height
-    if header.orientation in (5, 6, 7, 8):  # rotated by 90 degrees
-        width, height = height, width
-    return height, width
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, data)

@@ -269,13 +269,19 @@ class JudgeSpec:
         legacy = {k: init_args[k] for k in _LEGACY_KEYS if init_args.get(k) is not None}
         if block is None:
             return cls.from_config(legacy)
-        if legacy:
-            raise ConfigError(f"give the judge once: judge: or {', '.join(legacy)}, not both")
         if isinstance(block, JudgeSpec):
-            return block
-        if isinstance(block, Mapping):
-            return cls.from_config(block)
-        raise ConfigError(f"judge: expected a mapping of JudgeSpec fields, got {block!r}")
+            spec = block
+        elif isinstance(block, Mapping):
+            spec = cls.from_config(block)
+        else:
+            raise ConfigError(f"judge: expected a mapping of JudgeSpec fields, got {block!r}")
+        # Both spellings at once are accepted only when they agree: a resumed run merges the
+        # checkpoint's saved ``judge:`` into a YAML that may use the older keys.
+        if legacy and cls.from_config(legacy) != spec:
+            raise ConfigError(
+                f"give the judge once: judge: or {', '.join(legacy)}, not both (they differ)"
+            )
+        return spec
 
     def to_config(self) -> dict[str, Any]:
         """The spec as a plain dict (YAML, hyper-parameters); ``from_config`` reads it back."""

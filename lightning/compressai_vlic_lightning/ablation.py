@@ -227,12 +227,9 @@ def make_pair_set(
 
     Returns counts: pairs, decided, abstained.
     """
+    from compressai_vlic.evaluation.codec_pairs import CodecPairMaker
     from compressai_vlic.judges.compose import describe_judge, public_kwargs
-    from compressai_vlic.judges.dataset import (
-        CodecPairMaker,
-        build_preference_dataset,
-        read_preference_dataset,
-    )
+    from compressai_vlic.judges.dataset import build_preference_dataset, read_preference_dataset
     from compressai_vlic.judges.spec import JudgeSpec
     from compressai_vlic.judges.types import Choice
     from compressai_vlic_lightning.common import load_codec

@@ -108,7 +108,7 @@ def make_perceptual_loss(
             raise ConfigError(
                 "perceptual_type 'student' needs student_path (a trained student folder)"
             )
-        from compressai_vlic.judges.student.loss import StudentLoss
+        from compressai_vlic.student.loss import StudentLoss
 
         return StudentLoss(student_path), PerceptualChoice("student", "student")
     try:

@@ -42,9 +42,9 @@ from PIL import Image
 from torch import Tensor
 
 from compressai_vlic.errors import DatasetError, JudgeError
+from compressai_vlic.evaluation.codec_pairs import PairCodes
 from compressai_vlic.image_io import quantize_uint8
 from compressai_vlic.jsonl import JsonlAppender, read_jsonl
-from compressai_vlic.judges.pair_codes import PairCodes
 from compressai_vlic.judges.rank import Ranking, best_worst_pair, rank_images
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment, add_usage
 from compressai_vlic.options import check_option

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from compressai_vlic.errors import CheckpointError, ConfigError
-from compressai_vlic.judges.pair_codes import PairCodes
+from compressai_vlic.evaluation.codec_pairs import PairCodes
 from compressai_vlic.judges.spec import JudgeSpec
 from compressai_vlic.losses import (
     DEFAULT_BETA,

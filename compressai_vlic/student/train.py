@@ -16,7 +16,6 @@ works on its per-channel distances (exactly the same loss, full batch, seconds o
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,17 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.model import StudentModel
-from compressai_vlic.judges.student.quantized import (
-    CALIBRATION_KEY,
-    calibrate_int8,
-    quantized_engine,
-)
-from compressai_vlic.judges.student.reliability import ReliabilityType, reliability
-from compressai_vlic.judges.student.teacher import ImageRef, TeacherData
 from compressai_vlic.judges.types import Choice
-
-log = logging.getLogger(__name__)
+from compressai_vlic.student.model import StudentModel
+from compressai_vlic.student.reliability import ReliabilityType, reliability
+from compressai_vlic.student.teacher import ImageRef, TeacherData
 
 
 def _key(image: ImageRef) -> str:
@@ -131,7 +123,6 @@ def train_student(
     logit_decay: float = 1e-3,
     store: ImageStore | None = None,
     seed: int = 0,
-    calibration_images: int = 64,
 ) -> TrainResult:
     """Distil ``data`` into a student (see module doc).
 
@@ -146,8 +137,6 @@ def train_student(
             (default 1e-3).
         store: where images come from (default: files by path, tensors as given).
         seed: torch seed (default 0).
-        calibration_images: training images (references first) whose activation ranges are
-            stored for the int8 judge (default 64; 0 = none, the judge then runs in float32).
     """
     if point_weight < 0 or steps < 1 or lr <= 0:
         raise ConfigError("point_weight must be >= 0, steps >= 1 and lr > 0")
@@ -230,28 +219,5 @@ def train_student(
         "train_agreement": train_agree,
         "backbone": model.config.backbone_source,
     }
-    if calibration_images > 0 and model.config.depth > 0:
-        _calibrate(model, refs, store, calibration_images)
-        summary["int8_calibration_images"] = model.meta.get(CALIBRATION_KEY, {}).get("images", 0)
     model.meta["training"] = summary
     return TrainResult(model, summary, history)
-
-
-def _calibrate(
-    model: StudentModel, couples: list[tuple[ImageRef, ImageRef]], store: ImageStore, count: int
-) -> None:
-    """int8 activation ranges from up to ``count`` distinct training images, references first."""
-    if quantized_engine() is None:
-        log.info("no int8 engine in this torch build: the student judge will run in float32")
-        return
-    seen: dict[str, ImageRef] = {}
-    for group in ([r for r, _ in couples], [x for _, x in couples]):
-        for img in group:
-            seen.setdefault(_key(img), img)
-    chosen = list(seen.values())[:count]
-    try:
-        calibrate_int8(model, (store.get(i) for i in chosen))
-    except ConfigError:
-        raise
-    except Exception as exc:  # a torch whose FX quantisation changed: keep the student usable
-        log.warning("int8 calibration failed (%s); the student judge will run in float32", exc)

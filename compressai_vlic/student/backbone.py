@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compressai_vlic.errors import MetricUnavailableError
-from compressai_vlic.judges.student.config import StudentConfig
+from compressai_vlic.student.config import StudentConfig
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ class StudentConfig:
         input_pool: average-pooling factor of the image before the backbone (default 1: full
             resolution). 2 makes the float32 backbone about 4x cheaper, but on pairs of
             near-equal quality (two decodes of one bitstream) it agreed with an LPIPS teacher
-            no better than chance; the judge's int8 backbone keeps full resolution fast.
+            no better than chance.
         init_type: backbone weights: "imagenet" (local ImageNet weights; falls back to random
             weights with a loud warning when they are missing) or "random" (default "imagenet").
         teacher: what the student was distilled from (free text, for the record).

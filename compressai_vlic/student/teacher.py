@@ -56,7 +56,7 @@ class TeacherPair:
     votes: list[Vote] = field(default_factory=list)
     pair_id: str = ""
     group: str = ""  # what held-out splits keep together (default: the reference)
-    reliability: float | None = None  # filled by compressai_vlic.judges.student.reliability
+    reliability: float | None = None  # filled by compressai_vlic.student.reliability
 
     @property
     def target(self) -> float | None:

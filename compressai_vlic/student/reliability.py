@@ -20,9 +20,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Literal
 
-from compressai_vlic.judges.student.teacher import TeacherPair
 from compressai_vlic.judges.types import Choice
 from compressai_vlic.options import check_option
+from compressai_vlic.student.teacher import TeacherPair
 
 ReliabilityType = Literal["all", "uniform", "votes", "order", "score", "prob"]
 

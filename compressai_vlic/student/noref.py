@@ -30,12 +30,12 @@ import torch
 from torch import nn
 
 from compressai_vlic.errors import CheckpointError, ConfigError, DatasetError
-from compressai_vlic.judges.student.backbone import AlexNetStages, alexnet_features
-from compressai_vlic.judges.student.calibration import Calibration, fit_calibration
-from compressai_vlic.judges.student.config import LAYER_CHANNELS, StudentConfig
-from compressai_vlic.judges.student.reliability import ReliabilityType, reliability
-from compressai_vlic.judges.student.teacher import ImageRef, TeacherData
-from compressai_vlic.judges.student.train import ImageStore, _key
+from compressai_vlic.student.backbone import AlexNetStages, alexnet_features
+from compressai_vlic.student.calibration import Calibration, fit_calibration
+from compressai_vlic.student.config import LAYER_CHANNELS, StudentConfig
+from compressai_vlic.student.reliability import ReliabilityType, reliability
+from compressai_vlic.student.teacher import ImageRef, TeacherData
+from compressai_vlic.student.train import ImageStore, _key
 
 NOREF_WEIGHTS = "noref.safetensors"
 NOREF_META = "noref.json"
@@ -334,9 +334,9 @@ def evaluate_noref_pairs(
         full_reference: a full-reference :class:`~.model.StudentModel` to compare with.
         seed: bootstrap seed.
     """
-    from compressai_vlic.judges.student.agreement import agreement, bootstrap_difference, correct
-    from compressai_vlic.judges.student.evaluate import metric_values, student_distances
     from compressai_vlic.judges.types import Choice
+    from compressai_vlic.student.agreement import agreement, bootstrap_difference, correct
+    from compressai_vlic.student.evaluate import metric_values, student_distances
 
     store = store or ImageStore()
     labelled = [p for p in pairs if p.label is not Choice.ABSTAIN]
@@ -408,7 +408,7 @@ def train_noref_from_files(
         seed: head initialisation seed.
         init_type: backbone weights ("imagenet" or "random").
     """
-    from compressai_vlic.judges.student.workflow import read_teacher, teacher_name
+    from compressai_vlic.student.workflow import read_teacher, teacher_name
 
     out = Path(output)
     if not overwrite and ((out / NOREF_WEIGHTS).exists() or (out / NOREF_META).exists()):
@@ -434,8 +434,8 @@ def evaluate_noref_files(
     full_reference: PathLike | None = None,
 ) -> dict[str, Any]:
     """:func:`evaluate_noref_pairs` on held-out preference datasets."""
-    from compressai_vlic.judges.student.model import load_student
-    from compressai_vlic.judges.student.teacher import read_teacher_pairs
+    from compressai_vlic.student.model import load_student
+    from compressai_vlic.student.teacher import read_teacher_pairs
 
     if not pairs:
         raise ConfigError("student eval needs --pairs (held-out preference datasets)")

@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from compressai_vlic.judges.student.agreement import (
+from compressai_vlic.judges.types import Choice
+from compressai_vlic.student.agreement import (
     Agreement,
     agreement,
     bootstrap_difference,
     correct,
 )
-from compressai_vlic.judges.student.calibration import Calibration, correlations, fit_calibration
-from compressai_vlic.judges.student.model import StudentModel
-from compressai_vlic.judges.student.opinions import Opinion
-from compressai_vlic.judges.student.teacher import TeacherPair
-from compressai_vlic.judges.student.train import ImageStore, channel_distance_table
-from compressai_vlic.judges.types import Choice
+from compressai_vlic.student.calibration import Calibration, correlations, fit_calibration
+from compressai_vlic.student.model import StudentModel
+from compressai_vlic.student.opinions import Opinion
+from compressai_vlic.student.teacher import TeacherPair
+from compressai_vlic.student.train import ImageStore, channel_distance_table
 
 
 @dataclass

@@ -18,9 +18,8 @@ from typing import Any
 import torch
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.model import load_student
-from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
 from compressai_vlic.judges.types import Choice, JudgeRequest, Judgment, Vote, choice_from_score
+from compressai_vlic.student.model import load_student
 
 
 class StudentJudge:
@@ -32,8 +31,8 @@ class StudentJudge:
         batch_size: pairs per forward pass (default 32).
         device: torch device (default "cpu").
         threads: torch intra-op threads while judging (default: leave torch's setting).
-        precision: backbone arithmetic: "auto" (default: int8 when the student carries int8
-            ranges and torch has an int8 engine, else float32), "int8" or "float32".
+        precision: "float32" (default; "auto" means the same). The int8 backbone was removed:
+            it ran on PyTorch's FX quantisation, deprecated for removal, and "int8" is refused.
     """
 
     backend = "student"
@@ -45,14 +44,19 @@ class StudentJudge:
         batch_size: int = 32,
         device: str = "cpu",
         threads: int | None = None,
-        precision: PrecisionType = "auto",
+        precision: str = "float32",
     ) -> None:
         if not path:
             raise ConfigError("the student judge needs path=FOLDER (--judge-arg path=...)")
         if margin < 0 or batch_size < 1:
             raise ConfigError("margin must be >= 0 and batch_size >= 1")
+        if precision not in ("auto", "float32"):
+            raise ConfigError(
+                f"student: precision {precision!r} is not available; the judge runs in float32 "
+                "(the int8 backbone was removed with PyTorch's deprecated FX quantisation)"
+            )
         self.model = load_student(path, device)
-        self.precision = quantize_student(self.model, precision)
+        self.precision = "float32"  # in the cache identity: answers of float32 caches stay valid
         self.path = str(path)
         self.margin = float(margin)
         self.batch_size = int(batch_size)

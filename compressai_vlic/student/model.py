@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from compressai_vlic.errors import CheckpointError, ConfigError
-from compressai_vlic.judges.student.backbone import AlexNetStages, alexnet_features
-from compressai_vlic.judges.student.config import StudentConfig
+from compressai_vlic.student.backbone import AlexNetStages, alexnet_features
+from compressai_vlic.student.config import StudentConfig
 
 WEIGHTS_FILE = "student.safetensors"
 META_FILE = "student.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from compressai_vlic.judges.student.model import load_student
+from compressai_vlic.student.model import load_student
 
 
 class StudentLoss(nn.Module):

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from compressai_vlic.errors import JudgeError
-from compressai_vlic.judges.student.rating import (
+from compressai_vlic.student.rating import (
     RATING_MAX,
     RATING_MIN,
     RATING_PREFIX,
@@ -28,7 +28,7 @@ from compressai_vlic.judges.student.rating import (
     parse_rating,
     rating_template,
 )
-from compressai_vlic.judges.student.teacher import TeacherPoint
+from compressai_vlic.student.teacher import TeacherPoint
 
 
 @dataclass

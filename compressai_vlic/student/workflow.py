@@ -9,24 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.student.calibration import Calibration, fit_calibration
-from compressai_vlic.judges.student.config import StudentConfig
-from compressai_vlic.judges.student.evaluate import (
+from compressai_vlic.student.calibration import Calibration, fit_calibration
+from compressai_vlic.student.config import StudentConfig
+from compressai_vlic.student.evaluate import (
     PairReport,
     evaluate_opinions,
     evaluate_pairs,
     student_distances,
 )
-from compressai_vlic.judges.student.model import StudentModel, load_student, student_files
-from compressai_vlic.judges.student.opinions import read_opinions
-from compressai_vlic.judges.student.quantized import PrecisionType, quantize_student
-from compressai_vlic.judges.student.reliability import ReliabilityType
-from compressai_vlic.judges.student.teacher import (
+from compressai_vlic.student.model import StudentModel, load_student, student_files
+from compressai_vlic.student.opinions import read_opinions
+from compressai_vlic.student.reliability import ReliabilityType
+from compressai_vlic.student.teacher import (
     TeacherData,
     read_teacher_pairs,
     read_teacher_points,
 )
-from compressai_vlic.judges.student.train import ImageStore, TrainResult, train_student
+from compressai_vlic.student.train import ImageStore, TrainResult, train_student
 
 PathLike = str | os.PathLike[str]
 
@@ -62,7 +61,6 @@ def train_from_files(
     opinions: PathLike | None = None,
     overwrite: bool = False,
     seed: int = 0,
-    calibration_images: int = 64,
 ) -> TrainResult:
     """Train a student on teacher files, optionally calibrate it, and save it to ``output``."""
     out = Path(output)
@@ -87,7 +85,6 @@ def train_from_files(
         lr,
         store=store,
         seed=seed,
-        calibration_images=calibration_images,
     )
     if opinions is not None:
         rows = read_opinions(opinions)
@@ -125,16 +122,12 @@ def evaluate_files(
     opinions: PathLike | None = None,
     fit_count: int = 0,
     seed: int = 0,
-    precision: PrecisionType = "float32",
 ) -> tuple[list[str], dict[str, Any]]:
-    """Report lines and a JSON-able dict: agreement on held-out pairs, SRCC/PLCC on opinions.
-
-    ``precision`` "auto" or "int8" scores with the judge's int8 backbone (default float32)."""
+    """Report lines and a JSON-able dict: agreement on held-out pairs, SRCC/PLCC on opinions."""
     model = load_student(student)
-    used = quantize_student(model, precision)
     store = ImageStore()
-    lines: list[str] = [f"student {student} (backbone {model.config.backbone_source}, {used})"]
-    out: dict[str, Any] = {"student": str(student), "precision": used}
+    lines: list[str] = [f"student {student} (backbone {model.config.backbone_source})"]
+    out: dict[str, Any] = {"student": str(student)}
     if pairs:
         data = read_teacher(pairs, metric_points=False)
         report: PairReport = evaluate_pairs(model, data.pairs, baselines, store, seed)
