@@ -29,33 +29,43 @@ def encode_row(row: Any, strict: bool = False) -> bytes:
     return (json.dumps(row, separators=(",", ":"), allow_nan=not strict) + "\n").encode()
 
 
-def read_jsonl(
-    path: str | os.PathLike[str],
-    on_bad_line: Callable[[int, bytes, ValueError], None] | None = None,
+def parse_lines(
+    data: bytes,
+    parse: Callable[[Any], Any] | None = None,
+    on_bad_line: Callable[[int, bytes, Exception], None] | None = None,
 ) -> list[Any]:
-    """The rows of every complete line of ``path`` ([] when it does not exist).
+    """The rows of every complete line of ``data`` (a torn last line is not read).
 
     Args:
-        path: the JSONL file.
-        on_bad_line: called with (line number, line, error) for a complete line that is not JSON;
-            it may raise. Default: the line is skipped with a warning (a foreign or damaged line).
+        data: the file's bytes.
+        parse: turns each decoded JSON value into a row (e.g. ``Row.from_dict``).
+        on_bad_line: called with (line number, line, error) for a complete line that is not JSON
+            or that ``parse`` refuses (ValueError, KeyError, TypeError); it may raise. Default:
+            the line is skipped with a warning (a foreign or damaged line).
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
     rows = []
     for lineno, line in enumerate(data[: intact_length(data)].splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except ValueError as exc:
-            if on_bad_line is not None:
-                on_bad_line(lineno, line, exc)
+            value = json.loads(line)
+            rows.append(parse(value) if parse is not None else value)
+        except (ValueError, KeyError, TypeError) as exc:
+            if on_bad_line is None:
+                log.warning("line %d: ignoring a line that is not a row (%s)", lineno, exc)
             else:
-                log.warning("%s:%d: ignoring a line that is not JSON", path, lineno)
+                on_bad_line(lineno, line, exc)
     return rows
+
+
+def read_jsonl(
+    path: str | os.PathLike[str],
+    parse: Callable[[Any], Any] | None = None,
+    on_bad_line: Callable[[int, bytes, Exception], None] | None = None,
+) -> list[Any]:
+    """:func:`parse_lines` of a file ([] when it does not exist)."""
+    path = Path(path)
+    return parse_lines(path.read_bytes(), parse, on_bad_line) if path.is_file() else []
 
 
 def cut_torn_tail(path: str | os.PathLike[str]) -> int:

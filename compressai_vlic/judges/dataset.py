@@ -47,7 +47,7 @@ from compressai_vlic.errors import (
     VLICError,
 )
 from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image
-from compressai_vlic.jsonl import JsonlAppender, intact_length
+from compressai_vlic.jsonl import JsonlAppender, intact_length, parse_lines
 from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
@@ -145,18 +145,13 @@ class PreferenceRow:
 
 def _parse_lines(data: bytes, path: Path) -> tuple[list[PreferenceRow], int]:
     """Rows of a dataset file and the byte length of its intact part (a torn tail is excluded)."""
-    rows: list[PreferenceRow] = []
-    end = intact_length(data)  # everything after the last newline is a torn write
-    for lineno, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(PreferenceRow.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(
-                f"{path}:{lineno}: not a preference row ({exc.__class__.__name__}: {exc})"
-            ) from exc
-    return rows, end
+
+    def refuse(lineno: int, line: bytes, exc: Exception) -> None:
+        raise DatasetError(
+            f"{path}:{lineno}: not a preference row ({exc.__class__.__name__}: {exc})"
+        ) from exc
+
+    return parse_lines(data, PreferenceRow.from_dict, refuse), intact_length(data)
 
 
 #: How every row this package writes starts (``PreferenceRow.to_dict``'s first key): a torn
