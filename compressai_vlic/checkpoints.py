@@ -21,7 +21,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +34,14 @@ STATE_KEYS = ("network", "state_dict", "model_state_dict")
 #: Seconds a remote checkpoint's server may stay silent before the download fails.
 DOWNLOAD_TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
+
+
+def checkpoint_label(path: str | os.PathLike[str]) -> str:
+    """``vlic-test-stage2.pth.tar`` -> ``vlic-test-stage2``: a short name of a checkpoint file."""
+    name = Path(path).name
+    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".safetensors"):
+        name = name.removesuffix(suffix)
+    return name or Path(path).name
 
 
 def is_url(path: object) -> bool:
@@ -151,6 +159,7 @@ def load_state_dict(
     keys: Sequence[str] = STATE_KEYS,
     error: type[VLICError] = CheckpointError,
     finite: bool = True,
+    unwrap: Callable[[Any], Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """A bare state dict of tensors from a checkpoint file (``module.`` prefixes removed).
 
@@ -159,8 +168,11 @@ def load_state_dict(
         keys: nesting keys to look under (default :data:`STATE_KEYS`, as CompressAI's tools).
         error: the error class to raise (default :class:`CheckpointError`).
         finite: refuse tensors holding NaN or infinite values (default True).
+        unwrap: applied to the loaded object first (e.g. picks a Lightning checkpoint's weights).
     """
     state = load_checkpoint(path, error)
+    if unwrap is not None:
+        state = unwrap(state)
     for key in keys:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -8,25 +8,21 @@ Encoder depth 8 / decoder depth 16 / patch 4 / 256 tokens are from the paper; wi
 heads of 64 -> ~1.0B parameters for encoder + decoder), FSQ levels, prior size and sampler
 defaults are not published and are our defaults.
 
-No public weights exist. ``pretrained`` loads weights the user points to: a file whose name
-carries its sha256 prefix (CompressAI's ``NAME-<sha256[:8]>.pth.tar`` convention, as written by
-``compressai.utils.update_model``), a folder holding one, a ``VLIC.save_pretrained`` folder, or
-a Hugging Face Hub repository id (``owner/name``).
+Trained weights ship for ``"tiny"``; no public weights exist for the paper qualities.
+``pretrained`` also takes any weights spec of :func:`compressai_vlic.pretrained.load_weights`
+(a file, a ``save_pretrained`` folder, a Hub id), which is the one loader behind it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.models.config import VLICConfig
 
+#: Where ``vlic(q, pretrained=True)`` finds weights of a quality that ships none (CompressAI's
+#: ``eval_model pretrained`` has no other way to pass them).
 WEIGHTS_ENV = "COMPRESSAI_VLIC_WEIGHTS"
 
 _PAPER = {
@@ -102,9 +98,6 @@ QUALITIES: dict[str, VLICConfig] = {
     "2": VLICConfig(name="vlic-q2", fsq_levels=(16,) * 14, **_PAPER),
 }
 
-_HASHED_NAME = re.compile(r"-(?P<sha>[0-9a-f]{8})\.pth(\.tar)?$")
-
-
 #: Integer names of string qualities: CompressAI's ``eval_model pretrained -q`` parses integers.
 QUALITY_ALIASES = {"0": "tiny"}
 
@@ -135,82 +128,6 @@ def quality_config(quality: int | str = 1, **overrides: Any) -> VLICConfig:
     return config.replace(**overrides) if overrides else config
 
 
-def _sha256_prefix(path: Path, length: int = 8) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
-def _how() -> str:
-    return (
-        "No public VLIC weights exist. Train a model (compressai-vlic-train), export it with "
-        "`compressai-vlic update --architecture vlic CKPT -n vlic-<quality>` (writes "
-        "vlic-<quality>-<sha8>.pth.tar) or VLIC.save_pretrained(folder), then pass "
-        f"pretrained=PATH_OR_HUB_ID, weights=PATH_OR_HUB_ID or set {WEIGHTS_ENV}."
-    )
-
-
-def _location(weights: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
-    location = weights if weights is not None else os.environ.get(WEIGHTS_ENV)
-    if not location:
-        raise CheckpointError(f"pretrained=True needs a weights location. {_how()}")
-    return location
-
-
-def resolve_weights(quality: int | str, weights: str | os.PathLike[str] | None = None) -> Path:
-    """Find the hashed checkpoint file for ``quality`` from ``weights`` or $COMPRESSAI_VLIC_WEIGHTS.
-
-    Either may be a file or a directory holding ``vlic-<quality>-<sha8>.pth.tar``.
-    """
-    how = _how()
-    path = Path(_location(weights)).expanduser()
-    if path.is_dir():
-        pattern = re.compile(rf"^vlic-{re.escape(str(quality))}-[0-9a-f]{{8}}\.pth(\.tar)?$")
-        matches = sorted(p for p in path.iterdir() if pattern.match(p.name))
-        if len(matches) != 1:
-            found = "none" if not matches else ", ".join(p.name for p in matches)
-            raise CheckpointError(
-                f"expected exactly one vlic-{quality}-<sha8>.pth.tar in {path}, found {found}. {how}"
-            )
-        path = matches[0]
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist. {how}")
-    return path
-
-
-def pretrained_weights_file(
-    quality: int | str, weights: str | os.PathLike[str] | None = None
-) -> Path:
-    """The local file ``vlic(quality, pretrained=True, weights=weights)`` loads its weights from."""
-    from compressai_vlic.pretrained import shipped_qualities, shipped_weights
-
-    key = quality_key(quality)
-    if weights is None and key in shipped_qualities():
-        return shipped_weights(key).path
-    return resolve_weights(key, weights)
-
-
-def load_checked(path: Path) -> dict[str, torch.Tensor]:
-    """Load a state dict after checking the sha256 prefix in its file name."""
-    match = _HASHED_NAME.search(path.name)
-    if match is None:
-        raise CheckpointError(
-            f"{path.name} has no sha256 prefix in its name (NAME-<sha8>.pth.tar); export it "
-            "with `compressai-vlic update` / compressai.utils.update_model"
-        )
-    actual = _sha256_prefix(path)
-    if actual != match.group("sha"):
-        raise CheckpointError(
-            f"hash check failed for {path}: name says {match.group('sha')}, content is {actual} "
-            "(corrupted or renamed file)"
-        )
-    from compressai_vlic.checkpoints import load_state_dict
-
-    return load_state_dict(path, keys=("state_dict",))
-
-
 def vlic(
     quality: int | str = 1,
     metric: str = "mse",
@@ -236,32 +153,24 @@ def vlic(
 
     The weights must match the quality's architecture (``CheckpointError`` otherwise).
     """
-    from compressai_vlic.models.hub import (
-        is_hub_id,
-        is_pretrained_folder,
-        load_weights,
-        weights_file,
-    )
     from compressai_vlic.models.vlic import VLIC
-    from compressai_vlic.pretrained import shipped_qualities, shipped_weights
+    from compressai_vlic.pretrained import how_to_get_weights, load_weights, weights_row
 
     if metric not in ("mse", "ms-ssim", "vlm"):
         raise ConfigError(f"unknown metric {metric!r}; VLIC accepts 'mse', 'ms-ssim' or 'vlm'")
     config = quality_config(quality, **overrides)
     if pretrained is False:
         return VLIC(config)
-    if pretrained is True and weights is None and quality_key(quality) in shipped_qualities():
-        shipped = shipped_weights(quality_key(quality))
-        if shipped.config_hash != config.config_hash().hex():
-            raise CheckpointError(
-                f"the shipped {quality_key(quality)!r} weights fit config {shipped.config_hash}, "
-                f"not {config.config_hash().hex()}: only sampler settings may be overridden"
-            )
-        return load_weights(VLIC(config), shipped.path)
-    location = _location(weights if pretrained is True else pretrained)
-    net = VLIC(config)
-    if is_hub_id(location) or is_pretrained_folder(Path(location).expanduser()):
-        return load_weights(net, weights_file(location))  # checks the config hash
-    state = load_checked(resolve_weights(quality_key(quality), location))
-    net.load_state_dict(state)  # raises CheckpointError if made for another architecture
-    return net
+    key = quality_key(quality)
+    spec = weights if pretrained is True else pretrained
+    if spec is None:
+        spec = key if weights_row(key) is not None else os.environ.get(WEIGHTS_ENV)
+    if not spec:
+        raise CheckpointError(f"pretrained=True needs a weights location. {how_to_get_weights()}")
+    row = weights_row(os.fspath(spec))
+    if row is not None and row.config_hash != config.config_hash().hex():
+        raise CheckpointError(
+            f"the shipped {row.quality!r} weights fit config {row.config_hash}, "
+            f"not {config.config_hash().hex()}: only sampler settings may be overridden"
+        )
+    return load_weights(spec, quality=key).model(config)  # CheckpointError on another architecture

@@ -66,3 +66,61 @@ def test_another_architecture_is_named(tmp_path):
     torch.save(bmshj2018_factorized(1).state_dict(), tmp_path / "bmshj.pth.tar")
     with pytest.raises(CheckpointError, match=r"bmshj\.pth\.tar: .*not saved from a VLIC model"):
         load_vlic(tmp_path / "bmshj.pth.tar")
+
+
+class RunsCode:  # a pickle that would create a file when unpickled by an unsafe loader
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_the_one_weights_loader_reads_every_spelling_and_refuses_code(tmp_path):
+    """``load_weights``: zoo name, save_pretrained folder, Lightning EMA and plain checkpoints."""
+    from compressai_vlic.pretrained import WEIGHTS, load_weights
+
+    # a zoo name and its aliases: the table's checked file, the quality's own config
+    tiny = load_weights("tiny")
+    assert tiny.identity == WEIGHTS["vlic-tiny"].sha256 and tiny.quality == "tiny"
+    for alias in ("vlic-tiny", "zoo:tiny", "0"):
+        assert load_weights(alias).identity == tiny.identity
+    assert tiny.model().config == zoo.quality_config("tiny")
+    assert not tiny.model().training
+    # a save_pretrained folder
+    torch.manual_seed(0)
+    net = zoo.vlic("test")
+    state = net.state_dict()
+    net.save_pretrained(tmp_path / "saved")
+    folder = load_weights(tmp_path / "saved")
+    assert all(torch.equal(folder.state[k], v) for k, v in state.items())
+    assert folder.model().config == net.config
+    # a plain state-dict checkpoint, bare or nested under CompressAI's keys
+    torch.save(state, tmp_path / "plain.pth.tar")
+    torch.save({"network": state}, tmp_path / "nested.pth")
+    for name in ("plain.pth.tar", "nested.pth"):
+        loaded = load_weights(tmp_path / name)
+        assert loaded.state.keys() == state.keys() and loaded.label == name.split(".")[0]
+    # a Lightning checkpoint: the EMA weights by default, the raw ones with #raw or ema=False
+    raw = {f"model.{k}": v for k, v in state.items()}
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in raw.items()}
+    torch.save({"state_dict": raw, "ema_state_dict": ema, "epoch": 3}, tmp_path / "last.ckpt")
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    got = load_weights(tmp_path / "last.ckpt")
+    assert torch.equal(got.state[key], state[key] + 1)
+    assert torch.equal(load_weights(f"{tmp_path / 'last.ckpt'}#raw").state[key], state[key])
+    assert torch.equal(load_weights(tmp_path / "last.ckpt", ema=False).state[key], state[key])
+    # random weights are reproducible from their spec
+    a, b = load_weights("random:test:3").model(), load_weights("random:test:3").model()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # a pickle that would run code is refused before it runs, whatever the file is called
+    marker = tmp_path / "pwned"
+    for name in ("evil.pth.tar", "evil.ckpt"):
+        torch.save(
+            {"state_dict": {"model.w": torch.zeros(1)}, "x": RunsCode(marker)}, tmp_path / name
+        )
+        with pytest.raises(CheckpointError, match="pickled Python objects"):
+            load_weights(tmp_path / name)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_weights(tmp_path / "missing.ckpt")

@@ -315,3 +315,25 @@ def test_a_full_disk_leaves_no_torn_or_empty_files(encoded, inputs, tmp_path, mo
     )
     assert status == 1 and "No space left on device" in err
     assert not [p for p in (tmp_path / "dec").rglob("*") if p.is_file()]
+
+
+def test_weights_is_the_one_spelling_and_the_older_flags_are_aliases(inputs, tmp_path, model):
+    checkpoint = tmp_path / "m.pth.tar"
+    torch.save(model.state_dict(), checkpoint)
+    flags = [
+        ["--weights", "random:test"],
+        ["--quality", "test"],
+        ["--weights", str(checkpoint)],
+        ["--checkpoint", str(checkpoint)],
+    ]
+    streams = []
+    for i, flag in enumerate(flags):
+        out = tmp_path / f"{i}.vlic"
+        status, err = _main_capture(["encode", str(inputs / "gray.png"), "-o", str(out), *flag])
+        assert status == 0, err
+        streams.append(out.read_bytes())
+    assert len(set(streams)) == 1  # the same model, however it is named
+    status, err = _main_capture(
+        ["decode", str(tmp_path / "0.vlic"), "-o", str(tmp_path / "d.png"), "--weights", "tiny"]
+    )
+    assert status == 1 and "config hash" in err  # the shipped model is another model

@@ -121,3 +121,12 @@ def test_vlic_codec_counts_its_container_bytes(crops):
     # Random weights are seeded: the same spec gives the same stream and image (cache-safe).
     assert first.num_bytes == again.num_bytes
     assert torch.equal(first.reconstruction, again.reconstruction)
+
+
+def test_vlic_codec_spec_takes_any_weights_spec():
+    new, old = make_codec("vlic:random:test"), make_codec("vlic@test")
+    assert new.rate_points == old.rate_points == ["test"] and new.cache_key == old.cache_key
+    assert new.name == old.name == "vlic-untrained"
+    tiny = make_codec("vlic:tiny")
+    assert tiny.name == "vlic" and tiny.rate_points == ["tiny"]
+    assert make_codec("vlic-pretrained@tiny").cache_key == tiny.cache_key

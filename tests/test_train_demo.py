@@ -144,8 +144,8 @@ def test_demo_init_options():
     from compressai_vlic.recipes.demo import DemoConfigs, DemoPlan
 
     scratch = DemoConfigs.load("scratch")
-    assert scratch.stage1["model"]["init_args"]["init_from"] is None
-    assert DemoConfigs.load("shipped").stage1["model"]["init_args"]["init_from"] == "zoo:tiny"
+    assert scratch.stage1["model"]["init_args"]["weights"] is None
+    assert DemoConfigs.load("shipped").stage1["model"]["init_args"]["weights"] == "zoo:tiny"
     full, smoke = DemoPlan.preset("full"), DemoPlan.preset("smoke")
     assert full.stage1_steps > smoke.stage1_steps and full.refit_steps > smoke.refit_steps
     assert DemoPlan.preset("full", scratch).stage1_steps > full.stage1_steps

@@ -20,21 +20,37 @@ if TYPE_CHECKING:
 TEST_WEIGHTS_SEED = 0
 
 
+#: What ``--weights`` takes (the same spec as YAML's ``weights:``), for every command's help.
+WEIGHTS_HELP = (
+    "the VLIC weights: 'tiny' (the trained model shipped with the package), a checkpoint file "
+    "(a Lightning .ckpt uses its EMA weights; append #raw for the raw ones), a "
+    "save_pretrained folder, a Hub id (owner/name), or random:test (random weights from a fixed "
+    "seed, for tests only: its output is noise); read with weights_only=True or as safetensors"
+)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--checkpoint / --quality: the decoder needs the exact model that encoded a stream."""
+    """--weights (and its aliases --checkpoint, --quality): the decoder needs the exact model
+    that encoded a stream."""
     group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="bare VLIC state dict (.pth/.pth.tar, as written by `compressai-vlic update`), "
-        "loaded with weights_only=True",
-    )
+    group.add_argument("--weights", metavar="WEIGHTS", help=WEIGHTS_HELP)
+    group.add_argument("--checkpoint", type=Path, help="alias of --weights for a checkpoint file")
     group.add_argument(
         "--quality",
-        help="zoo quality: 'tiny' (or 0): the trained model shipped with the package, use this "
-        "one; 'test': random weights from a fixed seed, for tests only (its output is noise); "
-        "1 or 2: paper-size models whose weights come from $COMPRESSAI_VLIC_WEIGHTS",
+        help="alias of --weights for the zoo: 'tiny' (or 0); 'test' is --weights random:test; "
+        "1 or 2 take their weights from $COMPRESSAI_VLIC_WEIGHTS",
     )
+
+
+def weights_of(
+    weights: str | None = None, checkpoint: Path | None = None, quality: str | None = None
+) -> str | None:
+    """The one weights spec of ``--weights`` or its aliases ``--checkpoint`` and ``--quality``."""
+    if checkpoint is not None:
+        return str(checkpoint)
+    if quality is not None:
+        return f"random:test:{TEST_WEIGHTS_SEED}" if str(quality) == "test" else str(quality)
+    return weights
 
 
 def _limit(text: str) -> int | None:
@@ -135,26 +151,16 @@ def load_state(path: Path) -> dict:
     return load_state_dict(path)
 
 
-def load_model(checkpoint: Path | None = None, quality: str | None = None) -> VLIC:
-    """The VLIC model of a checkpoint file or zoo quality, in eval mode on the CPU."""
-    import torch
+def load_model(
+    checkpoint: Path | None = None, quality: str | None = None, weights: str | None = None
+) -> VLIC:
+    """The VLIC model of a weights spec (or its aliases), in eval mode on the CPU."""
+    from compressai_vlic.pretrained import load_weights
 
-    from compressai_vlic import zoo
-
-    if checkpoint is not None:
-        from compressai_vlic.checkpoints import load_vlic
-
-        model: VLIC = load_vlic(checkpoint)
-    elif quality is None:
-        raise ConfigError("give --checkpoint CKPT or --quality Q")
-    elif str(quality) == "test":
-        with torch.random.fork_rng():
-            torch.manual_seed(TEST_WEIGHTS_SEED)
-            model = zoo.vlic("test")
-    else:
-        q: int | str = int(quality) if str(quality).isdigit() else quality
-        model = zoo.vlic(q, pretrained=True)
-    return model.eval()
+    spec = weights_of(weights, checkpoint, quality)
+    if spec is None:
+        raise ConfigError("give --weights (a checkpoint, a folder, 'tiny' or random:test)")
+    return load_weights(spec).model()
 
 
 def error_text(source: Path, exc: BaseException) -> str:
@@ -201,7 +207,7 @@ def open_batch(
     check: Callable[[VLIC], object] | None = None,
 ) -> Batch | None:
     """Plan ``args.inputs`` -> ``args.output`` and load the model; None (after printing why)
-    when there is nothing to do or no usable model, so no input is read in vain.
+    when there is nothing to do, so no input is read in vain; an unusable model raises.
 
     ``check`` runs on the loaded model to reject bad options (e.g. a seed) up front.
     """
@@ -211,12 +217,8 @@ def open_batch(
     if not plan.jobs:
         print(f"error: nothing to {verb}", file=sys.stderr)
         return None
-    try:
-        apply_threads(args.threads)
-        model = load_model(args.checkpoint, args.quality)
-        if check is not None:
-            check(model)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    apply_threads(args.threads)  # a typed error here is the command's error (exit status 1)
+    model = load_model(args.checkpoint, args.quality, args.weights)
+    if check is not None:
+        check(model)
     return Batch(plan.jobs, model, plan.refused)

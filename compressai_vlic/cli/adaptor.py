@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compressai_vlic.errors import ConfigError, VLICError
+from compressai_vlic.errors import ConfigError
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
@@ -299,8 +299,4 @@ def run_apply(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return {"train": run_train, "eval": run_eval, "apply": run_apply}[args.action](args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return {"train": run_train, "eval": run_eval, "apply": run_apply}[args.action](args)

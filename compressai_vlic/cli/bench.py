@@ -26,12 +26,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from compressai_vlic.cli._codec import (
     add_model_arguments,
     add_threads_argument,
     apply_threads,
     load_model,
+    weights_of,
 )
 from compressai_vlic.errors import VLICError
 from compressai_vlic.evaluation.codec_bench import (
@@ -45,6 +47,9 @@ from compressai_vlic.evaluation.codec_bench import (
     bench_prior,
     paper_prior,
 )
+
+#: Exit status of a typed error (main prints it): 1, as for a failed input.
+ERROR_STATUS = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,8 +112,7 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
     import compressai_vlic.zoo  # noqa: F401
 
     rss_before = _maxrss_mib()
-    quality = args.quality if args.checkpoint is None and args.quality else None
-    model = load_model(args.checkpoint, quality or ("test" if args.checkpoint is None else None))
+    model = _model(args)
     model = model.to(args.device)
     rss_after = _maxrss_mib()
     device = torch.device(args.device)
@@ -141,6 +145,12 @@ def run_inline(args: argparse.Namespace) -> BenchReport:
     return report
 
 
+def _model(args: argparse.Namespace) -> Any:
+    """The benchmarked model: ``--weights`` (or an alias), else the random test model."""
+    spec = weights_of(args.weights, args.checkpoint, args.quality)
+    return load_model(weights=spec or weights_of(quality="test"))
+
+
 def run_prior_only(args: argparse.Namespace) -> BenchReport:
     """``--prior-only``: the prior step and its bound, no codec run."""
     import torch
@@ -148,10 +158,7 @@ def run_prior_only(args: argparse.Namespace) -> BenchReport:
     if args.prior_size == "paper":
         prior, name, config_hash = paper_prior(args.prior_digits or "factorized"), "paper", ""
     else:
-        quality = args.quality if args.checkpoint is None and args.quality else None
-        model = load_model(
-            args.checkpoint, quality or ("test" if args.checkpoint is None else None)
-        )
+        model = _model(args)
         prior, name = model.prior, model.config.name
         config_hash = model.config.config_hash().hex()
     rss = _maxrss_mib()
@@ -264,10 +271,9 @@ def format_report(report: BenchReport) -> str:
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """The measurement options, as arguments for the subprocess."""
     argv: list[str] = []
-    if args.checkpoint is not None:
-        argv += ["--checkpoint", str(args.checkpoint)]
-    if args.quality is not None:
-        argv += ["--quality", str(args.quality)]
+    spec = weights_of(args.weights, args.checkpoint, args.quality)
+    if spec is not None:
+        argv += ["--weights", spec]
     if args.images:
         argv += ["--images", *map(str, args.images)]
     for name in ("seed", "threads", "repeat"):
@@ -282,14 +288,10 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.isolation == "process" and args.worker_json is None:
-            report = run_subprocess(_child_argv(args))
-        else:
-            report = run_inline(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if args.isolation == "process" and args.worker_json is None:
+        report = run_subprocess(_child_argv(args))
+    else:
+        report = run_inline(args)
     from compressai_vlic.atomic import atomic_write_text
 
     payload = json.dumps(asdict(report), indent=2)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.cli._args import key_value
-from compressai_vlic.errors import ConfigError, VLICError
+from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.spec import JudgeSpec
 
 DEFAULT_CODECS = ["jpeg", "webp"]
@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="codec spec, repeatable, NAME=SPEC renames: jpeg, webp, avif (rate points from --bpp, "
         "or jpeg@0.2,q50), "
-        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)})",
+        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic:WEIGHTS (vlic:tiny, vlic:PATH, "
+        f"vlic:random:test; older: vlic@test, vlic-ckpt:PATH), folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)})",
     )
     parser.add_argument(
         "--bpp",
@@ -96,14 +96,6 @@ def _metric_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from compressai_vlic.evaluation.codecs import make_codec
     from compressai_vlic.evaluation.compare import CompareSettings, run_comparison
     from compressai_vlic.image_io import find_images

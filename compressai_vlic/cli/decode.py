@@ -29,6 +29,9 @@ from compressai_vlic.cli._codec import (
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
 
+#: Exit status of a typed error (main prints it): 1, as for a failed input.
+ERROR_STATUS = 1
+
 
 def find_streams(root: Path) -> list[Path]:
     """All .vlic files under a folder (sorted)."""

@@ -24,6 +24,8 @@ from compressai_vlic.errors import ImageReadError, VLICError
 from compressai_vlic.options import STREAM_MAX_PIXELS
 
 STREAM_SUFFIX = ".vlic"
+#: Exit status of a typed error (main prints it): 1, as for a failed input.
+ERROR_STATUS = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,10 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compressai_vlic.errors import ConfigError, VLICError
+from compressai_vlic.cli._codec import WEIGHTS_HELP
+from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.spec import JudgeSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    from compressai_vlic.pretrained import Weights
 
 
 def add_judge_arguments(parser: argparse.ArgumentParser, multi: bool = False) -> None:
@@ -52,15 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="what to do with originals lacking a reconstruction",
     )
     src.add_argument(
-        "--codec-checkpoint",
-        type=Path,
-        help="VLIC state dict (.pth.tar / .pth): decode each original twice",
+        "--weights", help="the codec that decodes each original twice: " + WEIGHTS_HELP
     )
+    src.add_argument("--codec-checkpoint", type=Path, help="alias of --weights CHECKPOINT")
     src.add_argument(
         "--codec-quality",
         default=None,
-        help="untrained VLIC of this zoo quality (e.g. test), weights seeded by --init-seed: to try "
-        "the pipeline; use --codec-checkpoint for a trained model",
+        help="alias of --weights random:QUALITY:SEED (untrained, seeded by --init-seed)",
     )
     src.add_argument(
         "--pairs-per-image",
@@ -86,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init-seed",
         type=int,
         default=0,
-        help="weight init seed of an untrained --codec-quality model",
+        help="weight init seed of --codec-quality (alias: the seed of --weights random:Q:SEED)",
     )
     src.add_argument(
         "--decode-dir",
@@ -134,26 +136,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_judge_arguments(rank)
 
 
-def _load_codec(args: argparse.Namespace) -> Any:
-    import torch
-
-    from compressai_vlic.zoo import vlic
-
+def _codec_weights(args: argparse.Namespace) -> str | None:
+    """The one weights spec of ``--weights`` or its aliases (``--codec-checkpoint``, ...)."""
     if args.codec_checkpoint is not None:
-        from compressai_vlic.checkpoints import load_vlic
+        return str(args.codec_checkpoint)
+    if args.codec_quality is not None:
+        return f"random:{args.codec_quality}:{args.init_seed}"
+    return args.weights
 
-        return load_vlic(args.codec_checkpoint)
-    torch.manual_seed(args.init_seed)  # random weights, but the same ones on every (resumed) run
-    return vlic(args.codec_quality, pretrained=False)
 
-
-def _codec_identity(args: argparse.Namespace) -> dict[str, Any]:
+def _codec_identity(weights: Weights) -> dict[str, Any]:
     """Which codec made the pairs: a resumed run must use the same one."""
-    if args.codec_checkpoint is not None:
-        from compressai_vlic.judges.dataset import file_sha256
-
-        return {"checkpoint_sha256": file_sha256(args.codec_checkpoint)}
-    return {"quality": str(args.codec_quality), "init_seed": args.init_seed, "weights": "random"}
+    if weights.state is None:  # random weights are the same ones on every (resumed) run
+        quality = weights.spec.split(":")[1]
+        return {"quality": quality, "init_seed": weights.seed, "weights": "random"}
+    return {"checkpoint_sha256": weights.identity}
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -165,14 +162,13 @@ def run_build(args: argparse.Namespace) -> int:
         raise ConfigError(
             "judge needs --originals and --output (or use `compressai-vlic judge audit ...`)"
         )
-    use_codec = args.codec_checkpoint is not None or args.codec_quality is not None
+    given = [args.weights, args.codec_checkpoint, args.codec_quality]
+    use_codec = any(g is not None for g in given)
     use_folders = args.recon_a is not None or args.recon_b is not None
     if use_codec == use_folders or (use_folders and (args.recon_a is None or args.recon_b is None)):
-        raise ConfigError(
-            "give either --recon-a and --recon-b, or a codec (--codec-checkpoint / --codec-quality)"
-        )
-    if args.codec_checkpoint is not None and args.codec_quality is not None:
-        raise ConfigError("give --codec-checkpoint or --codec-quality, not both")
+        raise ConfigError("give either --recon-a and --recon-b, or a codec (--weights)")
+    if sum(g is not None for g in given) > 1:
+        raise ConfigError("give --weights or one of its aliases, not several")
     prepare, codec = None, None
     if use_folders:
         pairs, missing = pairs_from_folders(
@@ -184,18 +180,21 @@ def run_build(args: argparse.Namespace) -> int:
             )
     else:
         decode_dir = args.decode_dir or args.output.with_name(args.output.name + ".decodes")
+        from compressai_vlic.pretrained import load_weights
+
+        weights = load_weights(_codec_weights(args))
         maker = CodecPairMaker(
-            _load_codec(args),
+            weights.model(),
             decode_dir,
             args.pairs_per_image,
             args.base_seed,
-            _codec_identity(args),
+            _codec_identity(weights),
             crop_type=args.crop_type,
             tiles_per_image=args.tiles_per_image,
         )
         pairs, prepare = maker.plan(args.originals), maker.prepare
         codec = {
-            **_codec_identity(args),
+            **_codec_identity(weights),
             "pairs_per_image": args.pairs_per_image,
             "base_seed": args.base_seed,
             "crop_type": args.crop_type,
@@ -257,9 +256,6 @@ def run(args: argparse.Namespace) -> int:
 
             return run_rank_cli(args)
         return run_build(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "\ninterrupted: every pair judged so far is saved; rerun the same command to resume",

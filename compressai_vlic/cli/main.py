@@ -1,7 +1,9 @@
 """`compressai-vlic` command: one entry point, one module per sub-command.
 
 Each sub-command module defines ``add_arguments(parser)`` and ``run(args) -> int``; it is imported
-only when that sub-command runs, so ``compressai-vlic --help`` stays fast.
+only when that sub-command runs, so ``compressai-vlic --help`` stays fast. A typed error
+(:class:`~compressai_vlic.errors.VLICError`) becomes one ``error:`` line and the module's
+``ERROR_STATUS`` (default 2) here, once for every command.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from compressai_vlic.errors import VLICError
 
 DESCRIPTION = (
     "VLIC, a diffusion-autoencoder image codec post-trained with VLM judgments, for CompressAI."
@@ -106,18 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     if name in PASSTHROUGH and rest == ["--compressai-help"]:
         rest = ["--help"]
     module = importlib.import_module(COMMANDS[name][0])
-    if name in PASSTHROUGH:
-        return int(module.run_argv(rest) or 0)
-    parser = argparse.ArgumentParser(prog=f"compressai-vlic {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    if name in IMAGE_COMMANDS:
-        from compressai_vlic.cli._args import add_image_limit_arguments, apply_image_limits
+    try:
+        if name in PASSTHROUGH:
+            return int(module.run_argv(rest) or 0)
+        parser = argparse.ArgumentParser(
+            prog=f"compressai-vlic {name}", description=COMMANDS[name][1]
+        )
+        module.add_arguments(parser)
+        if name in IMAGE_COMMANDS:
+            from compressai_vlic.cli._args import add_image_limit_arguments, apply_image_limits
 
-        add_image_limit_arguments(parser)
-    args = parser.parse_args(rest)
-    if name in IMAGE_COMMANDS:
-        apply_image_limits(args)
-    return int(module.run(args) or 0)
+            add_image_limit_arguments(parser)
+        args = parser.parse_args(rest)
+        if name in IMAGE_COMMANDS:
+            apply_image_limits(args)
+        return int(module.run(args) or 0)
+    except VLICError as exc:  # every command's typed errors: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return getattr(module, "ERROR_STATUS", 2)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from compressai_vlic.errors import VLICError
 from compressai_vlic.options import choices
 
 ACTIONS = ("train", "eval")
@@ -138,73 +136,69 @@ def run(args: argparse.Namespace) -> int:
     from compressai_vlic.student import workflow
     from compressai_vlic.student.config import StudentConfig
 
-    try:
-        if args.action == "train" and args.student_type == "no-reference":
-            from compressai_vlic.student.noref import train_noref_from_files
+    if args.action == "train" and args.student_type == "no-reference":
+        from compressai_vlic.student.noref import train_noref_from_files
 
-            summary = train_noref_from_files(
-                args.output,
-                args.pairs,
-                args.points,
-                args.reliability_type,
-                args.point_weight,
-                args.steps or 500,
-                args.lr or 3e-3,
-                args.metric_points_type == "use",
-                args.mos,
-                args.overwrite,
-                args.seed,
-                args.init_type,
-            )
-            print(json.dumps(summary, indent=2))
-            print(f"no-reference student written to {args.output}")
-            return 0
-        if args.action == "eval" and (args.student / "noref.json").is_file():
-            from compressai_vlic.student.noref import evaluate_noref_files
-
-            out = evaluate_noref_files(
-                args.student, args.pairs, args.baseline or ["psnr"], args.full_reference_student
-            )
-            print("\n".join(out["lines"]))
-            if args.json is not None:
-                args.json.write_text(json.dumps(out, indent=2) + "\n")
-            return 0
-        if args.action == "train":
-            config = StudentConfig(
-                input_pool=args.input_pool,
-                init_type=args.init_type,
-                **({"layers": args.layers} if args.layers else {}),
-            )
-            config.teacher = workflow.teacher_name(args.pairs, args.points)
-            result = workflow.train_from_files(
-                args.output,
-                args.pairs,
-                args.points,
-                config,
-                args.reliability_type,
-                args.point_weight,
-                args.steps or 400,
-                args.lr or 0.05,
-                args.metric_points_type == "use",
-                args.opinions,
-                args.overwrite,
-                args.seed,
-            )
-            print(json.dumps(result.summary, indent=2))
-            print(f"student written to {args.output}")
-            return 0
-        lines, out = workflow.evaluate_files(
-            args.student,
+        summary = train_noref_from_files(
+            args.output,
             args.pairs,
-            args.baseline or ["psnr"],
-            args.opinions,
-            args.fit_count,
+            args.points,
+            args.reliability_type,
+            args.point_weight,
+            args.steps or 500,
+            args.lr or 3e-3,
+            args.metric_points_type == "use",
+            args.mos,
+            args.overwrite,
             args.seed,
+            args.init_type,
         )
-        print("\n".join(lines))
+        print(json.dumps(summary, indent=2))
+        print(f"no-reference student written to {args.output}")
+        return 0
+    if args.action == "eval" and (args.student / "noref.json").is_file():
+        from compressai_vlic.student.noref import evaluate_noref_files
+
+        out = evaluate_noref_files(
+            args.student, args.pairs, args.baseline or ["psnr"], args.full_reference_student
+        )
+        print("\n".join(out["lines"]))
         if args.json is not None:
             args.json.write_text(json.dumps(out, indent=2) + "\n")
         return 0
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.action == "train":
+        config = StudentConfig(
+            input_pool=args.input_pool,
+            init_type=args.init_type,
+            **({"layers": args.layers} if args.layers else {}),
+        )
+        config.teacher = workflow.teacher_name(args.pairs, args.points)
+        result = workflow.train_from_files(
+            args.output,
+            args.pairs,
+            args.points,
+            config,
+            args.reliability_type,
+            args.point_weight,
+            args.steps or 400,
+            args.lr or 0.05,
+            args.metric_points_type == "use",
+            args.opinions,
+            args.overwrite,
+            args.seed,
+        )
+        print(json.dumps(result.summary, indent=2))
+        print(f"student written to {args.output}")
+        return 0
+    lines, out = workflow.evaluate_files(
+        args.student,
+        args.pairs,
+        args.baseline or ["psnr"],
+        args.opinions,
+        args.fit_count,
+        args.seed,
+    )
+    print("\n".join(lines))
+    if args.json is not None:
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0

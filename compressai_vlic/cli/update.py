@@ -11,6 +11,9 @@ from pathlib import Path
 
 from compressai_vlic.cli.eval import call_main, safe_checkpoint_loads
 
+#: Exit status of a typed error (main prints it): 1, as for a failed input.
+ERROR_STATUS = 1
+
 
 def _expected_output(module: object, argv: Sequence[str]) -> tuple[Path, str, str] | None:
     """(folder, stem, suffixes) the way update_model names its output; None if argv is invalid."""

@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from compressai_vlic.cli._args import key_value
-from compressai_vlic.errors import VLICError
 
 DEFAULT_CODECS = ["jpeg", "webp"]
 
@@ -48,8 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="codecs",
         metavar="SPEC",
         help="codec spec as in `compare`, repeatable: jpeg, webp, avif, jpeg@0.2,q50, "
-        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic@test, vlic-pretrained@1, "
-        f"vlic-ckpt:PATH, folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
+        "compressai:ARCH@1,2,3, compressai-ckpt:ARCH:PATH, vlic:WEIGHTS (vlic:tiny, vlic:PATH, "
+        f"vlic:random:test; older: vlic@test, vlic-ckpt:PATH), folder:PATH (reconstructions + rates), hub:REPO@ENTRY,...  (default: {' '.join(DEFAULT_CODECS)}); the uncompressed images are "
         "always the ceiling",
     )
     run.add_argument(
@@ -163,13 +162,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.vlm_command == "gaps":
-            return _gaps(args)
-        return _run(args)
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.vlm_command == "gaps":
+        return _gaps(args)
+    return _run(args)
 
 
 def _answerer_options(args: argparse.Namespace) -> dict:

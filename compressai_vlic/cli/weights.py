@@ -11,7 +11,6 @@ import argparse
 import sys
 
 from compressai_vlic.cli._args import key_value
-from compressai_vlic.errors import VLICError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,23 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from compressai_vlic.metrics import weights
 
-    try:
-        if args.action == "list":
-            located = weights.list_weights(check=True)
-            print(weights.format_listing(located))
-            return 0
-        names = None if "all" in args.names else args.names
-        results = weights.fetch(
-            names,
-            files=dict(args.file),
-            sources=args.sources,
-            url_timeout=args.url_timeout,
-            log=lambda line: print(line, file=sys.stderr),
-            verbose=args.verbose,
-        )
-    except VLICError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.action == "list":
+        located = weights.list_weights(check=True)
+        print(weights.format_listing(located))
+        return 0
+    names = None if "all" in args.names else args.names
+    results = weights.fetch(
+        names,
+        files=dict(args.file),
+        sources=args.sources,
+        url_timeout=args.url_timeout,
+        log=lambda line: print(line, file=sys.stderr),
+        verbose=args.verbose,
+    )
     missing = [r.name for r in results if r.path is None]
     print(f"weight cache: {weights.cache_dir()}")
     for r in results:

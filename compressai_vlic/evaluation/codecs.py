@@ -5,17 +5,18 @@
   requested bpp (``0.25``), or a fixed quality is used (``q50``).
 - CompressAI models: zoo weights already in the torch hub cache (never downloaded) or a
   checkpoint file (``from_state_dict`` + ``update(force=True)``, as ``eval_model`` does).
-- VLIC: a zoo quality (``vlic@test``; random weights unless ``pretrained``) or a checkpoint.
+- VLIC: ``vlic:WEIGHTS``, any weights spec of :func:`compressai_vlic.pretrained.load_weights`
+  (``vlic:tiny``, ``vlic:random:test``, ``vlic:PATH``, ``vlic:owner/name``).
 
 Spec strings (CLI; ``NAME=SPEC`` sets the codec's name): ``jpeg``, ``webp@0.1,0.3``, ``jpeg@q30,q70``, ``avif``,
-``compressai:bmshj2018-factorized@1,2,3``, ``compressai-ckpt:ARCH:PATH``, ``vlic@test``,
-``vlic-pretrained@1``, ``vlic-ckpt:PATH``, ``folder:PATH[@POINT,...]`` (reconstructions on disk) and
+``compressai:bmshj2018-factorized@1,2,3``, ``compressai-ckpt:ARCH:PATH``, ``vlic:WEIGHTS`` (older
+aliases: ``vlic@Q`` random weights, ``vlic-pretrained@Q``, ``vlic-ckpt:PATH``),
+``folder:PATH[@POINT,...]`` (reconstructions on disk) and
 ``hub:REPO@ENTRY,...`` (a torch.hub codec); the last two are in :mod:`.external`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import re
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, features
 
+from compressai_vlic.checkpoints import checkpoint_label
+from compressai_vlic.digest import file_sha256
 from compressai_vlic.errors import CheckpointError, ConfigError
 from compressai_vlic.image_io import to_uint8_array
 
@@ -73,22 +76,6 @@ class Codec(ABC):
 
 def _from_uint8_array(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255.0
-
-
-def _checkpoint_label(path: Path) -> str:
-    """``vlic-test-stage2.pth.tar`` -> ``vlic-test-stage2``: the rate point label of a checkpoint."""
-    name = path.name
-    for suffix in (".tar", ".pth", ".pt", ".ckpt", ".safetensors"):
-        name = name.removesuffix(suffix)
-    return name or path.name
-
-
-def _file_sha(path: Path, length: int = 16) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
 
 
 # --------------------------------------------------------------------------- Pillow codecs
@@ -258,11 +245,11 @@ class CompressAICodec(Codec):
         if self.checkpoint is not None:
             if not self.checkpoint.is_file():
                 raise CheckpointError(f"{self.checkpoint}: no such checkpoint")
-            self._rate_points = [_checkpoint_label(self.checkpoint)]
-            self._digests = {self._rate_points[0]: _file_sha(self.checkpoint)}
+            self._rate_points = [checkpoint_label(self.checkpoint)]
+            self._digests = {self._rate_points[0]: file_sha256(self.checkpoint, 16)}
         else:
             self._rate_points = [str(q) for q in (qualities or ["1", "3", "6"])]
-            self._digests = {q: _file_sha(self._zoo_file(q)) for q in self._rate_points}
+            self._digests = {q: file_sha256(self._zoo_file(q), 16) for q in self._rate_points}
         self._nets: dict[str, Any] = {}
 
     def _zoo_file(self, quality: str) -> Path:
@@ -320,47 +307,45 @@ class CompressAICodec(Codec):
 
 
 class VLICCodec(Codec):
-    """VLIC through its real container bytes (``compress`` / ``decompress``)."""
+    """VLIC through its real container bytes (``compress`` / ``decompress``).
+
+    Args:
+        weights: one weights spec per rate point (see :func:`compressai_vlic.pretrained.load_weights`);
+            default ``["random:test"]``.
+        seed: the coding seed.
+        device: where the model runs.
+        checkpoint: the older way to give one checkpoint file (same as ``weights=[checkpoint]``).
+    """
 
     def __init__(
         self,
-        qualities: list[str] | None = None,
-        checkpoint: str | Path | None = None,
-        pretrained: bool = False,
+        weights: list[str] | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
-        weights: str | Path | None = None,
+        checkpoint: str | Path | None = None,
     ) -> None:
-        self.checkpoint = Path(checkpoint) if checkpoint else None
-        self.pretrained = pretrained
-        self.weights = weights
+        from compressai_vlic.pretrained import load_weights
+
+        specs = [str(checkpoint)] if checkpoint is not None else list(weights or ["random:test"])
+        found = [load_weights(spec) for spec in specs]
+        self._weights = {w.label: w for w in found}
         self.seed = seed
         self.device = torch.device(device)
         self._nets: dict[str, Any] = {}
-        if self.checkpoint is not None:
-            if not self.checkpoint.is_file():
-                raise CheckpointError(f"{self.checkpoint}: no such checkpoint")
-            self._rate_points = [_checkpoint_label(self.checkpoint)]
-            self._identity = _file_sha(self.checkpoint)
-            self.name = "vlic-ckpt"
-            self.description = f"VLIC checkpoint {self.checkpoint.name}"
+        if all(w.state is None for w in found):
+            self.name, self.description = "vlic-untrained", "VLIC with random (untrained) weights"
+        elif all(w.quality is not None for w in found):
+            self.name, self.description = "vlic", "VLIC zoo weights"
         else:
-            self._rate_points = list(qualities or ["test"])
-            self.name = "vlic" if pretrained else "vlic-untrained"
-            self.description = (
-                "VLIC zoo weights" if pretrained else "VLIC with random (untrained) weights"
-            )
-            self._identity = "pretrained" if pretrained else "random-init-seed0"
-            if pretrained:
-                from compressai_vlic.zoo import pretrained_weights_file
-
-                self._identity = ",".join(
-                    _file_sha(pretrained_weights_file(q, weights)) for q in self._rate_points
-                )
+            self.name = "vlic-ckpt"
+            self.description = "VLIC checkpoint " + ", ".join(Path(w.source).name for w in found)
+        self._identity = ",".join(
+            f"random-init-seed{w.seed}" if w.state is None else w.identity[:16] for w in found
+        )
 
     @property
     def rate_points(self) -> list[str]:
-        return self._rate_points
+        return list(self._weights)
 
     @property
     def cache_key(self) -> str:
@@ -368,18 +353,7 @@ class VLICCodec(Codec):
 
     def _net(self, rate_point: str) -> Any:
         if rate_point not in self._nets:
-            if self.checkpoint is not None:
-                from compressai_vlic.models import VLIC
-
-                net = VLIC.from_state_dict(_load_vlic_state(self.checkpoint))
-            else:
-                from compressai_vlic.zoo import vlic
-
-                # Random weights are made reproducible so cached rows stay valid.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    net = vlic(rate_point, pretrained=self.pretrained, weights=self.weights)
-            self._nets[rate_point] = net.eval().to(self.device)
+            self._nets[rate_point] = self._weights[rate_point].model().to(self.device)
         return self._nets[rate_point]
 
     def code(self, image: torch.Tensor, rate_point: str) -> CodedImage:
@@ -404,18 +378,6 @@ class VLICCodec(Codec):
             encode_s,
             decode_s,
         )
-
-
-def _load_vlic_state(path: Path) -> dict[str, Any]:
-    """A VLIC state dict; names with a ``-<sha8>`` tag (update_model exports) are hash-checked."""
-    from compressai_vlic.zoo import load_checked
-
-    if re.search(r"-[0-9a-f]{8}\.pth(\.tar)?$", path.name):
-        return load_checked(path)
-    from compressai_vlic.checkpoints import load_state_dict
-
-    state = load_state_dict(path)  # weights only; nested keys as CompressAI's eval_model
-    return state
 
 
 # --------------------------------------------------------------------------- spec parsing
@@ -448,12 +410,15 @@ def make_codec(
         if not path:
             raise ConfigError("compressai-ckpt needs compressai-ckpt:ARCH:PATH")
         return CompressAICodec(arch, checkpoint=path, device=device)
-    if kind in ("vlic", "vlic-pretrained"):
-        return VLICCodec(points, pretrained=kind == "vlic-pretrained", device=device)
-    if kind == "vlic-ckpt":
+    if kind == "vlic" and arg:  # vlic:WEIGHTS, the one spelling (a spec may hold ':' or '@')
+        return VLICCodec([spec.partition(":")[2]], device=device)
+    if kind in ("vlic", "vlic-pretrained"):  # aliases: vlic@Q (random), vlic-pretrained@Q
+        prefix = "random:" if kind == "vlic" else ""
+        return VLICCodec([prefix + q for q in points or ["test"]], device=device)
+    if kind == "vlic-ckpt":  # alias of vlic:PATH
         if not arg:
             raise ConfigError("vlic-ckpt needs vlic-ckpt:PATH")
-        return VLICCodec(checkpoint=arg, device=device)
+        return VLICCodec([spec.partition(":")[2]], device=device)
     if kind == "folder":
         from compressai_vlic.evaluation.external import FolderCodec
 
@@ -468,7 +433,8 @@ def make_codec(
         return HubCodec(arg, points, device=device)
     raise ConfigError(
         f"unknown codec {spec!r}; use jpeg, webp, avif, compressai:ARCH, compressai-ckpt:ARCH:PATH, "
-        "vlic@QUALITY, vlic-pretrained@QUALITY, vlic-ckpt:PATH, folder:PATH or hub:REPO@ENTRY"
+        "vlic:WEIGHTS (vlic@QUALITY, vlic-pretrained@QUALITY, vlic-ckpt:PATH), folder:PATH or "
+        "hub:REPO@ENTRY"
     )
 
 

@@ -206,24 +206,6 @@ def _load_sources(
     return sources
 
 
-class _Progress:
-    def __init__(self, total: int, progress: bool) -> None:
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True)
-
-    def step(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(text, refresh=False)
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class ComparisonRunner:
     """Runs the comparison; see :func:`run_comparison`."""
 
@@ -328,7 +310,15 @@ class ComparisonRunner:
                     )
         metrics = self._build_metrics()
         total = len(sources) * sum(len(c.rate_points) for c in self.codecs.values())
-        progress = _Progress(total, self.settings.progress)
+        from tqdm.auto import tqdm
+
+        progress = tqdm(
+            total=total,
+            unit="img",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not self.settings.progress,
+        )
         rows: list[ImageRow] = []
         recon: dict[tuple[str, str, str], Path] = {}
         computed = 0
@@ -349,7 +339,8 @@ class ComparisonRunner:
                             paths_of[(codec.name, rate_point, source.name)] = self._entry(
                                 codec, rate_point, source
                             ).with_suffix(".png")
-                            progress.step(f"{where} {source.name}")
+                            progress.set_description(f"{where} {source.name}", refresh=False)
+                            progress.update()
                 except (JudgeError, MetricUnavailableError):
                     raise
                 except (VLICError, ValueError, RuntimeError, OSError, AssertionError) as exc:

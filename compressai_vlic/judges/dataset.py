@@ -22,7 +22,6 @@ an abstention the judge decided on (a composition's disagreement, a tie) is kept
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -39,6 +38,7 @@ from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from compressai_vlic.atomic import atomic_write_bytes
+from compressai_vlic.digest import file_sha256
 from compressai_vlic.errors import (
     ConfigError,
     DatasetError,
@@ -47,6 +47,7 @@ from compressai_vlic.errors import (
     VLICError,
 )
 from compressai_vlic.image_io import IMAGE_SUFFIXES, find_images, load_image
+from compressai_vlic.jsonl import JsonlAppender, intact_length, parse_lines
 from compressai_vlic.judges.types import Choice, Judge, Judgment, Vote, add_usage
 from compressai_vlic.options import check_option
 
@@ -144,18 +145,13 @@ class PreferenceRow:
 
 def _parse_lines(data: bytes, path: Path) -> tuple[list[PreferenceRow], int]:
     """Rows of a dataset file and the byte length of its intact part (a torn tail is excluded)."""
-    rows: list[PreferenceRow] = []
-    end = data.rfind(b"\n") + 1  # everything after the last newline is a torn write
-    for lineno, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(PreferenceRow.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(
-                f"{path}:{lineno}: not a preference row ({exc.__class__.__name__}: {exc})"
-            ) from exc
-    return rows, end
+
+    def refuse(lineno: int, line: bytes, exc: Exception) -> None:
+        raise DatasetError(
+            f"{path}:{lineno}: not a preference row ({exc.__class__.__name__}: {exc})"
+        ) from exc
+
+    return parse_lines(data, PreferenceRow.from_dict, refuse), intact_length(data)
 
 
 #: How every row this package writes starts (``PreferenceRow.to_dict``'s first key): a torn
@@ -215,14 +211,6 @@ def read_preference_dataset(path: str | os.PathLike[str]) -> list[PreferenceRow]
     return rows
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def unusable_abstention(row: PreferenceRow) -> bool:
     """An abstention because an answer was unusable (a vote with an error: empty, refused, wrong
     format), not one the judge decided on; what ``retry_abstentions`` asks again."""
@@ -252,7 +240,7 @@ class PreferenceWriter:
         self.done: set[str] = set()
         self.existing: list[PreferenceRow] = []
         self.repaired_bytes = 0
-        self._fd: int | None = None
+        self._out: JsonlAppender | None = None
         self._lock: FileLock | None = None
 
     def __enter__(self) -> PreferenceWriter:
@@ -266,13 +254,7 @@ class PreferenceWriter:
             ) from exc
         self._lock = lock
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        except BaseException:
-            self.close()
-            raise
-        self._fd = fd
-        try:
-            data = self.path.read_bytes()
+            data = self.path.read_bytes() if self.path.exists() else b""
             rows, end = _parse_lines(data, self.path)
             if end < len(data) and not _is_torn_row(data[end:]):
                 raise DatasetError(
@@ -280,10 +262,8 @@ class PreferenceWriter:
                     f"{data[end : end + 40]!r}..., is neither a row nor a row cut short); it was "
                     "left untouched: choose another --output"
                 )
-            if end < len(data):  # cut off a torn last line before appending after it
-                os.ftruncate(fd, end)
-                os.fsync(fd)
-                self.repaired_bytes = len(data) - end
+            self._out = JsonlAppender(self.path, strict=True)  # cuts off a torn last line
+            self.repaired_bytes = self._out.repaired_bytes
             self._check_config(rows)
             if self.retry_abstentions and any(unusable_abstention(r) for r in rows):
                 rows = self._drop_unusable(data[:end], rows)
@@ -299,11 +279,10 @@ class PreferenceWriter:
         lines = [line for line in data.splitlines(keepends=True) if line.strip()]
         keep = [(line, r) for line, r in zip(lines, rows) if not unusable_abstention(r)]
         self.retried = [r.pair_id for r in rows if unusable_abstention(r)]
-        assert self._fd is not None
-        os.close(self._fd)
-        self._fd = None
+        assert self._out is not None
+        self._out.close()
         atomic_write_bytes(self.path, b"".join(line for line, _ in keep))
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        self._out = JsonlAppender(self.path, strict=True)
         return [r for _, r in keep]
 
     def _check_config(self, rows: Sequence[PreferenceRow]) -> None:
@@ -318,19 +297,17 @@ class PreferenceWriter:
                 )
 
     def append(self, row: PreferenceRow) -> None:
-        if self._fd is None:
+        if self._out is None:
             raise DatasetError("PreferenceWriter is not open")
         if row.pair_id in self.done:
             raise DatasetError(f"{self.path}: pair {row.pair_id!r} is already present")
-        line = (json.dumps(row.to_dict(), separators=(",", ":"), allow_nan=False) + "\n").encode()
-        os.write(self._fd, line)  # one O_APPEND write per row
-        os.fsync(self._fd)
+        self._out.write(row.to_dict())  # one whole line, fsync-ed
         self.done.add(row.pair_id)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._out is not None:
+            self._out.close()
+            self._out = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from compressai_vlic.digest import file_sha256
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 
 CACHE_ENV = "COMPRESSAI_VLIC_WEIGHTS_DIR"
@@ -249,14 +250,6 @@ def get_spec(name: str) -> WeightSpec:
 
 # --------------------------------------------------------------------------------------------
 # digests and safe loading
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digest_selection(state: StateDict, keys: str) -> list[str]:

@@ -535,12 +535,14 @@ def finetune(run: DemoRun) -> Path:
     ``init_type="scratch"``, ``tiny_stage1_scratch.yaml``: all of stage 1 from random weights)."""
     pl = require("pytorch_lightning", "train", "The demo's training")
     from compressai_vlic_lightning import EMA, PhotosDataModule, Stage1Module
+    from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
 
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.stage1
     pl.seed_everything(run.args.seed, workers=True, verbose=False)
     model_args = cfg["model"]["init_args"]
-    start = model_args.get("init_from") or "random weights"
-    what = "fine-tuning" if model_args.get("init_from") else "pre-training"
+    weights = weights_spec(model_args.get("weights"), model_args.get("init_from", NOT_GIVEN))
+    start = weights or "random weights"
+    what = "fine-tuning" if weights else "pre-training"
     print(
         f"[demo] stage 1: {what} the {model_args.get('quality', 'test')!r} codec from {start} "
         f"for {plan.stage1_steps} steps on bundled photos (held out: {', '.join(EVAL_PHOTOS)})",
@@ -569,7 +571,7 @@ def finetune(run: DemoRun) -> Path:
     trainer.fit(stage1, run.data)
     clock.stop()
     report.stage1 = {
-        "init_from": model_args.get("init_from"),
+        "init_from": weights,
         "quality": model_args.get("quality"),
         "steps": trainer.global_step,
         "train_photos": list(run.data.train_photos),
@@ -608,7 +610,8 @@ def posttrain(run: DemoRun) -> Path:
                 for k, v in run.configs.stage2["model"]["init_args"].items()
                 if k not in ("judge", "judge_type", "judge_kwargs", "judge_compose")
             },
-            "init_from": str(run.stage1_ckpt),
+            "weights": str(run.stage1_ckpt),
+            "init_from": "",  # not given: the older name must not override the stage-1 run
             "lr": plan.stage2_lr,
             "beta": plan.beta,
             "dpo_batch_size": plan.dpo_batch_size,

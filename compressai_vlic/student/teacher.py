@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from compressai_vlic.errors import DatasetError
+from compressai_vlic.jsonl import read_jsonl
 from compressai_vlic.judges.types import Choice, Vote
 
 ImageRef = str | torch.Tensor
@@ -194,17 +195,11 @@ def read_teacher_points(path: str | os.PathLike[str]) -> list[TeacherPoint]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such point-wise score file")
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    out = []
-    for lineno, line in enumerate(data[:end].splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(TeacherPoint.from_dict(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetError(f"{path}:{lineno}: not a point-wise score row ({exc})") from exc
-    return out
+
+    def refuse(lineno: int, line: bytes, exc: Exception) -> None:
+        raise DatasetError(f"{path}:{lineno}: not a point-wise score row ({exc})") from exc
+
+    return read_jsonl(path, TeacherPoint.from_dict, refuse)
 
 
 def write_teacher_points(

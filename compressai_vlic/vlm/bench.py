@@ -26,9 +26,7 @@ import csv
 import hashlib
 import json
 import math
-import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,6 +39,7 @@ from compressai_vlic.atomic import atomic_path, atomic_write_text
 from compressai_vlic.errors import ConfigError, ImageReadError
 from compressai_vlic.evaluation.codecs import Codec
 from compressai_vlic.image_io import load_image, save_png
+from compressai_vlic.jsonl import JsonlAppender, read_jsonl
 from compressai_vlic.judges.encoding import image_digest
 from compressai_vlic.options import check_option
 from compressai_vlic.vlm.answerers import Answer, Answerer, AnswerRequest
@@ -198,24 +197,13 @@ class AnswerLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
-        if path.is_file():
-            data = path.read_bytes()
-            for line in data.decode("utf-8", errors="replace").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.rows[self.key(row)] = row
-                except (ValueError, KeyError, TypeError):
-                    continue  # torn or foreign line
-            needs_newline = bool(data) and not data.endswith(b"\n")
-        else:
-            needs_newline = False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(path, "a", encoding="utf-8")
-        if needs_newline:
-            self._file.write("\n")
-            self._file.flush()
+        for row in read_jsonl(path):
+            try:
+                self.rows[self.key(row)] = row
+            except (KeyError, TypeError):
+                continue  # a foreign line
+        self._file = JsonlAppender(path, sync_each=False)  # synced per chunk and on close
 
     @staticmethod
     def key(row: dict[str, Any]) -> tuple[str, ...]:
@@ -232,24 +220,15 @@ class AnswerLog:
         return self.rows.get(key)
 
     def append(self, row: dict[str, Any]) -> None:
-        with self._lock:
-            if self._file.closed:  # an answer that arrived after an interrupt: asked again later
-                return
-            self._file.write(json.dumps(row) + "\n")
-            self._file.flush()
+        # an answer that arrived after an interrupt is not written: it is asked again later
+        if self._file.write(row):
             self.rows[self.key(row)] = row
 
     def sync(self) -> None:
-        with self._lock:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        self._file.sync()
 
     def close(self) -> None:
-        with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+        self._file.close()
 
 
 def answerer_digest(identity: dict[str, Any]) -> str:
@@ -258,23 +237,13 @@ def answerer_digest(identity: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the runner
-class _Progress:
-    def __init__(self, total: int, enabled: bool, unit: str) -> None:
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
+def _progress(total: int, enabled: bool, unit: str) -> Any:
+    """A tqdm bar on stderr; a silent one when disabled or empty (its calls do nothing)."""
+    from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, n: int = 1, text: str | None = None) -> None:
-        if self.bar is not None:
-            if text:
-                self.bar.set_description(text, refresh=False)
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return tqdm(
+        total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not (enabled and total)
+    )
 
 
 class VLMBench:
@@ -336,11 +305,12 @@ class VLMBench:
         keys: dict[tuple[str, str], str] = {}
         skipped: dict[str, str] = {}
         total = sum(len(t) for t in self.tasks)
-        progress = _Progress(total, self.settings.progress, "img")
+        progress = _progress(total, self.settings.progress, "img")
         try:
             for task in self.tasks:
                 for item in task.items:
-                    progress.update(text=f"read {task.name}")
+                    progress.set_description(f"read {task.name}", refresh=False)
+                    progress.update()
                     try:
                         tensor = item.load_image(self.settings.max_pixels)
                     except ImageReadError as exc:
@@ -441,7 +411,7 @@ class VLMBench:
                         todo.append((condition, task, item))
         if done:
             self._notify(f"{done} answers from {log.path.name}, {len(todo)} to ask")
-        progress = _Progress(len(todo), self.settings.progress, "q")
+        progress = _progress(len(todo), self.settings.progress, "q")
         failed = 0
         first_error: str | None = None
         try:
@@ -482,7 +452,8 @@ class VLMBench:
 
                 def record(i: int, answer: Answer, meta: list = meta) -> None:
                     nonlocal failed, first_error
-                    progress.update(text=meta[i]["codec"])
+                    progress.set_description(meta[i]["codec"], refresh=False)
+                    progress.update()
                     if answer.failed:
                         failed += 1
                         first_error = first_error or answer.error

@@ -436,10 +436,12 @@ def prepare_runs(
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(config_path).read_text()) or {}
     model = (base.get("model") or {}).get("init_args") or {}
-    reference = model.get("init_from")
+    from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
+
+    reference = weights_spec(model.get("weights"), model.get("init_from", NOT_GIVEN))
     if not reference:
         raise ConfigError(
-            "the stage-2 config needs model.init_args.init_from (the stage-1 checkpoint)"
+            "the stage-2 config needs model.init_args.weights (the stage-1 checkpoint)"
         )
     steps = int(steps if steps is not None else base.get("trainer", {}).get("max_steps", 0))
     if steps < 1:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -95,25 +94,16 @@ def evaluate_models(
     """One row per (photo, model), appended to ``rows_path`` (rows already there are kept);
     ``evaluate=False`` only reads the rows there (a report while another process evaluates)."""
     from compressai_vlic.image_io import load_image
+    from compressai_vlic.jsonl import JsonlAppender, read_jsonl
     from compressai_vlic.metrics import get_metric
 
-    done: dict[tuple[str, str], dict[str, Any]] = {}
-    if rows_path.is_file():
-        for line in rows_path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:  # a line torn by a kill: that row is evaluated again
-                continue
-            done[(row["image"], row["model"])] = row
+    # a row torn by a kill is not read: it is evaluated again
+    done = {(row["image"], row["model"]): row for row in read_jsonl(rows_path)}
     if not evaluate:
         return list(done.values())
     meters = {name: get_metric(METRICS[name][0], **METRICS[name][1]) for name in metrics}
     pair_meters = {n: meters[n] for n in ("lpips", "dists") if n in meters}
-    rows_path.parent.mkdir(parents=True, exist_ok=True)
-    if rows_path.is_file() and not rows_path.read_bytes().endswith(b"\n"):
-        with open(rows_path, "a") as fh:  # start after a torn last line, not inside it
-            fh.write("\n")
-    with open(rows_path, "a") as fh:
+    with JsonlAppender(rows_path) as out:
         for image in images:
             x = load_image(image).tensor[None]
             pixels = x.shape[-2] * x.shape[-1]
@@ -139,9 +129,7 @@ def evaluate_models(
                     "metrics": values,
                     "between_decodes": between,
                 }
-                fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+                out.write(row)
                 done[(image.name, key)] = row
     return list(done.values())
 
@@ -159,7 +147,7 @@ def heldout_dpo_diagnostics(
     keep = {
         k: v
         for k, v in model_args.items()
-        if k in ("init_from", "beta", "weighting_type", "label_type", "t_sampling_type")
+        if k in ("weights", "init_from", "beta", "weighting_type", "label_type", "t_sampling_type")
     }
     module = Stage2Module(**keep, preference_type="offline", preference_dataset=str(pairs))
     cfg = module.model.config

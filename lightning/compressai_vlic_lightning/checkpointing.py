@@ -83,7 +83,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise CheckpointError(
                 f"{name}: not a Lightning training checkpoint (no {' or '.join(missing)}; a "
                 f"{type(checkpoint).__name__} with keys {keys}); to start from a model's weights "
-                "use --model.init_from instead of --ckpt_path"
+                "use --model.weights instead of --ckpt_path"
             )
         return checkpoint
 
@@ -278,7 +278,7 @@ class ResumableModule(pl.LightningModule):
         if fitting and "optimizer_states" not in checkpoint:
             raise CheckpointError(
                 f"{name}: holds weights only (no optimizer state), so a run cannot resume from "
-                "it; start from its weights with --model.init_from instead"
+                "it; start from its weights with --model.weights instead"
             )
 
     def _optional(self, key: str) -> bool:

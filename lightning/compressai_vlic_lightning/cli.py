@@ -2,7 +2,7 @@
 
     compressai-vlic-train fit --config configs/train/tiny_stage1.yaml
     compressai-vlic-train fit --config configs/train/tiny_stage2.yaml \\
-        --model.init_from runs/tiny_stage1/checkpoints/last.ckpt
+        --model.weights runs/tiny_stage1/checkpoints/last.ckpt
     compressai-vlic-train fit --config CONFIG --ckpt_path runs/X/checkpoints/last.ckpt   # resume
     compressai-vlic-train export runs/X/checkpoints/last.ckpt vlic-test.pth.tar
     compressai-vlic-train plan --config configs/train/paper_q1_stage1.yaml --gpu-memory 80
@@ -31,7 +31,7 @@ def _ablate(argv: list[str]) -> int:
         "held-out photos through real bitstreams (docs/ablation.md).",
     )
     parser.add_argument(
-        "--config", required=True, help="a stage-2 YAML (model.init_args.init_from set)"
+        "--config", required=True, help="a stage-2 YAML (model.init_args.weights set)"
     )
     parser.add_argument("--out", required=True, help="the ablation folder (rerun to resume)")
     parser.add_argument(

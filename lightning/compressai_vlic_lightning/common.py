@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -14,7 +15,7 @@ from compressai_vlic.options import check_option
 
 WeightsType = Literal["ema", "raw"]
 CompileMode = Literal["none", "default", "max-autotune-no-cudagraphs"]
-#: ``init_from: "zoo:tiny"`` starts from the weights that ship with the package.
+#: ``weights: "zoo:tiny"`` (or ``tiny``) starts from the weights that ship with the package.
 ZOO_PREFIX = "zoo:"
 COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 
@@ -29,51 +30,51 @@ def build_model(quality: int | str = "test", model_overrides: dict[str, Any] | N
     return vlic(quality, **overrides)
 
 
-def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
-    """The codec's bare state dict from a Lightning checkpoint (EMA or raw), a CompressAI one (a
-    file or an ``http(s)://`` / fsspec URL), or ``"zoo:QUALITY"``: the weights that ship with the
-    package (e.g. ``"zoo:tiny"``)."""
-    check_option("weights_type", weights_type, WeightsType, ConfigError)
-    if isinstance(path, str) and path.startswith(ZOO_PREFIX):
-        return shipped_state_dict(path[len(ZOO_PREFIX) :])
-    from compressai_vlic.checkpoints import check_finite, is_url, load_checkpoint
+#: The default of the old ``init_from``: not given (``None`` given on purpose means no weights).
+NOT_GIVEN = ""
 
-    path = path if is_url(path) else Path(path)  # URLs: http(s) or fsspec, weights only too
-    ckpt = load_checkpoint(path)  # weights_only=True; one clear line for a bad file
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):  # Lightning checkpoint
-        source = ckpt["state_dict"]
-        if weights_type == "ema" and isinstance(ckpt.get("ema_state_dict"), dict):
-            source = ckpt["ema_state_dict"]
-        state = {k[len("model.") :]: v for k, v in source.items() if k.startswith("model.")}
-        if not state:
-            raise CheckpointError(
-                f"{path}: Lightning checkpoint holds no 'model.*' weights (a checkpoint of "
-                "another model?); give a checkpoint of a VLIC training run"
+
+def weights_spec(
+    weights: str | None, init_from: str | None = NOT_GIVEN, init_weights_type: str | None = None
+) -> str | None:
+    """The one weights spec from ``weights`` or its aliases ``init_from`` + ``init_weights_type``.
+
+    Args:
+        weights: any spec of :func:`compressai_vlic.pretrained.load_weights`.
+        init_from: the older name of ``weights`` (still accepted; when given, even as null, it
+            wins, so ``--model.init_from X`` or ``null`` still overrides a YAML's ``weights``).
+        init_weights_type: "raw" appends ``#raw`` (a Lightning checkpoint's raw weights).
+    """
+    spec = weights
+    if init_from != NOT_GIVEN:
+        if weights and init_from != weights:
+            logging.getLogger(__name__).warning(
+                "both weights=%r and its old name init_from=%r are set: using init_from",
+                weights,
+                init_from,
             )
-        check_finite(state, path)
-        return state
-    state = {k.removeprefix("module."): v for k, v in ckpt.items()}
-    if not all(isinstance(v, Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is neither a Lightning checkpoint nor a bare state dict")
-    check_finite(state, path)
+        spec = init_from
+    if init_weights_type is not None:
+        check_option("init_weights_type", init_weights_type, WeightsType, ConfigError)
+        if spec and init_weights_type == "raw" and not spec.endswith(("#raw", "#ema")):
+            spec += "#raw"
+    return spec
+
+
+def read_codec_state_dict(path: str | Path, weights_type: WeightsType = "ema") -> dict[str, Tensor]:
+    """The codec's state dict of any weights spec (a Lightning checkpoint's EMA or raw weights)."""
+    from compressai_vlic.pretrained import load_weights
+
+    check_option("weights_type", weights_type, WeightsType, ConfigError)
+    state = load_weights(path, ema=weights_type == "ema").state
+    if state is None:
+        raise ConfigError(f"{path}: random weights have no state dict")
     return state
 
 
 def shipped_state_dict(quality: str) -> dict[str, Tensor]:
     """The state dict of the weights shipped for zoo ``quality`` (sha256-checked)."""
-    from compressai_vlic.pretrained import shipped_qualities
-    from compressai_vlic.zoo import quality_key, vlic
-
-    key = quality_key(quality)
-    if key not in shipped_qualities():
-        shipped = ", ".join(f"{ZOO_PREFIX}{q}" for q in shipped_qualities()) or "none"
-        raise CheckpointError(
-            f"{ZOO_PREFIX}{quality}: no weights ship with the package for quality {quality!r} "
-            f"(shipped: {shipped}); give a checkpoint file instead"
-        )
-    return vlic(key, pretrained=True).state_dict()
+    return read_codec_state_dict(f"{ZOO_PREFIX}{quality}")
 
 
 def load_codec_weights(model: Any, path: str | Path, weights_type: WeightsType = "ema") -> None:
@@ -94,10 +95,11 @@ def load_codec_weights(model: Any, path: str | Path, weights_type: WeightsType =
 
 
 def load_codec(path: str | Path, weights_type: WeightsType = "ema") -> Any:
-    """A VLIC built from the config stored in a checkpoint."""
-    from compressai_vlic.checkpoints import load_vlic
+    """A VLIC built from the config stored in a checkpoint (train mode, as training wants it)."""
+    from compressai_vlic.pretrained import load_weights
 
-    return load_vlic(path, read_codec_state_dict(path, weights_type))
+    check_option("weights_type", weights_type, WeightsType, ConfigError)
+    return load_weights(path, ema=weights_type == "ema").model().train()
 
 
 def adamw(

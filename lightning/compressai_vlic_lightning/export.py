@@ -90,13 +90,13 @@ def export_shipped(
     with the same architecture, the stored config takes the zoo's sampler defaults. Existing files
     are kept unless ``overwrite``.
     """
-    import hashlib
     import json
 
     import safetensors.torch
 
     from compressai_vlic.atomic import atomic_path
     from compressai_vlic.checkpoints import load_vlic
+    from compressai_vlic.digest import file_sha256
     from compressai_vlic.errors import CheckpointError
     from compressai_vlic.zoo import QUALITIES
 
@@ -117,7 +117,7 @@ def export_shipped(
         safetensors.torch.save_file(state, str(tmp))
     entry = {
         "file": weights.name,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "sha256": file_sha256(weights),
         "config_hash": model.config.config_hash().hex(),
         "config_name": model.config.name,
         "dtype": "float16",

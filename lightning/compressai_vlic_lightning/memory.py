@@ -348,8 +348,10 @@ def read_setup(path: str | Path) -> TrainingSetup:
         raise ConfigError(f"{path}: model.class_path {class_path!r} is not a VLIC stage")
     notes: list[str] = []
     model_config = None
-    init_from = args.get("init_from")
-    if stage == 2 and init_from and Path(init_from).is_file():
+    from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
+
+    init_from = weights_spec(args.get("weights"), args.get("init_from", NOT_GIVEN))
+    if stage == 2 and init_from and Path(init_from.partition("#")[0]).is_file():
         from compressai_vlic_lightning.common import load_codec
 
         model_config = load_codec(init_from).config

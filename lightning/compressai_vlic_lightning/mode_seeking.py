@@ -23,7 +23,7 @@ from torch import Tensor
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.models.vlic import sample_t
-from compressai_vlic_lightning.common import CompileMode, NormMode
+from compressai_vlic_lightning.common import NOT_GIVEN, CompileMode, NormMode
 from compressai_vlic_lightning.perceptual import PerceptualFallbackType, PerceptualType
 from compressai_vlic_lightning.stage1 import Stage1Module
 
@@ -33,9 +33,10 @@ class ModeSeekingModule(Stage1Module):
 
     Args:
         quality: zoo quality the model is built from.
-        model_overrides: VLIC config overrides (must match ``init_from``'s model).
-        init_from: the codec to post-train: a stage-1, stage-2 or mode-seeking checkpoint, a
-            CompressAI one, or ``"zoo:tiny"``.
+        model_overrides: VLIC config overrides (must match the weights' model).
+        weights: the codec to post-train: a stage-1, stage-2 or mode-seeking checkpoint, a
+            CompressAI one, ``tiny`` or any spec of :func:`compressai_vlic.pretrained.load_weights`.
+        init_from: the older name of ``weights``; when given (even as None) it wins.
         lr: learning rate (FlowMo's post-training: 5e-5).
         weight_decay: AdamW weight decay.
         betas: AdamW betas (FlowMo's (0.9, 0.95)).
@@ -70,7 +71,8 @@ class ModeSeekingModule(Stage1Module):
         self,
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
-        init_from: str | None = None,
+        weights: str | None = None,
+        init_from: str | None = NOT_GIVEN,
         lr: float = 5e-5,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -115,6 +117,7 @@ class ModeSeekingModule(Stage1Module):
             lpips_weights=lpips_weights,
             student_path=student_path,
             prior_weight=prior_weight,
+            weights=weights,
             init_from=init_from,
             val_decode_batches=val_decode_batches,
             val_seed=val_seed,

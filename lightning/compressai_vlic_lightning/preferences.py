@@ -26,9 +26,7 @@ were kept.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -46,6 +44,7 @@ from torch import Tensor
 from compressai_vlic.errors import DatasetError, JudgeError
 from compressai_vlic.evaluation.codec_pairs import PairCodes
 from compressai_vlic.image_io import quantize_uint8
+from compressai_vlic.jsonl import JsonlAppender, read_jsonl
 from compressai_vlic.judges.rank import Ranking, best_worst_pair, rank_images
 from compressai_vlic.judges.types import Choice, Judge, JudgeRequest, Judgment, add_usage
 from compressai_vlic.options import check_option
@@ -144,8 +143,9 @@ def _probs(values: Sequence[float | None]) -> Tensor:
 
 
 @dataclass
-class JudgeStats:
-    """Judge health since the previous refresh (rates are None until something was judged)."""
+class BufferJudgeStats:
+    """The preference buffer's judge health since the previous refresh (rates are None until
+    something was judged); the per-judge call counters are ``openai_judge.JudgeStats``."""
 
     judged: int = 0
     abstained: int = 0
@@ -181,44 +181,6 @@ def _load_png(path: Path) -> Tensor:
     with Image.open(path) as img:
         arr = np.asarray(img.convert("RGB"))
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def _append_line(handle: Any, record: dict[str, Any]) -> None:
-    handle.write(json.dumps(record, sort_keys=True) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
-def _open_for_append(path: Path) -> Any:
-    """Append handle after cutting a torn last line (a killed writer), so new lines stay whole."""
-    if path.is_file():
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            log.warning(
-                "%s: dropping a torn last line (%d bytes) from an interrupted run",
-                path,
-                len(data) - end,
-            )
-            with path.open("r+b") as fh:
-                fh.truncate(end)
-    return path.open("a", encoding="utf-8")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete line; a torn last line (killed mid-write) is ignored."""
-    if not path.is_file():
-        return []
-    out = []
-    with path.open("r", encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("ignoring an unreadable line in %s", path)
-    return out
 
 
 def ranked_judgment(ranking: Ranking) -> Judgment:
@@ -285,14 +247,14 @@ class PreferenceBuffer:
         self.call_type = call_type
         self.candidate_type = candidate_type
         self.keep_rounds = keep_rounds
-        self._pending_fh = _open_for_append(self.directory / "pending.jsonl")
-        self._judged_fh = _open_for_append(self.directory / "judged.jsonl")
+        self._pending_fh = JsonlAppender(self.directory / "pending.jsonl")
+        self._judged_fh = JsonlAppender(self.directory / "judged.jsonl")
         self._lock = threading.Lock()
         self._known: set[str] = set()
         self._pairs: dict[str, PreferencePair] = {}  # every pair whose images are in memory
         self._judged_order: list[str] = []  # pair ids in judging order (usable or not)
         self._active: list[PreferencePair] = []
-        self._stats = JudgeStats()
+        self._stats = BufferJudgeStats()
         self._error: BaseException | None = None
         self._queue: queue.Queue[PreferencePair | None] = queue.Queue()
         self._in_flight = 0
@@ -321,8 +283,8 @@ class PreferenceBuffer:
 
     def restore(self) -> int:
         """Reload judged pairs and re-queue pending ones (after a restart); returns pairs reloaded."""
-        pending = {r["pair_id"]: r for r in _read_jsonl(self.pending_path)}
-        judged = {r["pair_id"]: r for r in _read_jsonl(self.judged_path)}
+        pending = {r["pair_id"]: r for r in read_jsonl(self.pending_path)}
+        judged = {r["pair_id"]: r for r in read_jsonl(self.judged_path)}
         restored = 0
         requeue: list[PreferencePair] = []
         ordered = [i for i in judged if i in pending] + [i for i in pending if i not in judged]
@@ -444,7 +406,7 @@ class PreferenceBuffer:
                 codes_path = self._codes_path(pair)
                 pair.codes.save(codes_path)
                 record["codes"] = str(codes_path.relative_to(self.directory))
-            _append_line(self._pending_fh, record)
+            self._pending_fh.write(record)
             self._known.add(pair_id)
             with self._lock:
                 self._pairs[pair_id] = pair
@@ -553,7 +515,7 @@ class PreferenceBuffer:
         if ranked is not None:
             record["ranked"] = list(ranked)  # (best, worst) indices among the persisted decodes
         with self._lock:
-            _append_line(self._judged_fh, record)
+            self._judged_fh.write(record)
             pair.judgment = judgment
             self._judged_order.append(pair.pair_id)
             self._stats.judged += 1
@@ -586,7 +548,7 @@ class PreferenceBuffer:
         return True
 
     # ------------------------------------------------------------------ consumer side
-    def refresh(self) -> JudgeStats:
+    def refresh(self) -> BufferJudgeStats:
         """Make the newest ``capacity`` usable pairs the training set; returns and resets stats."""
         self.raise_if_failed()
         with self._lock:
@@ -599,7 +561,7 @@ class PreferenceBuffer:
             stats = self._stats
             stats.buffer_size = len(self._active)
             stats.pending = self._in_flight
-            self._stats = JudgeStats(
+            self._stats = BufferJudgeStats(
                 total_judged=stats.total_judged,
                 total_tokens=stats.total_tokens,
                 pending=self._in_flight,

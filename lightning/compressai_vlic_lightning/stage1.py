@@ -22,6 +22,7 @@ from compressai_vlic.models.vlic import T_SAMPLERS, sample_t
 from compressai_vlic.options import check_option
 from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
+    NOT_GIVEN,
     CompileMode,
     InitialNorms,
     NormMode,
@@ -31,6 +32,7 @@ from compressai_vlic_lightning.common import (
     fixed_flow_matching,
     load_codec_weights,
     psnr,
+    weights_spec,
 )
 from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
@@ -102,8 +104,10 @@ class Stage1Module(ResumableModule):
         student_path: folder of a trained student, for ``perceptual_type="student"``.
         prior_weight: weight of the prior's token NLL in bits per pixel.
         rate_weight: weight of the straight-through rate term that trains the encoder (0 = VLIC).
-        init_from: checkpoint to start from (Lightning or CompressAI), or ``"zoo:tiny"``: the
-            weights that ship with the package.
+        weights: the weights to start from, any spec of
+            :func:`compressai_vlic.pretrained.load_weights` (``tiny``: the shipped ones, a
+            Lightning or CompressAI checkpoint, a ``save_pretrained`` folder, a Hub id).
+        init_from: the older name of ``weights``; when given (even as None) it wins.
         val_decode_batches: validation batches decoded with the sampler for PSNR.
         val_seed: seed of validation noise/timesteps and decodes.
         gradient_checkpointing: recompute encoder/decoder blocks in backward (far less memory,
@@ -135,7 +139,8 @@ class Stage1Module(ResumableModule):
         student_path: str | None = None,
         prior_weight: float = 1.0,
         rate_weight: float = 0.0,
-        init_from: str | None = None,
+        weights: str | None = None,
+        init_from: str | None = NOT_GIVEN,
         val_decode_batches: int = 1,
         val_seed: int = 0,
         gradient_checkpointing: bool = False,
@@ -154,8 +159,8 @@ class Stage1Module(ResumableModule):
         self.save_hyperparameters()
         self._initial_norms: InitialNorms | None = None
         self.model = build_model(quality, model_overrides)
-        if init_from:
-            load_codec_weights(self.model, init_from)
+        if spec := weights_spec(weights, init_from):
+            load_codec_weights(self.model, spec)
         apply_speed_options(self.model, gradient_checkpointing, compile_mode)
         loss, choice = make_perceptual_loss(
             perceptual_type if perceptual_weight > 0 else "none",

@@ -40,6 +40,7 @@ from compressai_vlic.losses import (
 from compressai_vlic.options import check_option
 from compressai_vlic_lightning.checkpointing import ResumableModule
 from compressai_vlic_lightning.common import (
+    NOT_GIVEN,
     CompileMode,
     WeightsType,
     adamw,
@@ -48,6 +49,7 @@ from compressai_vlic_lightning.common import (
     fixed_flow_matching,
     load_codec,
     psnr,
+    weights_spec,
 )
 from compressai_vlic_lightning.perceptual import (
     PerceptualFallbackType,
@@ -56,9 +58,9 @@ from compressai_vlic_lightning.perceptual import (
     perceptual_distance,
 )
 from compressai_vlic_lightning.preferences import (
+    BufferJudgeStats,
     CallType,
     CandidateType,
-    JudgeStats,
     OfflinePreferences,
     PreferenceBatch,
     PreferenceBuffer,
@@ -130,11 +132,13 @@ class Stage2Module(ResumableModule):
     """Diffusion-DPO post-training with an online (background-judged) or offline preference set.
 
     Args:
-        init_from: stage-1 checkpoint (Lightning .ckpt or CompressAI state dict); the model is
-            built from the config stored in it. It also becomes the frozen reference.
-        init_weights_type: "ema" (default) or "raw" weights of a Lightning checkpoint.
-        quality: zoo quality used only without ``init_from``.
-        model_overrides: VLIC config overrides used only without ``init_from``.
+        weights: the stage-1 weights, any spec of :func:`compressai_vlic.pretrained.load_weights`
+            (a Lightning checkpoint's EMA weights; ``last.ckpt#raw`` for the raw ones); the model
+            is built from the config stored in them. They also become the frozen reference.
+        init_from: the older name of ``weights``; when given (even as None) it wins.
+        init_weights_type: the older way to pick "ema" or "raw" weights (``#raw`` now).
+        quality: zoo quality used only without ``weights``.
+        model_overrides: VLIC config overrides used only without ``weights``.
         lr: learning rate (VLIC: 5e-7 at batch 256).
         beta: DPO temperature (VLIC's value is unpublished; 2500 = the public eps-prediction
             Diffusion-DPO's 0.5 * 5000, a starting point to tune: see compressai_vlic.losses.dpo).
@@ -190,8 +194,8 @@ class Stage2Module(ResumableModule):
 
     def __init__(
         self,
-        init_from: str | None = None,
-        init_weights_type: WeightsType = "ema",
+        init_from: str | None = NOT_GIVEN,
+        init_weights_type: WeightsType | None = None,
         quality: str = "test",
         model_overrides: dict[str, Any] | None = None,
         lr: float = 5e-7,
@@ -236,6 +240,7 @@ class Stage2Module(ResumableModule):
         seed: int = 0,
         gradient_checkpointing: bool = False,
         compile_mode: CompileMode = "none",
+        weights: str | None = None,
     ) -> None:
         super().__init__()
         check_option("preference_type", preference_type, PreferenceType)
@@ -266,11 +271,12 @@ class Stage2Module(ResumableModule):
         self.save_hyperparameters(ignore=["judge", "judge_type", "judge_kwargs", "judge_compose"])
         if self.judge_spec is not None:  # saved in one spelling, so a checkpoint reloads it
             self.hparams["judge"] = self.judge_spec.to_config()
-        if init_from:  # the checkpoint's own config: quality/model_overrides are not needed
-            self.model = load_codec(init_from, init_weights_type)
+        self._weights = weights_spec(weights, init_from, init_weights_type)
+        if self._weights:  # the checkpoint's own config: quality/model_overrides are not needed
+            self.model = load_codec(self._weights)
         else:
             self.model = build_model(quality, model_overrides)
-            log.warning("stage 2 without init_from: post-training a randomly initialised codec")
+            log.warning("stage 2 without weights: post-training a randomly initialised codec")
         self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         # Checkpoints name the reference instead of carrying it (see on_save_checkpoint).
         self._reference_fingerprint = weights_fingerprint(self.reference)
@@ -294,7 +300,7 @@ class Stage2Module(ResumableModule):
         self._judge = judge if ready else None
         self.buffer: PreferenceBuffer | None = None
         self.offline: OfflinePreferences | None = None
-        self._last_stats = JudgeStats()
+        self._last_stats = BufferJudgeStats()
 
     # ------------------------------------------------------------------ set-up
     def train(self, mode: bool = True) -> Stage2Module:
@@ -307,9 +313,11 @@ class Stage2Module(ResumableModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        base, _, kind = (self._weights or "").partition("#")
         checkpoint[REFERENCE_KEY] = {
-            "init_from": self.hparams.init_from,
-            "init_weights_type": self.hparams.init_weights_type,
+            "weights": self._weights,
+            "init_from": base or None,  # the older names, for readers of older checkpoints
+            "init_weights_type": kind or "ema",
             "fingerprint": self._reference_fingerprint,
         }
         super().on_save_checkpoint(checkpoint)
@@ -319,7 +327,7 @@ class Stage2Module(ResumableModule):
         super().on_load_checkpoint(checkpoint)  # checks the keys, keeps the random streams
 
     def _attach_reference(self, checkpoint: dict[str, Any]) -> None:
-        """Put the frozen reference (rebuilt from ``init_from``) back into the state dict."""
+        """Put the frozen reference (rebuilt from ``weights``) back into the state dict."""
         state = checkpoint.get("state_dict")
         if state is None or any(k.startswith("reference.") for k in state):
             return  # an older checkpoint that carries its reference
@@ -328,8 +336,9 @@ class Stage2Module(ResumableModule):
         if expected and expected != self._reference_fingerprint:
             raise CheckpointError(
                 f"this stage-2 checkpoint was trained against the reference from "
-                f"{saved.get('init_from')!r} ({saved.get('init_weights_type')} weights), but the "
-                f"module's reference differs; pass --model.init_from with that stage-1 checkpoint"
+                f"{saved.get('weights') or saved.get('init_from')!r}, but the module's reference "
+                f"differs; pass --model.weights (formerly --model.init_from) with that stage-1 "
+                "checkpoint"
             )
         for key, value in self.reference.state_dict().items():
             state[f"reference.{key}"] = value
