@@ -12,6 +12,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def server(request):
+    """A loopback OpenAI-compatible server (a real process) that expects the test module's
+    ``SECRET`` as the key in its ``KEY_ENV`` variable."""
+    from compressai_vlic.testing.loopback_server import run_server
+
+    key_env, secret = request.module.KEY_ENV, request.module.SECRET
+    with run_server(expect_key_env=key_env, env={key_env: secret}) as handle:
+        yield handle
+
+
+@pytest.fixture(autouse=True)
+def _server_key(request, monkeypatch):
+    """The key of a module that declares ``KEY_ENV``/``SECRET``, in the environment of its tests."""
+    key_env = getattr(request.module, "KEY_ENV", None)
+    if key_env:
+        monkeypatch.setenv(key_env, request.module.SECRET)
+
+
 def _skimage_photo(name: str) -> np.ndarray:
     import skimage.data
 

@@ -30,17 +30,6 @@ KEY_ENV = "VLIC_TEST_BOUNDS_KEY"
 
 
 @pytest.fixture(scope="module")
-def server():
-    with run_server(expect_key_env=KEY_ENV, env={KEY_ENV: SECRET}) as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
-
-
-@pytest.fixture(scope="module")
 def triplet(photos):
     ref = photo_tensor(photos["astronaut"], crop=(32, 40))[0]
     gen = torch.Generator().manual_seed(0)

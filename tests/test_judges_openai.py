@@ -20,21 +20,10 @@ from compressai_vlic.judges.encoding import image_digest
 from compressai_vlic.judges.factory import make_judge
 from compressai_vlic.judges.openai_judge import OpenAIJudge
 from compressai_vlic.judges.types import Choice, JudgeRequest
-from compressai_vlic.testing.loopback_server import ServerScript, pair_key, run_server
+from compressai_vlic.testing.loopback_server import ServerScript, pair_key
 
 SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
 KEY_ENV = "VLIC_TEST_JUDGE_KEY"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with run_server(expect_key_env=KEY_ENV, env={KEY_ENV: SECRET}) as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
 
 
 @pytest.fixture(scope="module")

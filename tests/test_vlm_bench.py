@@ -13,7 +13,7 @@ from PIL import Image
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.evaluation import make_codec
 from compressai_vlic.judges.encoding import array_digest
-from compressai_vlic.testing.loopback_server import ServerScript, pair_key, run_server
+from compressai_vlic.testing.loopback_server import ServerScript, pair_key
 from compressai_vlic.testing.tiny_vlm import build_tiny_vlm
 from compressai_vlic.vlm.answerers import (
     AnswerRequest,
@@ -76,17 +76,6 @@ def _tasks(task_dir, names=("mc", "yn", "vqa")):
 @pytest.fixture(scope="module")
 def vlic_codec():
     return make_codec("vlic@test")  # random weights, real VLIC bitstreams
-
-
-@pytest.fixture(scope="module")
-def server():
-    with run_server(expect_key_env=KEY_ENV, env={KEY_ENV: SECRET}) as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _key_env(monkeypatch):
-    monkeypatch.setenv(KEY_ENV, SECRET)
 
 
 def _http(server, **kw) -> OpenAIAnswerer:
