@@ -34,3 +34,36 @@ def test_lpips_loss_is_real_lpips_with_gradients(photos):
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     metric = get_metric("lpips")
     assert value.item() == pytest.approx(metric(target, pred.detach()).item(), abs=1e-5)
+
+
+def test_lpips_loss_runs_in_float32_under_cpu_autocast():
+    """CPU bf16 convolutions without bf16 instructions are ~10x slower: the backbone stays float32."""
+    from compressai_vlic_lightning.perceptual import LPIPSLoss
+
+    loss = LPIPSLoss.__new__(LPIPSLoss)
+    torch.nn.Module.__init__(loss)
+    seen = []
+
+    class Net(torch.nn.Module):
+        def forward(self, a, b, normalize):
+            seen.append(
+                torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else a.dtype
+            )
+            return (a - b).abs().mean(dim=(1, 2, 3))
+
+    loss.net = Net()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss(x, x.flip(-1))
+    assert seen == [torch.float32]
+
+
+def test_trainer_warns_before_bf16_on_a_cpu_without_bf16_instructions(monkeypatch):
+    from compressai_vlic_lightning import cli
+
+    monkeypatch.setattr(cli, "cpu_bf16_is_fast", lambda: False)
+    assert "32-true" in cli.slow_cpu_precision("cpu", "bf16-mixed")
+    assert cli.slow_cpu_precision("cpu", "32-true") is None
+    assert cli.slow_cpu_precision("gpu", "bf16-mixed") is None
+    monkeypatch.setattr(cli, "cpu_bf16_is_fast", lambda: True)
+    assert cli.slow_cpu_precision("cpu", "bf16-mixed") is None
