@@ -109,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         label = label.replace("compressai-vlic-lightning", "compressai-vlic-train")
         times, base_times = [], []
         for _ in range(args.repeats):  # interleaved, so both see the same load
-            times.append(_wall([py, "-m", *cmd, "--help"]))
-            if args.baseline:
-                base_times.append(_wall([py, "-m", *cmd, "--help"], root=args.baseline))
+            times.append(_wall([py, "-m", *cmd, "--help"], cwd=REPO))
+            if args.baseline:  # `-m` puts the working folder first on the path: run it there
+                base = args.baseline.resolve()
+                base_times.append(_wall([py, "-m", *cmd, "--help"], cwd=base, root=base))
         rows[label] = statistics.median(times)
         if base_times:
             base_rows[label] = statistics.median(base_times)

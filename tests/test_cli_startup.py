@@ -47,7 +47,12 @@ def _env() -> dict[str, str]:
 
 def _run(code: str, *args: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], env=_env(), capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code, *args],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
