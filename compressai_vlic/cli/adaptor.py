@@ -45,8 +45,11 @@ def _add_photos(p: argparse.ArgumentParser, prefix: str, default: tuple[str, ...
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressai_vlic.options import choices
-    from compressai_vlic.vlm.adaptor import TrainableType
-    from compressai_vlic.vlm.adaptor_train import DEFAULT_HELDOUT_PHOTOS, DEFAULT_TRAIN_PHOTOS
+    from compressai_vlic.vlm.options import (
+        DEFAULT_HELDOUT_PHOTOS,
+        DEFAULT_TRAIN_PHOTOS,
+        TrainableType,
+    )
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = sub.add_parser("train", help="train an adaptor by feature distillation")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compressai_vlic.errors import ConfigError
-from compressai_vlic.judges.audit.scaling import ScaleType
+from compressai_vlic.judges.audit.options import ScaleType
 from compressai_vlic.judges.spec import DEFAULT_JUDGE, JudgeSpec
 from compressai_vlic.options import choices
 

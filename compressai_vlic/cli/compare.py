@@ -24,10 +24,7 @@ DEFAULT_CODECS = ["jpeg", "webp"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from compressai_vlic.evaluation.compare import (
-        DEFAULT_DISTRIBUTION_METRICS,
-        DEFAULT_METRICS,
-    )
+    from compressai_vlic.evaluation.options import DEFAULT_DISTRIBUTION_METRICS, DEFAULT_METRICS
 
     parser.add_argument("images", type=Path, help="folder of images (or one image file)")
     parser.add_argument(

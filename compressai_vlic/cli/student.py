@@ -22,7 +22,7 @@ ACTIONS = ("train", "eval")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressai_vlic.student.config import LAYER_NAMES
-    from compressai_vlic.student.reliability import ReliabilityType
+    from compressai_vlic.student.options import ReliabilityType
 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__

@@ -25,9 +25,7 @@ DEFAULT_CODECS = ["jpeg", "webp"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from compressai_vlic.options import choices
-    from compressai_vlic.vlm.answerers import BackendType
-    from compressai_vlic.vlm.bench import ImageErrorsType, PlotType
-    from compressai_vlic.vlm.gaps import LossType
+    from compressai_vlic.vlm.options import BackendType, ImageErrorsType, LossType, PlotType
 
     sub = parser.add_subparsers(dest="vlm_command", metavar="{run,gaps}", required=True)
     run = sub.add_parser("run", help="answer every task on original and coded images; score")

@@ -1,50 +1,38 @@
-"""Side-by-side codec evaluation: codecs at matched rates, metrics, BD-rates, plots."""
+"""Side-by-side codec evaluation: codecs at matched rates, metrics, BD-rates, plots.
 
-from compressai_vlic.evaluation.bd import BDOverlapWarning, BDResult, bd_metric, bd_rate
-from compressai_vlic.evaluation.codecs import (
-    Codec,
-    CodedImage,
-    CompressAICodec,
-    PillowCodec,
-    VLICCodec,
-    make_codec,
-    pillow_format_available,
-)
-from compressai_vlic.evaluation.compare import (
-    CompareSettings,
-    ComparisonResult,
-    CurvePoint,
-    ImageRow,
-    JudgeScore,
-    compressai_json,
-    format_table,
-    run_comparison,
-    write_outputs,
-)
-from compressai_vlic.evaluation.external import FolderCodec, HubCodec, ReconstructionFolderError
+Names resolve on first use (PEP 562), so importing this package (or a light module of it, such
+as :mod:`.codec_bench` or :mod:`.options`) pulls in nothing heavy.
+"""
 
-__all__ = [
-    "BDOverlapWarning",
-    "BDResult",
-    "Codec",
-    "CodedImage",
-    "CompareSettings",
-    "ComparisonResult",
-    "CompressAICodec",
-    "CurvePoint",
-    "FolderCodec",
-    "HubCodec",
-    "ImageRow",
-    "JudgeScore",
-    "PillowCodec",
-    "ReconstructionFolderError",
-    "VLICCodec",
-    "bd_metric",
-    "bd_rate",
-    "compressai_json",
-    "format_table",
-    "make_codec",
-    "pillow_format_available",
-    "run_comparison",
-    "write_outputs",
-]
+from __future__ import annotations
+
+from compressai_vlic.lazy import lazy_getattr
+
+_EXPORTS = {
+    "BDOverlapWarning": "compressai_vlic.evaluation.bd",
+    "BDResult": "compressai_vlic.evaluation.bd",
+    "bd_metric": "compressai_vlic.evaluation.bd",
+    "bd_rate": "compressai_vlic.evaluation.bd",
+    "Codec": "compressai_vlic.evaluation.codecs",
+    "CodedImage": "compressai_vlic.evaluation.codecs",
+    "CompressAICodec": "compressai_vlic.evaluation.codecs",
+    "PillowCodec": "compressai_vlic.evaluation.codecs",
+    "VLICCodec": "compressai_vlic.evaluation.codecs",
+    "make_codec": "compressai_vlic.evaluation.codecs",
+    "pillow_format_available": "compressai_vlic.evaluation.codecs",
+    "CompareSettings": "compressai_vlic.evaluation.compare",
+    "ComparisonResult": "compressai_vlic.evaluation.compare",
+    "CurvePoint": "compressai_vlic.evaluation.compare",
+    "ImageRow": "compressai_vlic.evaluation.compare",
+    "JudgeScore": "compressai_vlic.evaluation.compare",
+    "compressai_json": "compressai_vlic.evaluation.compare",
+    "format_table": "compressai_vlic.evaluation.compare",
+    "run_comparison": "compressai_vlic.evaluation.compare",
+    "write_outputs": "compressai_vlic.evaluation.compare",
+    "FolderCodec": "compressai_vlic.evaluation.external",
+    "HubCodec": "compressai_vlic.evaluation.external",
+    "ReconstructionFolderError": "compressai_vlic.evaluation.external",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -27,11 +27,10 @@ import torch
 from compressai_vlic.atomic import atomic_path, atomic_write_text
 from compressai_vlic.errors import ConfigError, JudgeError, MetricUnavailableError, VLICError
 from compressai_vlic.evaluation.codecs import Codec, CodedImage
+from compressai_vlic.evaluation.options import DEFAULT_DISTRIBUTION_METRICS, DEFAULT_METRICS
 from compressai_vlic.image_io import load_image, quantize_uint8, save_png
 from compressai_vlic.judges.spec import JudgeSpec
 
-DEFAULT_METRICS = ("psnr", "ms_ssim", "ssimulacra2", "lpips", "dists")
-DEFAULT_DISTRIBUTION_METRICS = ("fid", "kid", "fd_dino")
 # CompressAI's eval_model / plot name these two this way.
 JSON_NAMES = {"psnr": "psnr-rgb", "ms_ssim": "ms-ssim-rgb"}
 

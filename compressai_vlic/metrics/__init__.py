@@ -4,35 +4,30 @@ Full-reference metrics (one value per image pair): ``get_metric("psnr" | "ms_ssi
 "ssimulacra2" | "lpips" | "dists")``. Distribution metrics over HiFiC patches:
 ``get_distribution_metric("fid" | "kid" | "fd_dino")``. Metrics whose weights are not on this
 machine raise :class:`compressai_vlic.errors.MetricUnavailableError` saying how to get them.
+
+Names resolve on first use (PEP 562), so importing this package pulls in nothing heavy; the
+built-in metrics register themselves when the registry is first read (:mod:`.base`).
 """
 
-from compressai_vlic.metrics import deep as _deep  # noqa: F401  (registers lpips, dists)
-from compressai_vlic.metrics import fidelity as _fidelity  # noqa: F401  (registers psnr, ...)
-from compressai_vlic.metrics.base import PairMetric, available_metrics, get_metric, register_metric
-from compressai_vlic.metrics.distribution import (
-    DinoV2Features,
-    DistributionMetric,
-    FrechetDistance,
-    InceptionFeatures,
-    KernelDistance,
-    distribution_metrics,
-    frechet_distance,
-    get_distribution_metric,
-    hific_patches,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DinoV2Features",
-    "DistributionMetric",
-    "FrechetDistance",
-    "InceptionFeatures",
-    "KernelDistance",
-    "PairMetric",
-    "available_metrics",
-    "distribution_metrics",
-    "frechet_distance",
-    "get_distribution_metric",
-    "get_metric",
-    "hific_patches",
-    "register_metric",
-]
+from compressai_vlic.lazy import lazy_getattr
+
+_EXPORTS = {
+    "PairMetric": "compressai_vlic.metrics.base",
+    "available_metrics": "compressai_vlic.metrics.base",
+    "get_metric": "compressai_vlic.metrics.base",
+    "register_metric": "compressai_vlic.metrics.base",
+    "DinoV2Features": "compressai_vlic.metrics.distribution",
+    "DistributionMetric": "compressai_vlic.metrics.distribution",
+    "FrechetDistance": "compressai_vlic.metrics.distribution",
+    "InceptionFeatures": "compressai_vlic.metrics.distribution",
+    "KernelDistance": "compressai_vlic.metrics.distribution",
+    "distribution_metrics": "compressai_vlic.metrics.distribution",
+    "frechet_distance": "compressai_vlic.metrics.distribution",
+    "get_distribution_metric": "compressai_vlic.metrics.distribution",
+    "hific_patches": "compressai_vlic.metrics.distribution",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

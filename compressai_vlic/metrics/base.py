@@ -6,6 +6,7 @@ the evaluation runner can treat PSNR, MS-SSIM, SSIMULACRA 2, LPIPS and DISTS the
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -58,20 +59,36 @@ def check_pair(reference: torch.Tensor, distorted: torch.Tensor, name: str) -> N
 
 MetricFactory = Callable[..., PairMetric]
 _REGISTRY: dict[str, MetricFactory] = {}
+#: The modules that register the built-in metrics on import; the registry imports them on first
+#: use, so importing :mod:`compressai_vlic.metrics` stays light and a plugin's later
+#: :func:`register_metric` still overrides a built-in name.
+_BUILTIN_MODULES = ("compressai_vlic.metrics.deep", "compressai_vlic.metrics.fidelity")
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True  # first: the modules call register_metric while importing
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
 
 
 def register_metric(name: str, factory: MetricFactory) -> None:
     """Add a full-reference metric under ``name`` (lower-case); later plugins may add more."""
+    _load_builtins()
     _REGISTRY[name.lower()] = factory
 
 
 def available_metrics() -> list[str]:
     """Names accepted by :func:`get_metric` (some may still need weights to be constructed)."""
+    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get_metric(name: str, device: DeviceLike = "cpu", **kwargs: object) -> PairMetric:
     """Build a metric by name; raises MetricUnavailableError when its weights are missing."""
+    _load_builtins()
     key = name.lower().replace("-", "_")
     if key not in _REGISTRY:
         hint = ""

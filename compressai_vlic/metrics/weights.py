@@ -30,18 +30,18 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from compressai_vlic.digest import file_sha256
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 
+if TYPE_CHECKING:
+    import torch
+
 CACHE_ENV = "COMPRESSAI_VLIC_WEIGHTS_DIR"
 SourceType = Literal["file", "cache", "url", "registry"]
 SOURCE_TYPES: tuple[SourceType, ...] = ("file", "cache", "url", "registry")
-StateDict = dict[str, torch.Tensor]
+StateDict = dict[str, "torch.Tensor"]  # torch is imported where it is used (light --help)
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,8 @@ def cache_dir() -> Path:
 
 def hub_checkpoints_dir() -> Path:
     """Where torchvision and torch-fidelity keep downloaded checkpoints (``torch.hub``)."""
+    import torch
+
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -264,6 +266,8 @@ def tensor_digest(state: StateDict, keys: str = "") -> str:
     A digest of the values rather than of the file, so it does not depend on how a torch version
     serialises, and a torchvision file's ``features.*`` digest equals that of the features alone.
     """
+    import torch
+
     digest = hashlib.sha256()
     for key in _digest_selection(state, keys):
         t = state[key].detach().cpu().contiguous()
@@ -276,6 +280,7 @@ def tensor_digest(state: StateDict, keys: str = "") -> str:
 
 def load_state_dict_file(path: Path, metric: str) -> StateDict:
     """Load a plain tensor state dict safely (``weights_only=True``) or raise a clear error."""
+    import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -301,6 +306,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str) -> Any:
+        import numpy as np
+
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
         if module.startswith("numpy") and name == "_reconstruct":
@@ -321,6 +328,9 @@ VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
 def _flax_convs(tree: dict[str, Any], scope: str, indices: Sequence[int]) -> StateDict:
+    import numpy as np
+    import torch
+
     convs = tree[scope]
     if len(convs) != len(indices):
         raise MetricUnavailableError(f"{scope}: {len(convs)} convolutions, expected {len(indices)}")
@@ -380,6 +390,7 @@ def _convert_dists(path: Path, from_registry: bool) -> StateDict:
 
 
 def _inception_random_state() -> StateDict:
+    import torch
     from torch_fidelity import feature_extractor_inceptionv3 as fi
 
     blocks = torch.nn.Module()
@@ -407,6 +418,8 @@ def _inception_random_state() -> StateDict:
 
 
 def _convert_inception(path: Path, from_registry: bool) -> StateDict:
+    import torch
+
     template = _inception_random_state()
     if not from_registry:
         state = load_state_dict_file(path, "fid/kid")
@@ -575,6 +588,8 @@ class FetchResult:
 
 
 def _save_atomic(state: StateDict, target: Path) -> None:
+    import torch
+
     from compressai_vlic.atomic import atomic_path
 
     with atomic_path(target) as tmp:

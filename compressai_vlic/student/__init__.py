@@ -28,7 +28,7 @@ _EXPORTS = {
     "read_teacher_points": "compressai_vlic.student.teacher",
     "write_teacher_points": "compressai_vlic.student.teacher",
     "reliability": "compressai_vlic.student.reliability",
-    "ReliabilityType": "compressai_vlic.student.reliability",
+    "ReliabilityType": "compressai_vlic.student.options",
     "train_student": "compressai_vlic.student.train",
     "TrainResult": "compressai_vlic.student.train",
     "Calibration": "compressai_vlic.student.calibration",

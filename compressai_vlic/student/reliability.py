@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Literal
 
 from compressai_vlic.judges.types import Choice
 from compressai_vlic.options import check_option
+from compressai_vlic.student.options import ReliabilityType
 from compressai_vlic.student.teacher import TeacherPair
-
-ReliabilityType = Literal["all", "uniform", "votes", "order", "score", "prob"]
 
 
 def vote_agreement(pair: TeacherPair) -> float:

@@ -46,6 +46,7 @@ from torch import nn
 
 from compressai_vlic.errors import AdaptorError, AdaptorMismatchError, ConfigError
 from compressai_vlic.options import check_option
+from compressai_vlic.vlm.options import TrainableType
 
 FORMAT = "compressai-vlic-adaptor"
 FORMAT_VERSION = 1
@@ -54,9 +55,6 @@ CONDITION_KEY = "condition.weight"
 BLOCK_PREFIX = "blocks."
 UNCOMPRESSED_NAMES = ("uncompressed", "original", "none")
 
-TrainableType = Literal[
-    "condition", "condition+patch-embedding", "condition+last-blocks", "condition+vision-tower"
-]
 TowerKind = Literal["absolute", "rotary"]
 
 _TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")

@@ -30,6 +30,8 @@ from torch import nn
 from compressai_vlic.errors import ConfigError, DatasetError
 from compressai_vlic.options import check_option
 from compressai_vlic.vlm.adaptor import AdaptorHandle, TrainableType, create_adaptor
+from compressai_vlic.vlm.options import DEFAULT_HELDOUT_PHOTOS as DEFAULT_HELDOUT_PHOTOS
+from compressai_vlic.vlm.options import DEFAULT_TRAIN_PHOTOS as DEFAULT_TRAIN_PHOTOS
 
 # Real photos that ship inside scikit-image / scikit-learn (no download).
 BUNDLED_PHOTOS = (
@@ -41,8 +43,6 @@ BUNDLED_PHOTOS = (
     "chelsea",
     "flower",
 )
-DEFAULT_TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "motorcycle_left", "china")
-DEFAULT_HELDOUT_PHOTOS = ("chelsea", "flower")
 
 Condition = tuple[str, int]
 

@@ -34,8 +34,8 @@ import torch
 from compressai_vlic.errors import ConfigError, VLICError
 from compressai_vlic.judges.encoding import check_image, image_digest, png_data_url, to_pil
 from compressai_vlic.options import check_option
+from compressai_vlic.vlm.options import BackendType
 
-BackendType = Literal["openai", "hf"]
 AnswerStatus = Literal["ok", "failed"]
 ResultCallback = Callable[[int, "Answer"], None]
 

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -43,11 +43,9 @@ from compressai_vlic.jsonl import JsonlAppender, read_jsonl
 from compressai_vlic.judges.encoding import image_digest
 from compressai_vlic.options import check_option
 from compressai_vlic.vlm.answerers import Answer, Answerer, AnswerRequest
+from compressai_vlic.vlm.options import ImageErrorsType, PlotType
 from compressai_vlic.vlm.scoring import cider_scorer, metric_for, score_task
 from compressai_vlic.vlm.tasks import Task, TaskItem, item_key
-
-ImageErrorsType = Literal["raise", "skip"]
-PlotType = Literal["all", "none"]
 
 UNCOMPRESSED = "uncompressed"
 ORIGINAL = "original"

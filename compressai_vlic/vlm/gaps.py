@@ -34,14 +34,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from compressai_vlic.atomic import atomic_path, atomic_write_text
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.options import check_option
 from compressai_vlic.vlm.bench import UNCOMPRESSED, ScoreRow, load_summary
+from compressai_vlic.vlm.options import LossType
 
-LossType = Literal["score", "error"]
 _BOUNDED = ("accuracy", "exact_match", "vqa_accuracy", "anls")
 
 

@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from compressai_vlic.atomic import atomic_write_text
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.options import check_option
@@ -185,6 +183,8 @@ def shuffle_verdicts(source: str | Path, output: str | Path, seed: int) -> int:
 
 def cut_crops(images: list[Path], out_dir: Path, count: int, size: int, seed: int) -> list[Path]:
     """``count`` seeded random ``size`` x ``size`` crops of ``images`` as PNGs (kept if present)."""
+    import torch
+
     from compressai_vlic.image_io import load_image, save_png
 
     out_dir.mkdir(parents=True, exist_ok=True)

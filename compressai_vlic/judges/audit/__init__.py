@@ -20,81 +20,51 @@ the same machinery.
 One module per concept: :mod:`.readers` (BAPPS layout, CSV), :mod:`.collect` (asking judges),
 :mod:`.statistics` (bootstrap intervals, agreement, consistency, separability), :mod:`.scaling`
 (Bradley-Terry, Thurstone), :mod:`.report` (table, JSON, plot) and :mod:`.run` (the audit).
+
+Names resolve on first use (PEP 562), so importing this package pulls in nothing heavy.
 """
 
 from __future__ import annotations
 
-from compressai_vlic.judges.audit.collect import RawAnswers, collect, derive
-from compressai_vlic.judges.audit.readers import HumanPair, load_bapps, load_csv
-from compressai_vlic.judges.audit.report import (
-    AuditReport,
-    JudgeReport,
-    format_report,
-    plot_report,
-    write_report,
-)
-from compressai_vlic.judges.audit.run import AuditSettings, audit
-from compressai_vlic.judges.audit.scaling import (
-    ScaleType,
-    ScalingStats,
-    SceneScale,
-    fit_scale,
-    scaling_stats,
-)
-from compressai_vlic.judges.audit.statistics import (
-    SEPARABILITY_EDGES,
-    AccuracyStats,
-    Agreement,
-    BinStats,
-    Estimate,
-    HumanCeiling,
-    PositionBias,
-    SelfConsistency,
-    accuracy_stats,
-    binned_accuracy,
-    bootstrap_mean,
-    bootstrap_ratio,
-    cohen_kappa,
-    majority_credit,
-    position_bias,
-    prob_b,
-    self_consistency,
-)
+from compressai_vlic.lazy import lazy_getattr
 
-__all__ = [
-    "SEPARABILITY_EDGES",
-    "AccuracyStats",
-    "Agreement",
-    "AuditReport",
-    "AuditSettings",
-    "BinStats",
-    "Estimate",
-    "HumanCeiling",
-    "HumanPair",
-    "JudgeReport",
-    "PositionBias",
-    "RawAnswers",
-    "ScaleType",
-    "ScalingStats",
-    "SceneScale",
-    "SelfConsistency",
-    "accuracy_stats",
-    "audit",
-    "binned_accuracy",
-    "bootstrap_mean",
-    "bootstrap_ratio",
-    "cohen_kappa",
-    "collect",
-    "derive",
-    "fit_scale",
-    "format_report",
-    "load_bapps",
-    "load_csv",
-    "majority_credit",
-    "plot_report",
-    "position_bias",
-    "prob_b",
-    "scaling_stats",
-    "self_consistency",
-    "write_report",
-]
+_EXPORTS = {
+    "RawAnswers": "compressai_vlic.judges.audit.collect",
+    "collect": "compressai_vlic.judges.audit.collect",
+    "derive": "compressai_vlic.judges.audit.collect",
+    "HumanPair": "compressai_vlic.judges.audit.readers",
+    "load_bapps": "compressai_vlic.judges.audit.readers",
+    "load_csv": "compressai_vlic.judges.audit.readers",
+    "AuditReport": "compressai_vlic.judges.audit.report",
+    "JudgeReport": "compressai_vlic.judges.audit.report",
+    "format_report": "compressai_vlic.judges.audit.report",
+    "plot_report": "compressai_vlic.judges.audit.report",
+    "write_report": "compressai_vlic.judges.audit.report",
+    "AuditSettings": "compressai_vlic.judges.audit.run",
+    "audit": "compressai_vlic.judges.audit.run",
+    "ScaleType": "compressai_vlic.judges.audit.options",
+    "ScalingStats": "compressai_vlic.judges.audit.scaling",
+    "SceneScale": "compressai_vlic.judges.audit.scaling",
+    "fit_scale": "compressai_vlic.judges.audit.scaling",
+    "scaling_stats": "compressai_vlic.judges.audit.scaling",
+    "SEPARABILITY_EDGES": "compressai_vlic.judges.audit.statistics",
+    "AccuracyStats": "compressai_vlic.judges.audit.statistics",
+    "Agreement": "compressai_vlic.judges.audit.statistics",
+    "BinStats": "compressai_vlic.judges.audit.statistics",
+    "Estimate": "compressai_vlic.judges.audit.statistics",
+    "HumanCeiling": "compressai_vlic.judges.audit.statistics",
+    "PositionBias": "compressai_vlic.judges.audit.statistics",
+    "SelfConsistency": "compressai_vlic.judges.audit.statistics",
+    "accuracy_stats": "compressai_vlic.judges.audit.statistics",
+    "binned_accuracy": "compressai_vlic.judges.audit.statistics",
+    "bootstrap_mean": "compressai_vlic.judges.audit.statistics",
+    "bootstrap_ratio": "compressai_vlic.judges.audit.statistics",
+    "cohen_kappa": "compressai_vlic.judges.audit.statistics",
+    "majority_credit": "compressai_vlic.judges.audit.statistics",
+    "position_bias": "compressai_vlic.judges.audit.statistics",
+    "prob_b": "compressai_vlic.judges.audit.statistics",
+    "self_consistency": "compressai_vlic.judges.audit.statistics",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

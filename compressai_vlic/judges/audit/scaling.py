@@ -5,18 +5,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.extras import require
+from compressai_vlic.judges.audit.options import ScaleType
 from compressai_vlic.judges.audit.readers import HumanPair
 from compressai_vlic.judges.audit.statistics import Estimate, bootstrap_mean
 from compressai_vlic.judges.types import Choice, Judgment
 from compressai_vlic.options import check_option
-
-ScaleType = Literal["bradley-terry", "thurstone"]
 
 
 def fit_scale(
