@@ -25,46 +25,22 @@ small models run fastest without thread hand-offs, and the judge works on the se
 
 from __future__ import annotations
 
-from compressai_vlic_lightning.demo.pipeline import (
-    compare_codecs,
-    evaluate_compressai,
-    finetune,
-    judge_duel,
-    posttrain,
-    prepare,
-    refit_prior,
-    run,
-    select_posttrained,
-    side_by_side,
-)
+from compressai_vlic_lightning.demo.pipeline import finetune, prepare, run
 from compressai_vlic_lightning.demo.plan import (
     INIT_TYPES,
     PRESETS,
     DemoConfigs,
     DemoPlan,
-    DemoReport,
-    DemoRun,
     add_arguments,
 )
-from compressai_vlic_lightning.demo.report import write_report
 
 __all__ = [
     "INIT_TYPES",
     "PRESETS",
     "DemoConfigs",
     "DemoPlan",
-    "DemoReport",
-    "DemoRun",
     "add_arguments",
-    "compare_codecs",
-    "evaluate_compressai",
     "finetune",
-    "judge_duel",
-    "posttrain",
     "prepare",
-    "refit_prior",
     "run",
-    "select_posttrained",
-    "side_by_side",
-    "write_report",
 ]
