@@ -146,18 +146,19 @@ def test_built_in_judges_are_the_entry_points_and_each_resolves(monkeypatch):
 
 def test_training_configs_ship_in_the_wheel_and_resolve_from_the_source_tree(tmp_path, monkeypatch):
     tomllib = pytest.importorskip("tomllib")
-    from compressai_vlic.recipes import configs
+    import yaml
+    from compressai_vlic_lightning import configs
 
     wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]
     assert wheel["targets"]["wheel"]["force-include"]["configs"] == "compressai_vlic/configs"
     assert configs.config_path("tiny_stage1") == ROOT / "configs" / "train" / "tiny_stage1.yaml"
-    assert configs.load_config("tiny_stage2")["model"]["class_path"].endswith("Stage2Module")
+    assert configs.parse_config("tiny_stage2")["model"]["class_path"].endswith("Stage2Module")
     # installed layout: <site-packages>/compressai_vlic/configs/train/*.yaml comes first
     package = tmp_path / "site" / "compressai_vlic"
     (package / "configs" / "train").mkdir(parents=True)
     (package / "configs" / "train" / "tiny_stage1.yaml").write_text("seed_everything: 7\n")
     monkeypatch.setattr(configs, "_PACKAGE", package)
-    assert configs.load_config("tiny_stage1") == {"seed_everything": 7}
+    assert yaml.safe_load(configs.config_path("tiny_stage1").read_text()) == {"seed_everything": 7}
     with pytest.raises(ConfigError, match="not found"):
         configs.config_path("no_such_config")
 

@@ -111,9 +111,8 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_demo_stage1_starts_from_the_shipped_weights_or_from_scratch(tmp_path):
     """The default fine-tune stays near the shipped weights; --from-scratch starts elsewhere."""
+    from compressai_vlic_lightning import demo
     from compressai_vlic_lightning.common import read_codec_state_dict
-
-    from compressai_vlic.recipes import demo
 
     shipped = read_codec_state_dict("zoo:tiny")
     distance = {}
@@ -141,7 +140,7 @@ def test_demo_init_options():
     assert _demo_args("--init-type", "scratch").init_type == "scratch"
     with pytest.raises(SystemExit):
         _demo_args("--init-type", "imagenet")
-    from compressai_vlic.recipes.demo import DemoConfigs, DemoPlan
+    from compressai_vlic_lightning.demo import DemoConfigs, DemoPlan
 
     scratch = DemoConfigs.load("scratch")
     assert scratch.stage1["model"]["init_args"]["weights"] is None

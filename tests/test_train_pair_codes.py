@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 from compressai_vlic_lightning import OfflinePreferences, PhotosDataModule, Stage2Module
 from compressai_vlic_lightning.preferences import PreferenceBuffer
 from conftest import photo_tensor
@@ -239,10 +238,12 @@ def quantize(x: torch.Tensor) -> np.ndarray:
 def test_configs_with_votes_sample_at_a_positive_temperature():
     from pathlib import Path
 
+    from compressai_vlic_lightning.configs import parse_config
+
     configs = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
     checked = 0
     for path in configs:
-        args = (yaml.safe_load(path.read_text()).get("model") or {}).get("init_args") or {}
+        args = parse_config(path)["model"]["init_args"]
         votes = (args.get("judge_compose") or {}).get("votes", 1)
         if votes > 1:
             checked += 1

@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "demo": (
         "compressai_vlic.cli.demo",
-        "the main job: pre-train, post-train, evaluate, report (CPU, ~10 min)",
+        "the demo: pre-train, post-train, evaluate, report (CPU, ~10 min)",
     ),
 }
 

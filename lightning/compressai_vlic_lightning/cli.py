@@ -85,7 +85,7 @@ def _ablate(argv: list[str]) -> int:
 
 def _plan(argv: list[str]) -> int:
     from compressai_vlic.errors import VLICError
-    from compressai_vlic.recipes.configs import list_configs, resolve_config
+    from compressai_vlic_lightning.configs import list_configs, resolve_config
 
     parser = argparse.ArgumentParser(
         prog="compressai-vlic-train plan",
@@ -222,7 +222,7 @@ Lightning first, which takes a while).
 def _config_names(argv: list[str]) -> list[str]:
     """``--config NAME`` -> ``--config PATH`` where a shipped config is named instead of a file."""
     from compressai_vlic.errors import ConfigError
-    from compressai_vlic.recipes.configs import resolve_config
+    from compressai_vlic_lightning.configs import resolve_config
 
     out = list(argv)
     for i, arg in enumerate(out):

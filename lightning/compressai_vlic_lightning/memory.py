@@ -323,21 +323,28 @@ def _devices(value: Any) -> int:
     return 1
 
 
-def read_setup(path: str | Path) -> TrainingSetup:
-    """Parse a `compressai-vlic-train` YAML config into a :class:`TrainingSetup`."""
-    import yaml
+def _default_lpips_net() -> str:
+    """The LPIPS network of a module without an ``lpips_net_type`` option (stage 2)."""
+    import inspect
 
+    from compressai_vlic_lightning.perceptual import make_perceptual_loss
+
+    return inspect.signature(make_perceptual_loss).parameters["lpips_net_type"].default
+
+
+def read_setup(path: str | Path) -> TrainingSetup:
+    """A `compressai-vlic-train` config as a :class:`TrainingSetup` (parsed as ``fit`` parses
+    it: what the file leaves out is its class's default)."""
     from compressai_vlic.zoo import quality_config
+    from compressai_vlic_lightning.configs import parse_config
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    trainer = cfg.get("trainer") or {}
-    model = cfg.get("model") or {}
-    data = (cfg.get("data") or {}).get("init_args") or {}
-    args = model.get("init_args") or {}
-    class_path = str(model.get("class_path", ""))
+    cfg = parse_config(path)
+    trainer, model = cfg["trainer"], cfg["model"]
+    data, args = cfg["data"]["init_args"], model["init_args"]
+    class_path = str(model["class_path"])
     if class_path.endswith("Stage1Module"):
         stage = 1
     elif class_path.endswith("Stage2Module"):
@@ -346,6 +353,7 @@ def read_setup(path: str | Path) -> TrainingSetup:
         stage = 1  # stage 1's losses plus a differentiable sampling chain (chain_steps)
     else:
         raise ConfigError(f"{path}: model.class_path {class_path!r} is not a VLIC stage")
+    mode_seeking = class_path.endswith("ModeSeekingModule")
     notes: list[str] = []
     model_config = None
     from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
@@ -357,45 +365,38 @@ def read_setup(path: str | Path) -> TrainingSetup:
         model_config = load_codec(init_from).config
     if model_config is None:
         if stage == 2 and init_from:
-            notes.append(
-                f"{init_from} not found: planned for quality {args.get('quality', 'test')}"
-            )
-        overrides = dict(args.get("model_overrides") or {})
-        model_config = quality_config(args.get("quality", "test"), **overrides)
-    strategy = trainer.get("strategy", "auto")
+            notes.append(f"{init_from} not found: planned for quality {args['quality']}")
+        model_config = quality_config(args["quality"], **(args["model_overrides"] or {}))
+    strategy = trainer["strategy"]
     bucket_view = False
     if isinstance(strategy, Mapping):
-        bucket_view = bool((strategy.get("init_args") or {}).get("gradient_as_bucket_view", False))
+        bucket_view = bool(strategy["init_args"].get("gradient_as_bucket_view"))
     ema, ema_device = False, "model"
-    for cb in trainer.get("callbacks") or []:
-        if isinstance(cb, Mapping) and str(cb.get("class_path", "")).endswith("EMA"):
-            ema = True
-            ema_device = str((cb.get("init_args") or {}).get("ema_device", "model"))
+    for cb in trainer["callbacks"] or []:
+        if str(cb["class_path"]).endswith("EMA"):
+            ema, ema_device = True, str(cb["init_args"]["ema_device"])
     perceptual = "none"
-    # stage 1's perceptual term defaults to weight 1, stage 2's (on the regulariser) to 0
-    if float(args.get("perceptual_weight", 1.0 if stage == 1 else 0.0)) > 0:
-        perceptual = str(args.get("perceptual_type", "lpips"))
+    if args["perceptual_weight"] > 0:
+        perceptual = str(args["perceptual_type"])
     return TrainingSetup(
         path=str(path),
         stage=stage,
         model_config=model_config,
-        precision=str(trainer.get("precision", "32-true")),
-        devices=_devices(trainer.get("devices", 1)),
-        num_nodes=int(trainer.get("num_nodes", 1)),
-        micro_batch=int(data.get("batch_size", 8)),
-        accumulate=int(trainer.get("accumulate_grad_batches", 1)),
-        gradient_checkpointing=bool(args.get("gradient_checkpointing", False)),
-        dpo_batch_size=int(args.get("dpo_batch_size", 8)) if stage == 2 else 0,
-        freeze_encoder=args.get("freeze_type", "none") == "encoder"
-        or (class_path.endswith("ModeSeekingModule") and args.get("freeze_encoder_after", 0) == 0),
-        chain_steps=int(args.get("sample_steps", 8))
-        if class_path.endswith("ModeSeekingModule")
-        else 0,
+        precision=str(trainer["precision"] or "32-true"),  # Lightning's None: full precision
+        devices=_devices(trainer["devices"]),
+        num_nodes=int(trainer["num_nodes"]),
+        micro_batch=int(data["batch_size"]),
+        accumulate=int(trainer["accumulate_grad_batches"]),
+        gradient_checkpointing=bool(args["gradient_checkpointing"]),
+        dpo_batch_size=int(args["dpo_batch_size"]) if stage == 2 else 0,
+        freeze_encoder=args.get("freeze_type") == "encoder"
+        or (mode_seeking and args["freeze_encoder_after"] == 0),
+        chain_steps=int(args["sample_steps"]) if mode_seeking else 0,
         ema=ema,
         ema_device=ema_device,
         bucket_view=bucket_view,
         perceptual_type=perceptual,
-        lpips_net_type=str(args.get("lpips_net_type", "alex")),
+        lpips_net_type=str(args.get("lpips_net_type", _default_lpips_net())),
         notes=notes,
     )
 

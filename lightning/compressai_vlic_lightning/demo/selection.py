@@ -96,9 +96,8 @@ def select_checkpoint(
             (default "lpips").
         seed: decode seed of every bitstream (the same noise for every candidate).
     """
-    from compressai_vlic_lightning.common import load_codec
-
     from compressai_vlic.metrics import get_metric
+    from compressai_vlic_lightning.common import load_codec
 
     if not candidates:
         raise ConfigError("select_checkpoint needs at least one candidate")

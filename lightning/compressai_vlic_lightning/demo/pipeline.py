@@ -1,83 +1,48 @@
-"""`compressai-vlic demo`: the main job on a CPU, end to end, in at most 15 minutes on 2 cores.
-
-1. stage 1: a short fine-tune of the shipped ``"tiny"`` codec on the photos bundled with
-   scikit-image / scikit-learn (``chelsea`` and ``flower`` are held out and never trained on);
-   ``init_type="scratch"`` (``--from-scratch``) runs the whole of stage 1 from random weights;
-2. stage 2: Diffusion-DPO post-training on judge preferences (SSIMULACRA 2 unanimous with LPIPS
-   offline by default, a VLM behind an OpenAI-compatible endpoint when one is configured);
-3. a prior-only refit of the post-trained codec on its own tokens (skipped by default when stage
-   2 froze the encoder: the tokens are then stage 1's);
-4. CompressAI's own ``python -m compressai.utils.eval_model`` (a subprocess, real bitstreams) on
-   the held-out photos, and this package's ``compare`` against JPEG, WebP (and AVIF when Pillow
-   writes it), with JPEG and WebP also at the lowest quality that reaches the codec's rate;
-5. a report folder: ``report.md``, ``report.json``, ``rate_quality.png``, ``training_curves.png``
-   and side-by-side images (original | before | after post-training | JPEG | WebP).
-
-Nothing is downloaded. One torch thread by default (``--threads N``: stage 1, the refit and
-the evaluation use N, stage 2 one fewer so that the judge keeps a core for its background thread):
-small models run fastest without thread hand-offs, and the judge works on the second core.
+"""The demo's steps: prepare, fine-tune (stage 1), post-train (stage 2), refit the prior,
+evaluate with CompressAI, compare against JPEG / WebP / AVIF, and duel the two codecs before the
+judge; :func:`run` does them in order and writes the report (:mod:`.report`).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.extras import require
 from compressai_vlic.judges.spec import JudgeSpec
-from compressai_vlic.recipes.configs import load_config
+from compressai_vlic_lightning.demo.plan import (
+    AT_RATE_CODECS,
+    CODEC_GRIDS,
+    EVAL_PHOTOS,
+    JUDGE_MODEL_ENV,
+    JUDGE_URL_ENV,
+    LABELS,
+    Clock,
+    DemoConfigs,
+    DemoPlan,
+    DemoReport,
+    DemoRun,
+    cpu_time,
+)
+from compressai_vlic_lightning.demo.report import (
+    csv_series,
+    last_metrics,
+    machine_info,
+    side_by_side_image,
+    write_report,
+)
 
-JUDGE_URL_ENV = "COMPRESSAI_VLIC_JUDGE_BASE_URL"
-JUDGE_MODEL_ENV = "COMPRESSAI_VLIC_JUDGE_MODEL"
-PresetType = Literal["full", "smoke"]
-PRESETS: tuple[str, ...] = get_args(PresetType)
-#: Where stage 1 starts: the shipped ``"tiny"`` weights (a short fine-tune) or random weights.
-InitType = Literal["shipped", "scratch"]
-INIT_TYPES: tuple[str, ...] = get_args(InitType)
-#: The trainer's configs the demo runs (``configs/train/``): model, data and trainer settings.
-STAGE1_CONFIGS = {"shipped": "tiny_stage1", "scratch": "tiny_stage1_scratch"}
-STAGE2_CONFIG = "tiny_stage2"
-REFIT_CONFIG = "tiny_prior_refit"
-EVAL_PHOTOS = ("chelsea", "flower")
-#: Fixed-quality points of the classical codecs on the rate-quality plot.
-CODEC_GRIDS = {
-    "jpeg": ("q1", "q5", "q10", "q20", "q35", "q50"),
-    "webp": ("q0", "q5", "q15", "q30", "q50", "q75"),
-    "avif": ("q0", "q10", "q25", "q40", "q55", "q70"),
-}
-#: Codecs shown side by side at the post-trained codec's rate (lowest quality reaching it).
-AT_RATE_CODECS = ("jpeg", "webp")
-COMPARE_METRICS = ("psnr", "ms_ssim", "ssimulacra2", "lpips", "dists")
-# What the smoke preset changes from the configs (tests: the whole path in about a minute).
-SMOKE_OVERRIDES = {
-    "stage1_steps": 6,
-    "stage2_steps": 4,
-    "refit_steps": 4,
-    "batch_size": 4,
-    "buffer_size": 16,
-    "refresh_every": 2,
-    "warmup_pairs": 8,
-    "dpo_batch_size": 4,
-    "refit_samples": 64,
-    "duel_crops_per_photo": 4,
-    "grid_points": 2,
-    "compare_metrics": ("psnr", "ssimulacra2", "lpips"),
-    "selection_photos": 1,
-    "selection_checkpoints": 2,
-}
 # Trainer settings the demo takes from the configs; the rest (steps, logging, checkpoints, root
 # folder) follow the plan.
 _TRAINER_KEYS = (
@@ -89,118 +54,6 @@ _TRAINER_KEYS = (
     "num_sanity_val_steps",
     "gradient_clip_val",
 )
-_LABELS = {
-    "before": "before post-training",
-    "after": "after post-training",
-    "jpeg": "JPEG",
-    "webp": "WebP",
-}
-
-
-@dataclass(frozen=True)
-class DemoPlan:
-    """Steps and sizes of one demo run (``full``: the configs as they are; ``smoke``: tests)."""
-
-    init_type: str
-    stage1_steps: int
-    stage2_steps: int
-    refit_steps: int
-    batch_size: int
-    stage1_lr: float
-    stage1_warmup: int
-    stage2_lr: float
-    refit_lr: float
-    refit_samples: int
-    buffer_size: int
-    refresh_every: int
-    warmup_pairs: int
-    dpo_batch_size: int
-    beta: float
-    eval_max_side: int
-    duel_crops_per_photo: int = 32
-    grid_points: int = 6
-    compare_metrics: tuple[str, ...] = COMPARE_METRICS
-    bootstrap_samples: int = 2000
-    selection_type: str = "val_lpips"
-    refit_type: str = "auto"
-    selection_photos: int = 6
-    selection_checkpoints: int = 4
-
-    @classmethod
-    def from_configs(cls, configs: DemoConfigs) -> DemoPlan:
-        """The plan of the trainer's configs (``full`` preset)."""
-        stage1, stage2, refit = configs.stage1, configs.stage2, configs.refit
-        m1, m2 = stage1["model"]["init_args"], stage2["model"]["init_args"]
-        return cls(
-            init_type=configs.init_type,
-            stage1_steps=stage1["trainer"]["max_steps"],
-            stage2_steps=stage2["trainer"]["max_steps"],
-            refit_steps=refit["trainer"]["max_steps"],
-            batch_size=stage1["data"]["init_args"]["batch_size"],
-            stage1_lr=m1["lr"],
-            stage1_warmup=m1.get("warmup_steps", 0),
-            stage2_lr=m2["lr"],
-            refit_lr=refit["model"]["init_args"].get("lr", 3e-4),
-            refit_samples=refit["data"]["init_args"].get("samples_per_epoch", 2048),
-            buffer_size=m2["buffer_size"],
-            refresh_every=m2["refresh_every"],
-            warmup_pairs=m2["warmup_pairs"],
-            dpo_batch_size=m2["dpo_batch_size"],
-            beta=m2["beta"],
-            eval_max_side=stage1["data"]["init_args"].get("max_side") or 256,
-        )
-
-    @classmethod
-    def preset(
-        cls, name: str, configs: DemoConfigs | None = None, init_type: str = "shipped"
-    ) -> DemoPlan:
-        if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        plan = cls.from_configs(configs or DemoConfigs.load(init_type))
-        return plan if name == "full" else replace(plan, **SMOKE_OVERRIDES)
-
-
-@dataclass(frozen=True)
-class DemoConfigs:
-    """The parsed stage-1, stage-2 and prior-refit training configs."""
-
-    init_type: str
-    stage1: dict[str, Any]
-    stage2: dict[str, Any]
-    refit: dict[str, Any]
-
-    @classmethod
-    def load(cls, init_type: str = "shipped") -> DemoConfigs:
-        if init_type not in INIT_TYPES:
-            raise ConfigError(f"unknown init_type {init_type!r}; choose {', '.join(INIT_TYPES)}")
-        return cls(
-            init_type,
-            load_config(STAGE1_CONFIGS[init_type]),
-            load_config(STAGE2_CONFIG),
-            load_config(REFIT_CONFIG),
-        )
-
-
-@dataclass
-class DemoReport:
-    """Everything the demo measured; written as report.json (and report.md)."""
-
-    command: str
-    preset: str
-    init_type: str
-    plan: dict[str, Any]
-    machine: dict[str, Any]
-    judge: dict[str, Any]
-    timings_s: dict[str, float] = field(default_factory=dict)
-    cpu_s: dict[str, float] = field(default_factory=dict)  # process + children CPU time
-    stage1: dict[str, Any] = field(default_factory=dict)
-    stage2: dict[str, Any] = field(default_factory=dict)
-    prior_refit: dict[str, Any] = field(default_factory=dict)
-    compressai_eval: dict[str, Any] = field(default_factory=dict)
-    compare: dict[str, Any] = field(default_factory=dict)
-    per_image: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, str] = field(default_factory=dict)
 
 
 def _judge_spec(args: argparse.Namespace, stage2: dict[str, Any]) -> JudgeSpec:
@@ -220,67 +73,6 @@ def _judge_spec(args: argparse.Namespace, stage2: dict[str, Any]) -> JudgeSpec:
     if spec.backend == "openai" and not spec.model:
         raise ConfigError(f"a VLM judge needs --judge-model (or ${JUDGE_MODEL_ENV})")
     return spec
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def _last_metrics(csv_path: Path) -> dict[str, float]:
-    last: dict[str, float] = {}
-    if not csv_path.is_file():
-        return last
-    with csv_path.open() as fh:
-        for row in csv.DictReader(fh):
-            for k, v in row.items():
-                if v not in ("", None) and k not in ("epoch", "step"):
-                    last[k] = float(v)
-    return last
-
-
-def _series(csv_path: Path, key: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    if csv_path.is_file():
-        with csv_path.open() as fh:
-            for row in csv.DictReader(fh):
-                if row.get(key) not in ("", None):
-                    steps.append(int(float(row["step"])))
-                    values.append(float(row[key]))
-    return steps, values
-
-
-def _cpu_time() -> float:
-    """CPU seconds of this process (all threads) and its finished children (eval_model)."""
-    import resource
-
-    own, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-class _Clock:
-    """Wall and CPU time of one step of the job, recorded into the report under ``name``."""
-
-    def __init__(self, report: DemoReport, name: str) -> None:
-        self.report, self.name = report, name
-        self.wall, self.cpu = time.perf_counter(), _cpu_time()
-
-    def stop(self) -> float:
-        wall = time.perf_counter() - self.wall
-        self.report.timings_s[self.name] = wall
-        self.report.cpu_s[self.name] = _cpu_time() - self.cpu
-        return wall
 
 
 def _duration(seconds: float) -> str:
@@ -331,11 +123,12 @@ def _trainer(
     Progress: Lightning's bar (rate and time left) on a terminal, a line every 30 s otherwise.
     """
     pl = require("pytorch_lightning", "train", "The demo's training")
-    from compressai_vlic_lightning import CSVLogger  # keeps metrics.csv rows on a resume
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from compressai_vlic_lightning import CSVLogger  # keeps metrics.csv rows on a resume
+
     tty = sys.stderr.isatty()
-    trainer_args = {k: config["trainer"][k] for k in _TRAINER_KEYS if k in config["trainer"]}
+    trainer_args = {k: config["trainer"][k] for k in _TRAINER_KEYS}
     if not validate:
         trainer_args["limit_val_batches"] = 0
     return pl.Trainer(
@@ -372,16 +165,16 @@ def _callback_args(config: dict[str, Any], class_name: str) -> dict[str, Any] | 
     """``init_args`` of the config's callback named ``class_name`` (None when it has none)."""
     for cb in config["trainer"].get("callbacks") or []:
         if cb["class_path"].rpartition(".")[2] == class_name:
-            return dict(cb.get("init_args") or {})
+            return dict(cb["init_args"])
     return None
 
 
 def _eval_images(folder: Path, max_side: int) -> list[Path]:
     """Held-out photos at the training scale (longest side ``max_side``), as PNG files."""
     import torch.nn.functional as F
-    from compressai_vlic_lightning.data import bundled_photos
 
     from compressai_vlic.image_io import save_png
+    from compressai_vlic_lightning.data import bundled_photos
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -436,27 +229,6 @@ def _compressai_eval(checkpoints: list[Path], images: Path, out_dir: Path) -> di
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-@dataclass
-class DemoRun:
-    """The state one demo run hands from step to step."""
-
-    args: argparse.Namespace
-    plan: DemoPlan
-    configs: DemoConfigs
-    judge_spec: JudgeSpec
-    out: Path
-    report: DemoReport
-    t_start: float
-    threads: int = 1
-    cpu_start: float = 0.0
-    data: Any = None
-    stage1_ckpt: Path | None = None
-    stage2_ckpt: Path | None = None
-    exported: dict[str, Path] = field(default_factory=dict)  # "before" / "after" -> .pth.tar
-    images: list[Path] = field(default_factory=list)
-    comparison: Any = None
 
 
 def _quiet() -> None:
@@ -518,7 +290,7 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         preset=args.preset,
         init_type=init_type,
         plan=asdict(plan),
-        machine=_machine(),
+        machine=machine_info(),
         judge={
             "judge_type": judge_spec.backend,
             "judge_kwargs": judge_spec.backend_kwargs(),
@@ -526,7 +298,7 @@ def prepare(args: argparse.Namespace) -> DemoRun:
         },
     )
     return DemoRun(
-        args, plan, configs, judge_spec, out, report, time.perf_counter(), threads, _cpu_time()
+        args, plan, configs, judge_spec, out, report, time.perf_counter(), threads, cpu_time()
     )
 
 
@@ -544,11 +316,11 @@ def finetune(run: DemoRun) -> Path:
     start = weights or "random weights"
     what = "fine-tuning" if weights else "pre-training"
     print(
-        f"[demo] stage 1: {what} the {model_args.get('quality', 'test')!r} codec from {start} "
+        f"[demo] stage 1: {what} the {model_args['quality']!r} codec from {start} "
         f"for {plan.stage1_steps} steps on bundled photos (held out: {', '.join(EVAL_PHOTOS)})",
         flush=True,
     )
-    clock = _Clock(report, "stage1")
+    clock = Clock(report, "stage1")
     run.data = PhotosDataModule(**{**cfg["data"]["init_args"], "batch_size": plan.batch_size})
     if set(run.data.train_photos) & set(EVAL_PHOTOS):
         raise ConfigError(f"the demo's held-out photos {EVAL_PHOTOS} must not be trained on")
@@ -577,7 +349,7 @@ def finetune(run: DemoRun) -> Path:
         "train_photos": list(run.data.train_photos),
         "held_out_photos": list(EVAL_PHOTOS),
         "perceptual_loss": asdict(stage1.perceptual_choice),
-        "last_logged": _last_metrics(out / "stage1" / "metrics.csv"),
+        "last_logged": last_metrics(out / "stage1" / "metrics.csv"),
     }
     run.stage1_ckpt = out / "stage1" / "checkpoints" / "last.ckpt"
     print(f"[demo]   done in {report.timings_s['stage1']:.0f} s", flush=True)
@@ -588,6 +360,7 @@ def posttrain(run: DemoRun) -> Path:
     """Stage 2: Diffusion-DPO as ``tiny_stage2.yaml`` says, with the run's judge."""
     pl = require("pytorch_lightning", "train", "The demo's training")
     import torch
+
     from compressai_vlic_lightning import Stage2Module
 
     plan, out, report, spec = run.plan, run.out, run.report, run.judge_spec
@@ -600,7 +373,7 @@ def posttrain(run: DemoRun) -> Path:
         f"judge = {judge_name}",
         flush=True,
     )
-    clock = _Clock(report, "stage2")
+    clock = Clock(report, "stage2")
     torch.set_num_threads(max(1, run.threads - 1))  # the judge thread keeps a core
     pl.seed_everything(run.args.seed + 1, workers=True, verbose=False)
     stage2 = Stage2Module(
@@ -651,7 +424,7 @@ def posttrain(run: DemoRun) -> Path:
         "judged_pairs": len(judged),
         "abstained_pairs": abstained,
         "preferences_folder": str(prefs),
-        "last_logged": _last_metrics(out / "stage2" / "metrics.csv"),
+        "last_logged": last_metrics(out / "stage2" / "metrics.csv"),
     }
     run.stage2_ckpt = out / "stage2" / "checkpoints" / "last.ckpt"
     print(
@@ -677,11 +450,10 @@ def select_posttrained(run: DemoRun) -> Path:
     """Keep the post-training checkpoint (or the stage-1 model) with the lowest LPIPS on
     validation photos: the training photos, never the held-out ones the report measures on."""
     from compressai_vlic_lightning import PhotosDataModule
-
-    from compressai_vlic.recipes.selection import Candidate, select_checkpoint
+    from compressai_vlic_lightning.demo.selection import Candidate, select_checkpoint
 
     plan, out, report = run.plan, run.out, run.report
-    clock = _Clock(report, "selection")
+    clock = Clock(report, "selection")
     names = list(run.data.train_photos)[: plan.selection_photos]
     images = PhotosDataModule(max_side=plan.eval_max_side, train_photos=names)._load(names)
     candidates = [Candidate("stage 1", Path(run.stage1_ckpt), "ema", 0)]
@@ -715,12 +487,12 @@ def refit_prior(run: DemoRun) -> Path:
     from compressai_vlic_lightning import PhotosDataModule, PriorRefitModule, export_checkpoint
 
     plan, out, report, cfg = run.plan, run.out, run.report, run.configs.refit
-    name = run.configs.stage1["model"]["init_args"].get("quality", "test")
+    name = run.configs.stage1["model"]["init_args"]["quality"]
     after = out / "checkpoints" / f"vlic-{name}-after.pth.tar"
     before = export_checkpoint(
         run.stage1_ckpt, out / "checkpoints" / f"vlic-{name}-before.pth.tar"
     ).path
-    frozen = run.configs.stage2["model"]["init_args"].get("freeze_type") == "encoder"
+    frozen = run.configs.stage2["model"]["init_args"]["freeze_type"] == "encoder"
     if plan.refit_type == "auto" and frozen:
         # The tokens are stage 1's, and stage 2 kept training the prior on them (prior_weight);
         # refitting on the few bundled photos would only fit those photos' tokens.
@@ -734,7 +506,7 @@ def refit_prior(run: DemoRun) -> Path:
         report.prior_refit = {"steps": 0, "skipped": reason}
         return after
     print(f"[demo] prior refit: {plan.refit_steps} steps on the codec's own tokens", flush=True)
-    clock = _Clock(report, "prior_refit")
+    clock = Clock(report, "prior_refit")
     pl.seed_everything(run.args.seed + 2, workers=True, verbose=False)
     args = cfg["model"]["init_args"]
     module = PriorRefitModule(
@@ -742,7 +514,7 @@ def refit_prior(run: DemoRun) -> Path:
             **args,
             "checkpoint": str(run.stage2_ckpt),
             "lr": plan.refit_lr,
-            "warmup_steps": min(args.get("warmup_steps", 0), plan.refit_steps // 10),
+            "warmup_steps": min(args["warmup_steps"], plan.refit_steps // 10),
             "export_path": str(after),
         }
     )
@@ -751,7 +523,7 @@ def refit_prior(run: DemoRun) -> Path:
         **{
             **data_args,
             "samples_per_epoch": plan.refit_samples,
-            "batch_size": min(data_args.get("batch_size", 32), plan.refit_samples),
+            "batch_size": min(data_args["batch_size"], plan.refit_samples),
         }
     )
     trainer = _trainer(
@@ -765,12 +537,12 @@ def refit_prior(run: DemoRun) -> Path:
     trainer.fit(module, data)
     run.exported = {"before": before, "after": after}
     metrics = out / "prior_refit" / "metrics.csv"
-    _, bits = _series(metrics, "train/bits_per_token")
+    _, bits = csv_series(metrics, "train/bits_per_token")
     report.prior_refit = {
         "steps": trainer.global_step,
         "bits_per_token_first": bits[0] if bits else None,
         "bits_per_token_last": bits[-1] if bits else None,
-        "last_logged": _last_metrics(metrics),
+        "last_logged": last_metrics(metrics),
     }
     clock.stop()
     first, last = report.prior_refit["bits_per_token_first"], bits[-1] if bits else None
@@ -784,7 +556,7 @@ def refit_prior(run: DemoRun) -> Path:
 
 def evaluate_compressai(run: DemoRun) -> dict[str, Any]:
     """CompressAI's own ``eval_model`` on both exported codecs (real bitstreams)."""
-    clock = _Clock(run.report, "compressai_eval")
+    clock = Clock(run.report, "compressai_eval")
     images_dir = run.out / "eval" / "images"
     run.images = _eval_images(images_dir, run.plan.eval_max_side)
     print(
@@ -807,7 +579,7 @@ def _compare_codecs(run: DemoRun, targets: dict[str, float] | None) -> list[Any]
     for label, path in run.exported.items():
         codec = VLICCodec(checkpoint=path, seed=0)
         codec.name = f"vlic-{label}"
-        codec.description = f"VLIC {_LABELS[label]} ({path.name})"
+        codec.description = f"VLIC {LABELS[label]} ({path.name})"
         codecs.append(codec)
     if targets is None:
         return codecs
@@ -825,7 +597,7 @@ def compare_codecs(run: DemoRun) -> Any:
     from compressai_vlic.evaluation.compare import CompareSettings, run_comparison
     from compressai_vlic.image_io import load_image
 
-    clock = _Clock(run.report, "compare")
+    clock = Clock(run.report, "compare")
     folder = run.out / "eval" / "compare"
     settings = CompareSettings(
         metrics=run.plan.compare_metrics, distribution_metrics=(), progress=True
@@ -874,36 +646,14 @@ def _avif() -> bool:
     return pillow_format_available("avif")
 
 
-def _side_by_side(panels: list[tuple[str, Any]], path: Path) -> Path:
-    from PIL import Image, ImageDraw
-
-    from compressai_vlic.image_io import to_uint8_array
-
-    tiles = [
-        Image.fromarray(to_uint8_array(img[0] if img.dim() == 4 else img)) for _, img in panels
-    ]
-    w, h = tiles[0].size
-    header, gap = 30, 4
-    canvas = Image.new("RGB", (len(tiles) * w + (len(tiles) - 1) * gap, h + header), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, ((label, _img), tile) in enumerate(zip(panels, tiles, strict=True)):
-        x = i * (w + gap)
-        canvas.paste(tile, (x, header))
-        for j, line in enumerate(label.split("\n")[:2]):
-            draw.text((x + 3, 2 + 13 * j), line, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
-
-
 def side_by_side(run: DemoRun) -> None:
     """Per held-out photo: original | before | after | JPEG | WebP at the codec's rate."""
     from compressai_vlic.image_io import load_image
 
     result, report = run.comparison, run.report
     rows = {(r.codec, r.image): r for r in result.rows}
-    order = [("vlic-before", _LABELS["before"]), ("vlic-after", _LABELS["after"])]
-    order += [(f"{name}-at-rate", _LABELS[name]) for name in AT_RATE_CODECS]
+    order = [("vlic-before", LABELS["before"]), ("vlic-after", LABELS["after"])]
+    order += [(f"{name}-at-rate", LABELS[name]) for name in AT_RATE_CODECS]
     metrics = result.metric_names
     for path in run.images:
         original = result.originals[path.name]
@@ -921,7 +671,7 @@ def side_by_side(run: DemoRun) -> None:
             for name in metrics:
                 entry[f"{key}_{name}"] = row.metrics.get(name)
         entry["side_by_side"] = str(
-            _side_by_side(panels, run.out / "side_by_side" / f"{path.stem}.png")
+            side_by_side_image(panels, run.out / "side_by_side" / f"{path.stem}.png")
         )
         report.per_image.append(entry)
     for key in ("before", "after", *AT_RATE_CODECS):
@@ -940,13 +690,13 @@ def _crop_duel(models: dict[str, Any], judge: Any, plan: DemoPlan, seed: int) ->
     """
     import numpy as np
     import torch
-    from compressai_vlic_lightning.common import psnr
-    from compressai_vlic_lightning.data import PhotosDataModule
     from tqdm.auto import tqdm
 
     from compressai_vlic.judges.audit.statistics import bootstrap_ratio
     from compressai_vlic.judges.types import Choice, JudgeRequest
     from compressai_vlic.metrics import get_metric
+    from compressai_vlic_lightning.common import psnr
+    from compressai_vlic_lightning.data import PhotosDataModule
 
     size = models["before"].config.image_size
     data = PhotosDataModule(
@@ -1025,7 +775,7 @@ def judge_duel(run: DemoRun) -> None:
     from compressai_vlic.checkpoints import load_vlic
     from compressai_vlic.image_io import load_image
 
-    clock = _Clock(run.report, "judge_duel")
+    clock = Clock(run.report, "judge_duel")
     print("[demo] judge duel: after vs before post-training on held-out crops", flush=True)
     models = {label: load_vlic(path).eval() for label, path in run.exported.items()}
     judge = run.judge_spec.build()
@@ -1054,306 +804,6 @@ def judge_duel(run: DemoRun) -> None:
     clock.stop()
 
 
-def lpips_check(report: DemoReport) -> dict[str, Any]:
-    """LPIPS before and after post-training (full photos, and crops): the delta, flagged when
-    post-training made it worse (what LPIPS unanimity is there to prevent)."""
-    s, duel = report.summary, report.summary.get("judge_2afc_crops", {})
-    check: dict[str, Any] = {}
-    for scope, before, after in (
-        ("photos", s.get("before_lpips"), s.get("after_lpips")),
-        ("crops", duel.get("before_crop_lpips"), duel.get("after_crop_lpips")),
-    ):
-        if before is None or after is None:
-            continue
-        check[scope] = {
-            "before": before,
-            "after": after,
-            "delta": after - before,
-            "worsened": after > before,
-        }
-    check["worsened"] = any(v["worsened"] for v in check.values() if isinstance(v, dict))
-    s["lpips_check"] = check
-    return check
-
-
-def _plots(run: DemoRun) -> dict[str, str]:
-    matplotlib = require("matplotlib", "eval", "The demo's plots")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out, result = run.out, run.comparison
-    files = {}
-    metrics = [
-        (m, label)
-        for m, label in (("psnr", "PSNR (dB)"), ("lpips", "LPIPS"), ("ssimulacra2", "SSIMULACRA 2"))
-        if m in result.metric_names
-    ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8), squeeze=False)
-    styles = {
-        "jpeg": ("tab:red", "o-", "JPEG"),
-        "webp": ("tab:green", "s-", "WebP"),
-        "avif": ("tab:purple", "^-", "AVIF"),
-    }
-    for ax, (key, label) in zip(axes[0], metrics, strict=True):
-        for codec, (color, style, name) in styles.items():
-            curve = result.curve(codec) if codec in result.codecs else []
-            if curve:
-                ax.plot(
-                    [p.bpp for p in curve],
-                    [p.metrics.get(key) for p in curve],
-                    style,
-                    color=color,
-                    label=name,
-                    ms=4,
-                )
-            matched = (
-                result.curve(f"{codec}-at-rate") if f"{codec}-at-rate" in result.codecs else []
-            )
-            for p in matched:
-                ax.scatter(
-                    [p.bpp], [p.metrics.get(key)], color=color, marker="x", s=70, zorder=3,
-                    label=f"{name} at VLIC's rate",
-                )  # fmt: skip
-        for codec, color, marker in (
-            ("vlic-before", "tab:blue", "D"),
-            ("vlic-after", "tab:orange", "*"),
-        ):
-            for p in result.curve(codec):
-                ax.scatter(
-                    [p.bpp], [p.metrics.get(key)], color=color, marker=marker, s=150, zorder=4,
-                    label=f"VLIC {_LABELS[codec.removeprefix('vlic-')]}",
-                )  # fmt: skip
-        ax.set_xlabel("bits per pixel (real files and bitstreams)")
-        ax.set_ylabel(label + (" (lower is better)" if key == "lpips" else ""))
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Held-out photos (means over images)", fontsize=10)
-    fig.tight_layout()
-    files["rate_quality_plot"] = str(out / "rate_quality.png")
-    fig.savefig(files["rate_quality_plot"], dpi=120)
-    plt.close(fig)
-
-    files["training_curves_plot"] = str(training_curves(out, run.report))
-    return files
-
-
-def training_curves(out: Path, report: DemoReport) -> Path:
-    """training_curves.png from the stages' CSV logs under ``out``."""
-    import matplotlib.pyplot as plt
-
-    stage1_csv, stage2_csv = out / "stage1" / "metrics.csv", out / "stage2" / "metrics.csv"
-    refit_csv = out / "prior_refit" / "metrics.csv"
-    fig, axes = plt.subplots(1, 4, figsize=(16.4, 3.4))
-    panels = (
-        (
-            "stage 1 losses",
-            stage1_csv,
-            (
-                ("train/flow", "flow"),
-                ("train/perceptual", "perceptual"),
-                ("train/bpp_prior", "prior bpp"),
-            ),
-        ),
-        (
-            "stage 2 Diffusion-DPO",
-            stage2_csv,
-            (("train/dpo_loss", "DPO loss"), ("train/implicit_accuracy", "implicit accuracy")),
-        ),
-        (
-            "online preference buffer",
-            stage2_csv,
-            (("buffer/staleness", "buffer staleness (steps)"), ("buffer/size", "buffer size")),
-        ),
-        (
-            ("prior refit", refit_csv, (("train/bits_per_token", "bits per token"),))
-            if not report.prior_refit.get("skipped")
-            else (
-                "stage 2 regulariser (prior refit skipped)",
-                stage2_csv,
-                (("train/flow", "flow"), ("train/perceptual", "LPIPS term")),
-            )
-        ),
-    )
-    for ax, (title, csv_path, series) in zip(axes, panels, strict=True):
-        for key, label in series:
-            steps, values = _series(csv_path, key)
-            ax.plot(steps, values, label=label)
-        ax.set_title(title)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _markdown(report: DemoReport, out: Path) -> str:
-    """report.md: what a reader wants first, with the pictures."""
-    s = report.summary
-    duel = s.get("judge_2afc_crops", {})
-    lp = s.get("lpips_check", {})
-    metrics = report.compare.get("metrics", [])
-    lines = [
-        "# VLIC demo report",
-        "",
-        f"`{report.command}`: preset `{report.preset}`, stage 1 from "
-        + (
-            "the shipped `tiny` weights (short fine-tune)"
-            if report.init_type == "shipped"
-            else "random weights (all of stage 1)"
-        )
-        + f", judge `{report.judge['judge_type']}`"
-        + (
-            f" unanimous with {', '.join(report.judge['judge_compose']['unanimous_with'])}"
-            if (report.judge.get("judge_compose") or {}).get("unanimous_with")
-            else ""
-        )
-        + f", {report.timings_s.get('total', 0) / 60:.1f} min in all "
-        + f"({report.cpu_s.get('total', 0) / 60:.1f} CPU minutes).",
-        "",
-        "## Held-out photos",
-        "",
-        "Original, the codec before and after post-training, and JPEG and WebP at the lowest "
-        "quality whose file is at least as large as the post-trained codec's bitstream.",
-        "",
-    ]
-    head = ["codec", "setting", "bpp", *metrics]
-    for entry in report.per_image:
-        lines += [f"### {entry['image']}", "", f"![{entry['image']}](side_by_side/{Path(entry['side_by_side']).name})", ""]  # fmt: skip
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for key, label in (
-            ("before", _LABELS["before"]),
-            ("after", _LABELS["after"]),
-            *((c, _LABELS[c]) for c in AT_RATE_CODECS),
-        ):
-            cells = [label, entry.get(f"{key}_setting", ""), _fmt(entry.get(f"{key}_bpp"), 4)]
-            cells += [_fmt(entry.get(f"{key}_{m}"), 4) for m in metrics]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## Rate-quality", "", "![rate-quality](rate_quality.png)", ""]
-    table = Path(report.compare.get("table_md", ""))
-    if table.is_file():
-        lines += [table.read_text().strip(), ""]
-    rate, ci = duel.get("after_win_rate"), duel.get("after_win_rate_ci95")
-    lines += [
-        "## The judge: after vs before post-training",
-        "",
-        f"{duel.get('questions', 0)} questions ({duel.get('crops', 0)} held-out "
-        f"{duel.get('crop_size')}-px crops x {duel.get('seeds', 0)} "
-        f"decode seeds): after wins {duel.get('after', 0)}, before wins {duel.get('before', 0)}, "
-        f"abstains {duel.get('abstain', 0)}.",
-        "",
-        (
-            f"**After-vs-before win rate: {rate:.1%} (95% CI {ci[0]:.1%} to {ci[1]:.1%}; "
-            f"{duel.get('ci_method')}).**"
-            if rate is not None
-            else "**After-vs-before win rate: none (the judge abstained on every question).**"
-        ),
-        "",
-        "## LPIPS before and after post-training",
-        "",
-        "| images | before | after | delta | |",
-        "|---|---|---|---|---|",
-    ]
-    for scope in ("photos", "crops"):
-        if scope in lp:
-            v = lp[scope]
-            flag = "**worse after post-training**" if v["worsened"] else "not worse"
-            lines.append(
-                f"| held-out {scope} | {v['before']:.4f} | {v['after']:.4f} | "
-                f"{v['delta']:+.4f} | {flag} |"
-            )
-    sel = report.stage2.get("selection")
-    if sel:
-        lines += [
-            "",
-            f"Which post-trained codec is compared: of the checkpoints saved during post-training "
-            f"and the stage-1 model, the one with the lowest LPIPS on {len(sel['photos'])} "
-            f"training photos ({', '.join(sel['photos'])}; real bitstreams, not the held-out "
-            "photos above):",
-            "",
-            "| checkpoint | LPIPS (training photos) | bpp | |",
-            "|---|---|---|---|",
-        ]
-        for label, value in sel["scores"].items():
-            mark = "**kept**" if label == sel["chosen"] else ""
-            lines.append(f"| {label} | {value:.4f} | {sel['bpp'][label]:.4f} | {mark} |")
-        if sel["kept_start"]:
-            lines += [
-                "",
-                'No post-trained checkpoint beat stage 1 there, so the codec marked "after" is '
-                "the stage-1 model (with its prior refit when one ran).",
-            ]
-    res = report.compressai_eval.get("results", {})
-    lines += [
-        "",
-        "## CompressAI eval_model",
-        "",
-        f"`{report.compressai_eval.get('command', '')}`",
-        "",
-        "| checkpoint | bpp | PSNR | MS-SSIM |",
-        "|---|---|---|---|",
-    ]
-    for i, label in enumerate(("before", "after")):
-        row = [res.get(k, [None, None])[i] for k in ("bpp", "psnr-rgb", "ms-ssim-rgb")]
-        lines.append(f"| {_LABELS[label]} | " + " | ".join(_fmt(v, 4) for v in row) + " |")
-    lines += [
-        "",
-        "(eval_model pads each image with zeros to a multiple of 64 pixels, so its bpp is a "
-        "little above the unpadded bitstreams above.)",
-        "",
-        "## Training",
-        "",
-        *(
-            [f"Prior refit skipped: {report.prior_refit['skipped']}.", ""]
-            if report.prior_refit.get("skipped")
-            else []
-        ),
-        "![training curves](training_curves.png)",
-        "",
-        "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings_s.items()),
-        "",
-        "CPU time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.cpu_s.items()),
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def write_report(run: DemoRun) -> Path:
-    """report.json, report.md and the plots; prints the summary."""
-    report, out = run.report, run.out
-    lpips_check(report)
-    report.timings_s["total"] = time.perf_counter() - run.t_start
-    report.cpu_s["total"] = _cpu_time() - run.cpu_start
-    report.files = {
-        "report": str(out / "report.json"),
-        "report_md": str(out / "report.md"),
-        "side_by_side": str(out / "side_by_side"),
-        "before_checkpoint": str(run.exported["before"]),
-        "after_checkpoint": str(run.exported["after"]),
-        "compressai_eval_json": str(out / "eval" / "compressai_eval.json"),
-        "compare_folder": str(out / "eval" / "compare"),
-        **_plots(run),
-    }
-    (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=str))
-    (out / "report.md").write_text(_markdown(report, out))
-    _print_summary(report)
-    print(
-        f"[demo] report written to {out} (report.md, report.json, rate_quality.png, side_by_side/)",
-        flush=True,
-    )
-    return out / "report.json"
-
-
 def run(args: argparse.Namespace) -> int:
     """The whole job: prepare, fine-tune, post-train, refit, evaluate, compare, report."""
     _quiet()
@@ -1368,49 +818,3 @@ def run(args: argparse.Namespace) -> int:
     judge_duel(demo)
     write_report(demo)
     return 0
-
-
-def _print_summary(report: DemoReport) -> None:
-    s = report.summary
-    res = report.compressai_eval.get("results", {})
-    print("[demo] CompressAI eval_model (real bitstreams, held-out photos):")
-    print(f"         {'model':<24}{'bpp':>8}{'PSNR':>9}{'MS-SSIM':>10}")
-    for i, label in enumerate(("before", "after")):
-        row = [res.get(k, [None, None])[i] for k in ("bpp", "psnr-rgb", "ms-ssim-rgb")]
-        print(
-            f"         {_LABELS[label]:<24}"
-            + "".join(f"{v:>9.4f}" if v is not None else f"{'-':>9}" for v in row)
-        )
-    metrics = [m for m in ("psnr", "ssimulacra2", "lpips") if f"after_{m}" in s]
-    print("[demo] compare on held-out photos (JPEG/WebP: lowest quality reaching the codec's bpp):")
-    print(f"         {'codec':<24}{'bpp':>8}" + "".join(f"{m:>13}" for m in metrics))
-    for key in ("before", "after", *AT_RATE_CODECS):
-        label = _LABELS[key]
-        if key in AT_RATE_CODECS and report.per_image:
-            label += " " + ",".join(str(e.get(f"{key}_setting", "")) for e in report.per_image)
-        values = [s.get(f"{key}_bpp"), *(s.get(f"{key}_{m}") for m in metrics)]
-        print(
-            f"         {label:<24}"
-            + "".join(
-                (f"{v:>8.4f}" if i == 0 else f"{v:>13.4f}")
-                if v is not None
-                else f"{'-':>{8 if i == 0 else 13}}"
-                for i, v in enumerate(values)
-            )
-        )
-    duel = s["judge_2afc_crops"]
-    rate, ci = duel["after_win_rate"], duel["after_win_rate_ci95"]
-    print(
-        f"[demo] judge on {duel['questions']} held-out crops x seeds, after vs before: after wins "
-        f"{duel['after']}, before wins {duel['before']}, abstain {duel['abstain']}"
-        + (f": win rate {rate:.1%} (95% CI {ci[0]:.1%}-{ci[1]:.1%})" if rate is not None else "")
-    )
-    for scope, v in s["lpips_check"].items():
-        if isinstance(v, dict):
-            print(
-                f"[demo] LPIPS on held-out {scope}: before {v['before']:.4f} -> after "
-                f"{v['after']:.4f} (delta {v['delta']:+.4f})"
-                + (" WARNING: post-training made LPIPS worse" if v["worsened"] else "")
-            )
-    print("[demo] timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings_s.items()))
-    print("[demo] CPU time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.cpu_s.items()))
