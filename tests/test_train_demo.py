@@ -1,4 +1,4 @@
-"""`compressai-vlic demo`: the main job's whole path (smoke preset), where stage 1 starts, the
+"""`compressai-vlic demo`: the whole path of the demo (smoke preset), where stage 1 starts, the
 report's content, and the pieces it is built from (shipped-weights init, JPEG/WebP at a rate)."""
 
 from __future__ import annotations
