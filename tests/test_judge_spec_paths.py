@@ -135,7 +135,10 @@ def test_older_spellings_map_into_the_same_spec(tmp_path):
     python = _python(cache)
     assert legacy == JudgeSpec(**{**vars(python), "extra_options": {}, "cache": None})
     with pytest.raises(Exception, match="judge once"):
-        JudgeSpec.from_module_args({"judge": {"backend": "psnr"}, "judge_type": "psnr"})
+        JudgeSpec.from_module_args({"judge": {"backend": "psnr"}, "judge_type": "lpips"})
+    # the same judge in both spellings (a resumed run) is one judge
+    both = JudgeSpec.from_module_args({"judge": {"backend": "psnr"}, "judge_type": "psnr"})
+    assert both == JudgeSpec.from_module_args({"judge_type": "psnr"})
 
 
 def test_compare_takes_symmetrisation_and_votes():
