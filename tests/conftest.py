@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,44 @@ def quiet_cpu_trainer():
         return pl.Trainer(**{**quiet, **kwargs})
 
     return make
+
+
+def fit_args(*configs: Path | str, root: Path, steps: int, every: int | None = None) -> list[str]:
+    """``fit`` arguments of a short, quiet LightningCLI run writing under ``root``.
+
+    Args:
+        configs: YAML files, later ones overriding earlier ones.
+        root: the run's folder (checkpoints and logs).
+        steps: optimizer steps.
+        every: steps between validations and checkpoints (default: ``steps``).
+    """
+    every = steps if every is None else every
+    configs_args = [arg for config in configs for arg in ("--config", str(config))]
+    trainer = {
+        "max_steps": steps,
+        "val_check_interval": every,
+        "default_root_dir": root,
+        "logger.init_args.save_dir": root,
+        "enable_progress_bar": "false",
+        "enable_model_summary": "false",
+        "log_every_n_steps": 1,
+        "callbacks.every_n_train_steps": every,
+    }
+    return [
+        "fit",
+        *configs_args,
+        *(a for k, v in trainer.items() for a in (f"--trainer.{k}", str(v))),
+    ]
+
+
+@pytest.fixture(scope="module")
+def net():
+    """The untrained ``vlic("test")`` model (seed 0), in eval mode; the global RNG is untouched."""
+    from compressai_vlic.zoo import vlic
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return vlic("test").eval()
 
 
 @pytest.fixture(scope="module")

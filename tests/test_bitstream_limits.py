@@ -30,13 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def net() -> VLIC:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return vlic("test").eval()
-
-
-@pytest.fixture(scope="module")
 def stream(net) -> bytes:
     x = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(4))
     return net.compress(x, seed=3)["strings"][0][0]

@@ -29,13 +29,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "stream_v1"
 
 
 @pytest.fixture(scope="module")
-def net() -> VLIC:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        return vlic("test").eval()
-
-
-@pytest.fixture(scope="module")
 def image() -> torch.Tensor:
     gen = torch.Generator().manual_seed(4)
     return torch.rand(1, 3, 40, 56, generator=gen)

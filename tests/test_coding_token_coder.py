@@ -44,24 +44,29 @@ def photo_tokens(img: np.ndarray) -> torch.Tensor:
     return torch.round(means * steps).long()
 
 
-@pytest.fixture(scope="module")
-def trained(photos: dict[str, np.ndarray]) -> tuple[ARPrior, torch.Tensor]:
-    """A small prior trained for 30 steps on photo tokens, and the astronaut's tokens."""
-    torch.manual_seed(0)
-    prior = ARPrior(LEVELS, num_tokens=GRID * GRID, width=64, depth=2, heads=4)
-    data = torch.cat([photo_tokens(photos[n]) for n in ("astronaut", "coffee")])
-    opt = torch.optim.Adam(prior.parameters(), lr=3e-3)
+def _fit(prior: ARPrior, params, tokens: torch.Tensor, steps: int = 30) -> None:
+    """Adam on the prior's bits for ``steps`` steps, on one thread, then eval mode."""
+    opt = torch.optim.Adam(params, lr=3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # CI shares 2 cores between test processes: avoid oversubscription
     try:
-        for _ in range(30):
-            loss = prior.nll_bits(data).mean()
+        for _ in range(steps):
+            loss = prior.nll_bits(tokens).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
     finally:
         torch.set_num_threads(threads)
     prior.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(photos: dict[str, np.ndarray]) -> tuple[ARPrior, torch.Tensor]:
+    """A small prior trained for 30 steps on photo tokens, and the astronaut's tokens."""
+    torch.manual_seed(0)
+    prior = ARPrior(LEVELS, num_tokens=GRID * GRID, width=64, depth=2, heads=4)
+    data = torch.cat([photo_tokens(photos[n]) for n in ("astronaut", "coffee")])
+    _fit(prior, prior.parameters(), data)
     return prior, photo_tokens(photos["astronaut"])
 
 
@@ -107,18 +112,7 @@ def trained_causal(trained: tuple[ARPrior, torch.Tensor]) -> tuple[ARPrior, ARPr
     torch.manual_seed(0)
     causal = ARPrior(LEVELS, num_tokens=GRID * GRID, width=64, depth=2, heads=4, digits="causal")
     causal.load_state_dict(prior.state_dict(), strict=False)
-    opt = torch.optim.Adam(causal.intra.parameters(), lr=3e-3)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for _ in range(30):
-            loss = causal.nll_bits(idx).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
-    causal.eval()
+    _fit(causal, causal.intra.parameters(), idx)
     return prior, causal, idx
 
 

@@ -33,10 +33,9 @@ def offline(monkeypatch, tmp_path):
         raise OSError("tests never use the network")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,8 @@ from compressai_vlic.models import VLIC
 from compressai_vlic.tiling import SEAMLESS_FIELD, TileLayout, seam_ratio
 from compressai_vlic.zoo import vlic
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# The test model's ops are tiny: one thread is faster than two and robust to a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _resized(img, h: int, w: int) -> torch.Tensor:

@@ -25,20 +25,8 @@ from compressai_vlic.models import VLIC
 from compressai_vlic.sampling import FLOWMO_CFG_INTERVAL
 from compressai_vlic.zoo import quality_config, vlic
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test model's ops are tiny: one thread is faster than two and robust to a busy machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def net() -> VLIC:
-    torch.manual_seed(0)
-    return vlic("test").eval()
+# The test model's ops are tiny: one thread is faster than two and robust to a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

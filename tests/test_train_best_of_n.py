@@ -13,7 +13,7 @@ import yaml
 from compressai_vlic_lightning import Stage2Module
 from compressai_vlic_lightning.cli import main as train_main
 from compressai_vlic_lightning.preferences import PreferenceBuffer, _load_png, to_float
-from conftest import photo_tensor
+from conftest import fit_args, photo_tensor
 
 from compressai_vlic.errors import ConfigError, JudgeError
 from compressai_vlic.judges import make_judge
@@ -138,29 +138,7 @@ def test_best_of_n_stage2_fits_from_a_yaml_override(tmp_path):
     )
     root = tmp_path / "run"
     steps = 2
-    train_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "tiny_stage2.yaml"),
-            "--config",
-            str(override),
-            "--trainer.max_steps",
-            str(steps),
-            "--trainer.val_check_interval",
-            str(steps),
-            "--trainer.log_every_n_steps",
-            "1",
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.logger.init_args.save_dir",
-            str(root),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.callbacks.every_n_train_steps",
-            str(steps),
-        ]
-    )
+    train_main(fit_args(CONFIGS / "tiny_stage2.yaml", override, root=root, steps=steps))
     judged = [json.loads(x) for x in (root / "preferences/judged.jsonl").open()]
     pending = [json.loads(x) for x in (root / "preferences/pending.jsonl").open()]
     assert len(judged) == len(pending) == 2 + steps  # warm-up sets, then one set per step

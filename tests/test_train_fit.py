@@ -15,6 +15,7 @@ import torch
 from compressai_vlic_lightning import Stage1Module
 from compressai_vlic_lightning.cli import main as train_main
 from compressai_vlic_lightning.export import export_checkpoint
+from conftest import fit_args
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -26,26 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fit(config: str, root: Path, steps: int, *extra: str) -> None:
-    train_main(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / config),
-            "--trainer.max_steps",
-            str(steps),
-            "--trainer.val_check_interval",
-            str(steps),
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.logger.init_args.save_dir",
-            str(root),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.callbacks.every_n_train_steps",
-            str(steps),
-            *extra,
-        ]
-    )
+    train_main([*fit_args(CONFIGS / config, root=root, steps=steps), *extra])
 
 
 def _metrics(root: Path) -> dict[str, list[float]]:
@@ -171,45 +153,19 @@ def test_export_feeds_compressai_eval_model_and_update_model(stage1_run, tmp_pat
     crop = photos["astronaut"][100:272, 150:322]
     Image.fromarray(crop).save(images / "astronaut.png")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'lightning'}"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compressai.utils.eval_model",
-            "checkpoint",
-            str(images),
-            "-a",
-            "vlic",
-            "-p",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    def compressai_tool(module: str, *args: str) -> subprocess.CompletedProcess:
+        run = [sys.executable, "-m", f"compressai.utils.{module}", *args]
+        proc = subprocess.run(
+            run, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    proc = compressai_tool("eval_model", "checkpoint", str(images), "-a", "vlic", "-p", str(out))
     results = json.loads(proc.stdout[proc.stdout.index("{") :])["results"]
     assert results["bpp"][0] > 0 and results["psnr-rgb"][0] > 5
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "compressai.utils.update_model",
-            "--architecture",
-            "vlic",
-            str(out),
-            "-d",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    compressai_tool("update_model", "--architecture", "vlic", str(out), "-d", str(tmp_path))
     assert list(tmp_path.glob("vlic-tiny-*.pth.tar"))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from compressai_vlic_lightning.cli import main as train_main
+from conftest import fit_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "train" / "tiny_stage1.yaml"
@@ -20,27 +21,9 @@ def _fit(root: Path, steps: int, *extra: str) -> None:
     # validation every 2 steps must not shift the training's random streams.
     train_main(
         [
-            "fit",
-            "--config",
-            str(CONFIG),
-            "--trainer.max_steps",
-            str(steps),
-            "--trainer.val_check_interval",
-            "2",
+            *fit_args(CONFIG, root=root, steps=steps, every=2),
             "--trainer.limit_val_batches",
             "1",
-            "--trainer.log_every_n_steps",
-            "1",
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.logger.init_args.save_dir",
-            str(root),
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.enable_model_summary",
-            "false",
-            "--trainer.callbacks.every_n_train_steps",
-            "2",
             "--trainer.callbacks.save_top_k",
             "-1",
             # Fixed weight norms are read again when a run resumes (as FlowMo does), so a resumed

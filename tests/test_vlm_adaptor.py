@@ -306,7 +306,8 @@ def test_absolute_towers_hook_equals_baked_position_table(family, tiny_folder):
     torch.testing.assert_close(baked, hooked, rtol=1e-5, atol=1e-5)
 
 
-def test_rotary_tower_adds_c_to_patch_embeddings():
+def _tiny_qwen2_vl():
+    """A two-layer Qwen2-VL built from a config (random weights): a rotary vision tower."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     config = Qwen2VLConfig(
@@ -323,6 +324,11 @@ def test_rotary_tower_adds_c_to_patch_embeddings():
     )  # fmt: skip
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
+    return model
+
+
+def test_rotary_tower_adds_c_to_patch_embeddings():
+    model = _tiny_qwen2_vl()
     tower = find_vision_tower(model)
     assert tower.kind == "rotary" and tower.hook_path.endswith("patch_embed") and tower.width == 32
     grid = torch.tensor([[1, 4, 4]])
@@ -393,22 +399,7 @@ def test_a_condition_on_the_rotary_angles_cancels_in_attention():
     """Why C goes to the patch embeddings of a rotary tower: one shift d of every token's RoPE
     angles (the paper's reference code adds its codec embedding there) rotates queries and keys
     alike, so q_i . k_j, and with it the tower's output, does not change."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    config = Qwen2VLConfig(
-        vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "patch_size": 4,
-            "spatial_merge_size": 2, "temporal_patch_size": 2,
-        },
-        text_config={
-            "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 2, 4], "rope_theta": 1e4},
-        },
-        image_token_id=5, video_token_id=6, vision_start_token_id=7,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    model = _tiny_qwen2_vl()
     tower = find_vision_tower(model)
     rotary = tower.module.rotary_pos_emb
     with torch.no_grad():  # sharp attention, so that rotating queries and keys can matter

@@ -6,33 +6,18 @@ as :mod:`.codec_bench` or :mod:`.options`) pulls in nothing heavy.
 
 from __future__ import annotations
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "BDOverlapWarning": "compressai_vlic.evaluation.bd",
-    "BDResult": "compressai_vlic.evaluation.bd",
-    "bd_metric": "compressai_vlic.evaluation.bd",
-    "bd_rate": "compressai_vlic.evaluation.bd",
-    "Codec": "compressai_vlic.evaluation.codecs",
-    "CodedImage": "compressai_vlic.evaluation.codecs",
-    "CompressAICodec": "compressai_vlic.evaluation.codecs",
-    "PillowCodec": "compressai_vlic.evaluation.codecs",
-    "VLICCodec": "compressai_vlic.evaluation.codecs",
-    "make_codec": "compressai_vlic.evaluation.codecs",
-    "pillow_format_available": "compressai_vlic.evaluation.codecs",
-    "CompareSettings": "compressai_vlic.evaluation.compare",
-    "ComparisonResult": "compressai_vlic.evaluation.compare",
-    "CurvePoint": "compressai_vlic.evaluation.compare",
-    "ImageRow": "compressai_vlic.evaluation.compare",
-    "JudgeScore": "compressai_vlic.evaluation.compare",
-    "compressai_json": "compressai_vlic.evaluation.compare",
-    "format_table": "compressai_vlic.evaluation.compare",
-    "run_comparison": "compressai_vlic.evaluation.compare",
-    "write_outputs": "compressai_vlic.evaluation.compare",
-    "FolderCodec": "compressai_vlic.evaluation.external",
-    "HubCodec": "compressai_vlic.evaluation.external",
-    "ReconstructionFolderError": "compressai_vlic.evaluation.external",
+_MODULES = {
+    "bd": "BDOverlapWarning BDResult bd_metric bd_rate",
+    "codecs": (
+        "Codec CodedImage CompressAICodec PillowCodec VLICCodec make_codec pillow_format_available"
+    ),
+    "compare": (
+        "CompareSettings ComparisonResult CurvePoint ImageRow JudgeScore compressai_json "
+        "format_table run_comparison write_outputs"
+    ),
+    "external": "FolderCodec HubCodec ReconstructionFolderError",
 }
 
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)

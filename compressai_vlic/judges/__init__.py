@@ -7,26 +7,16 @@ until a judge is actually built.
 
 from __future__ import annotations
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "Choice": "compressai_vlic.judges.types",
-    "Judge": "compressai_vlic.judges.types",
-    "JudgeRequest": "compressai_vlic.judges.types",
-    "Judgment": "compressai_vlic.judges.types",
-    "Vote": "compressai_vlic.judges.types",
-    "choice_from_score": "compressai_vlic.judges.types",
-    "make_judge": "compressai_vlic.judges.factory",
-    "JudgeSpec": "compressai_vlic.judges.spec",
-    "register_judge": "compressai_vlic.judges.factory",
-    "available_judges": "compressai_vlic.judges.factory",
-    "CachedJudge": "compressai_vlic.judges.cache",
-    "JudgmentCache": "compressai_vlic.judges.cache",
-    "PromptTemplate": "compressai_vlic.judges.prompts",
-    "get_template": "compressai_vlic.judges.prompts",
-    "OpenAIJudge": "compressai_vlic.judges.openai_judge",
-    "HFJudge": "compressai_vlic.judges.hf_judge",
+_MODULES = {
+    "types": "Choice Judge JudgeRequest Judgment Vote choice_from_score",
+    "factory": "make_judge register_judge available_judges",
+    "spec": "JudgeSpec",
+    "cache": "CachedJudge JudgmentCache",
+    "prompts": "PromptTemplate get_template",
+    "openai_judge": "OpenAIJudge",
+    "hf_judge": "HFJudge",
 }
 
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)

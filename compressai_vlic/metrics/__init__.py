@@ -11,23 +11,15 @@ built-in metrics register themselves when the registry is first read (:mod:`.bas
 
 from __future__ import annotations
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "PairMetric": "compressai_vlic.metrics.base",
-    "available_metrics": "compressai_vlic.metrics.base",
-    "get_metric": "compressai_vlic.metrics.base",
-    "register_metric": "compressai_vlic.metrics.base",
-    "DinoV2Features": "compressai_vlic.metrics.distribution",
-    "DistributionMetric": "compressai_vlic.metrics.distribution",
-    "FrechetDistance": "compressai_vlic.metrics.distribution",
-    "InceptionFeatures": "compressai_vlic.metrics.distribution",
-    "KernelDistance": "compressai_vlic.metrics.distribution",
-    "distribution_metrics": "compressai_vlic.metrics.distribution",
-    "frechet_distance": "compressai_vlic.metrics.distribution",
-    "get_distribution_metric": "compressai_vlic.metrics.distribution",
-    "hific_patches": "compressai_vlic.metrics.distribution",
+_MODULES = {
+    "base": "PairMetric available_metrics get_metric register_metric",
+    "distribution": (
+        "DinoV2Features DistributionMetric FrechetDistance InceptionFeatures "
+        "KernelDistance distribution_metrics frechet_distance get_distribution_metric "
+        "hific_patches"
+    ),
 }
 
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)

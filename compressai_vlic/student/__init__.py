@@ -15,34 +15,24 @@ Names resolve on first use, so importing this package pulls in nothing heavy.
 
 from __future__ import annotations
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "StudentConfig": "compressai_vlic.student.config",
-    "StudentModel": "compressai_vlic.student.model",
-    "load_student": "compressai_vlic.student.model",
-    "TeacherPair": "compressai_vlic.student.teacher",
-    "TeacherPoint": "compressai_vlic.student.teacher",
-    "TeacherData": "compressai_vlic.student.teacher",
-    "read_teacher_pairs": "compressai_vlic.student.teacher",
-    "read_teacher_points": "compressai_vlic.student.teacher",
-    "write_teacher_points": "compressai_vlic.student.teacher",
-    "reliability": "compressai_vlic.student.reliability",
-    "ReliabilityType": "compressai_vlic.student.options",
-    "train_student": "compressai_vlic.student.train",
-    "TrainResult": "compressai_vlic.student.train",
-    "Calibration": "compressai_vlic.student.calibration",
-    "fit_calibration": "compressai_vlic.student.calibration",
-    "wilson_interval": "compressai_vlic.student.agreement",
-    "agreement": "compressai_vlic.student.agreement",
-    "StudentJudge": "compressai_vlic.student.judge",
-    "StudentLoss": "compressai_vlic.student.loss",
-    "rating_template": "compressai_vlic.student.rating",
-    "parse_rating": "compressai_vlic.student.rating",
-    "OpenAIRater": "compressai_vlic.student.raters",
-    "HFRater": "compressai_vlic.student.raters",
-    "MetricRater": "compressai_vlic.student.raters",
+_MODULES = {
+    "config": "StudentConfig",
+    "model": "StudentModel load_student",
+    "teacher": (
+        "TeacherPair TeacherPoint TeacherData read_teacher_pairs read_teacher_points "
+        "write_teacher_points"
+    ),
+    "reliability": "reliability",
+    "options": "ReliabilityType",
+    "train": "train_student TrainResult",
+    "calibration": "Calibration fit_calibration",
+    "agreement": "wilson_interval agreement",
+    "judge": "StudentJudge",
+    "loss": "StudentLoss",
+    "rating": "rating_template parse_rating",
+    "raters": "OpenAIRater HFRater MetricRater",
 }
 
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)

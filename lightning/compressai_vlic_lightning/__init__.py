@@ -13,27 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "CSVLogger": "compressai_vlic_lightning.checkpointing",
-    "SafeCheckpointIO": "compressai_vlic_lightning.checkpointing",
-    "ImageFolderDataModule": "compressai_vlic_lightning.data",
-    "PhotosDataModule": "compressai_vlic_lightning.data",
-    "EMA": "compressai_vlic_lightning.ema",
-    "export_checkpoint": "compressai_vlic_lightning.export",
-    "export_shipped": "compressai_vlic_lightning.export",
-    "OfflinePreferences": "compressai_vlic_lightning.preferences",
-    "PreferenceBuffer": "compressai_vlic_lightning.preferences",
-    "PriorRefitModule": "compressai_vlic_lightning.prior_refit",
-    "ModeSeekingModule": "compressai_vlic_lightning.mode_seeking",
-    "Stage1Module": "compressai_vlic_lightning.stage1",
-    "Stage2Module": "compressai_vlic_lightning.stage2",
+_MODULES = {
+    "checkpointing": "CSVLogger SafeCheckpointIO",
+    "data": "ImageFolderDataModule PhotosDataModule",
+    "ema": "EMA",
+    "export": "export_checkpoint export_shipped",
+    "preferences": "OfflinePreferences PreferenceBuffer",
+    "prior_refit": "PriorRefitModule",
+    "mode_seeking": "ModeSeekingModule",
+    "stage1": "Stage1Module",
+    "stage2": "Stage2Module",
 }
 
-__all__ = sorted(_EXPORTS)
-
-_getattr = lazy_getattr(__name__, _EXPORTS)
+_getattr, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)
 
 
 def __getattr__(name: str) -> Any:

@@ -26,45 +26,21 @@ Names resolve on first use (PEP 562), so importing this package pulls in nothing
 
 from __future__ import annotations
 
-from compressai_vlic.lazy import lazy_getattr
+from compressai_vlic.lazy import lazy_exports
 
-_EXPORTS = {
-    "RawAnswers": "compressai_vlic.judges.audit.collect",
-    "collect": "compressai_vlic.judges.audit.collect",
-    "derive": "compressai_vlic.judges.audit.collect",
-    "HumanPair": "compressai_vlic.judges.audit.readers",
-    "load_bapps": "compressai_vlic.judges.audit.readers",
-    "load_csv": "compressai_vlic.judges.audit.readers",
-    "AuditReport": "compressai_vlic.judges.audit.report",
-    "JudgeReport": "compressai_vlic.judges.audit.report",
-    "format_report": "compressai_vlic.judges.audit.report",
-    "plot_report": "compressai_vlic.judges.audit.report",
-    "write_report": "compressai_vlic.judges.audit.report",
-    "AuditSettings": "compressai_vlic.judges.audit.run",
-    "audit": "compressai_vlic.judges.audit.run",
-    "ScaleType": "compressai_vlic.judges.audit.options",
-    "ScalingStats": "compressai_vlic.judges.audit.scaling",
-    "SceneScale": "compressai_vlic.judges.audit.scaling",
-    "fit_scale": "compressai_vlic.judges.audit.scaling",
-    "scaling_stats": "compressai_vlic.judges.audit.scaling",
-    "SEPARABILITY_EDGES": "compressai_vlic.judges.audit.statistics",
-    "AccuracyStats": "compressai_vlic.judges.audit.statistics",
-    "Agreement": "compressai_vlic.judges.audit.statistics",
-    "BinStats": "compressai_vlic.judges.audit.statistics",
-    "Estimate": "compressai_vlic.judges.audit.statistics",
-    "HumanCeiling": "compressai_vlic.judges.audit.statistics",
-    "PositionBias": "compressai_vlic.judges.audit.statistics",
-    "SelfConsistency": "compressai_vlic.judges.audit.statistics",
-    "accuracy_stats": "compressai_vlic.judges.audit.statistics",
-    "binned_accuracy": "compressai_vlic.judges.audit.statistics",
-    "bootstrap_mean": "compressai_vlic.judges.audit.statistics",
-    "bootstrap_ratio": "compressai_vlic.judges.audit.statistics",
-    "cohen_kappa": "compressai_vlic.judges.audit.statistics",
-    "majority_credit": "compressai_vlic.judges.audit.statistics",
-    "position_bias": "compressai_vlic.judges.audit.statistics",
-    "prob_b": "compressai_vlic.judges.audit.statistics",
-    "self_consistency": "compressai_vlic.judges.audit.statistics",
+_MODULES = {
+    "collect": "RawAnswers collect derive",
+    "readers": "HumanPair load_bapps load_csv",
+    "report": "AuditReport JudgeReport format_report plot_report write_report",
+    "run": "AuditSettings audit",
+    "options": "ScaleType",
+    "scaling": "ScalingStats SceneScale fit_scale scaling_stats",
+    "statistics": (
+        "SEPARABILITY_EDGES AccuracyStats Agreement BinStats Estimate HumanCeiling "
+        "PositionBias SelfConsistency accuracy_stats binned_accuracy bootstrap_mean "
+        "bootstrap_ratio cohen_kappa majority_credit position_bias prob_b "
+        "self_consistency"
+    ),
 }
 
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
+__getattr__, __all__, _EXPORTS = lazy_exports(__name__, _MODULES)
