@@ -148,15 +148,20 @@ def tiny_setup(tmp_path, photos):
     train.mkdir()
     for name in ("astronaut", "coffee"):
         Image.fromarray(photos[name][:96, :96]).save(train / f"{name}.png")
-    base = yaml.safe_load(CONFIG.read_text())
-    base["model"]["init_args"].update(
-        init_from=str(stage1), judge_type="psnr", judge_compose=None, dpo_batch_size=2
-    )
-    base["data"]["init_args"].update(
-        train_dir=str(train), batch_size=2, samples_per_epoch=64, cache_type="none"
-    )
+    # an overlay of the shipped config, as a user writes one: read with the config system
+    overlay = {
+        "config": str(CONFIG),
+        "model.init_args.weights": str(stage1),
+        "model.init_args.judge_type": "psnr",
+        "model.init_args.judge_compose": None,
+        "model.init_args.dpo_batch_size": 2,
+        "data.init_args.train_dir": str(train),
+        "data.init_args.batch_size": 2,
+        "data.init_args.samples_per_epoch": 64,
+        "data.init_args.cache_type": "none",
+    }
     config = tmp_path / "stage2.yaml"
-    config.write_text(yaml.safe_dump(base))
+    config.write_text(yaml.safe_dump(overlay, sort_keys=False))
     return config
 
 
@@ -169,6 +174,10 @@ def test_resume_after_a_kill_repeats_and_loses_no_step(tiny_setup, tmp_path, mon
         tiny_setup, out, ["dpo"], [0], steps=4, checkpoint_every=2, pair_count=4, pair_crop=32
     )
     assert manifest.data["pairs"]["pairs"] == 4
+    run_config = yaml.safe_load(specs[0].config_path.read_text())
+    assert run_config["model"]["init_args"]["lr"] == 5e-5  # from the base under the overlay
+    assert run_config["model"]["init_args"]["dpo_batch_size"] == 2  # the overlay's
+    assert run_config["model"]["init_args"]["label_type"] == "hard"  # the signature's default
     original = Stage2Module.training_step
 
     def killed_at_step_3(self, batch, batch_idx):

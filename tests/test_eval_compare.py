@@ -16,11 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def _no_weights(monkeypatch, tmp_path):
-    """No metric backbones anywhere (empty weight cache and torch hub cache, no env vars)."""
+    """No metric backbones anywhere (empty weight cache and torch hub cache)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "weights"))
-    for var in ("ALEXNET", "VGG16", "INCEPTION"):
-        monkeypatch.delenv(f"COMPRESSAI_VLIC_{var}_WEIGHTS", raising=False)
 
 
 def _settings(tiny_dinov2, **kw) -> CompareSettings:

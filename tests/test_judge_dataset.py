@@ -304,7 +304,6 @@ def test_cli_metric_judge_with_composition(tmp_path, photos, capsys, monkeypatch
     # LPIPS without its backbone weights: a clear error, nothing written
     monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "no-weights"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
-    monkeypatch.delenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", raising=False)
     assert main([*base[:-1], str(tmp_path / "l.jsonl"), "--judge-type", "lpips"]) == 2
     assert "weights fetch alexnet" in capsys.readouterr().err
     assert not (tmp_path / "l.jsonl").exists()

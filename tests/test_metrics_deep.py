@@ -18,7 +18,7 @@ from PIL import Image
 
 from compressai_vlic.errors import MetricUnavailableError
 from compressai_vlic.metrics import get_metric
-from compressai_vlic.metrics.weights import load_state_dict_file, locate
+from compressai_vlic.metrics.weights import get_spec, load_state_dict_file, locate
 
 NEEDS = {"alex": ("alexnet", "lpips-alex"), "vgg": ("vgg16", "lpips-vgg"), "dists": ("vgg16",)}
 
@@ -111,11 +111,9 @@ def test_dists_equals_the_reference_package(pairs, monkeypatch):
 
 @pytest.fixture
 def no_weights(monkeypatch, tmp_path):
-    """An empty weight cache and torch hub cache, no env vars, no installed-package heads."""
+    """An empty weight cache and torch hub cache, no installed-package heads."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "cache"))
-    for var in ("ALEXNET_WEIGHTS", "VGG16_WEIGHTS", "LPIPS_ALEX_HEADS", "DISTS_ALPHA_BETA"):
-        monkeypatch.delenv(f"COMPRESSAI_VLIC_{var}", raising=False)
     monkeypatch.setattr(
         torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("download")
     )
@@ -135,7 +133,8 @@ def test_nonexistent_or_bad_weight_files_are_refused(no_weights, monkeypatch):
         get_metric("lpips", weights=tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    monkeypatch.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(bad))
+    (tmp_path / "cache").mkdir(exist_ok=True)
+    bad.replace(tmp_path / "cache" / get_spec("alexnet").filename)  # a bad file in the cache
     with pytest.raises(MetricUnavailableError, match="weights-only"):
         get_metric("lpips")
     wrong = tmp_path / "wrong.pth"

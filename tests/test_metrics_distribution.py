@@ -3,6 +3,8 @@ real loading paths (a tiny DINOv2 saved by transformers, a random-weights Incept
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -118,12 +120,13 @@ def test_fd_dino_loads_a_local_dinov2(tiny_dinov2, sets):
     assert diff.compute() > 1e-3
 
 
-def test_fd_dino_env_var_and_errors(tiny_dinov2, tmp_path, monkeypatch):
-    monkeypatch.setenv("COMPRESSAI_VLIC_DINOV2", str(tiny_dinov2))
-    assert get_distribution_metric("fd_dino", resolution=28).features.num_features == 32
-    monkeypatch.setenv("COMPRESSAI_VLIC_DINOV2", str(tmp_path / "empty"))
-    with pytest.raises(MetricUnavailableError, match="COMPRESSAI_VLIC_DINOV2"):
+def test_fd_dino_from_the_weight_cache_and_errors(tiny_dinov2, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "cache"))
+    with pytest.raises(MetricUnavailableError, match=r"save_pretrained to .*cache/dinov2"):
         get_distribution_metric("fd_dino")
+    shutil.copytree(tiny_dinov2, tmp_path / "cache" / "dinov2")
+    assert get_distribution_metric("fd_dino", resolution=28).features.num_features == 32
     with pytest.raises(MetricUnavailableError, match="does not exist"):
         get_distribution_metric("fd_dino", model_path=tmp_path / "missing")
     with pytest.raises(ConfigError, match="unknown distribution metric"):
@@ -133,7 +136,6 @@ def test_fd_dino_env_var_and_errors(tiny_dinov2, tmp_path, monkeypatch):
 def test_fid_and_kid_without_inception_weights_say_how_to_get_them(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("COMPRESSAI_VLIC_INCEPTION_WEIGHTS", raising=False)
     for name in ("fid", "kid"):
         with pytest.raises(MetricUnavailableError, match="weights fetch inception"):
             get_distribution_metric(name)

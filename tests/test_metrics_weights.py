@@ -20,7 +20,6 @@ from compressai_vlic.metrics import weights as w
 def empty_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("COMPRESSAI_VLIC_WEIGHTS_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", raising=False)
     return tmp_path
 
 

@@ -28,7 +28,6 @@ def _run_smoke_demo(
     fresh interpreter, as a user's would.
     """
     out = tmp_path / "report"
-    monkeypatch.delenv("COMPRESSAI_VLIC_JUDGE_BASE_URL", raising=False)
     for key, value in env_overrides.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
@@ -167,7 +166,7 @@ def test_zoo_init_reads_the_shipped_weights():
 
 @pytest.mark.slow
 def test_demo_uses_a_configured_vlm_endpoint(tmp_path, monkeypatch, capsys):
-    """With an endpoint configured (env var), post-training asks the VLM over real HTTP."""
+    """With an endpoint configured, post-training asks the VLM over real HTTP."""
     from compressai_vlic.testing.loopback_server import run_server
 
     with run_server() as server:
@@ -175,11 +174,11 @@ def test_demo_uses_a_configured_vlm_endpoint(tmp_path, monkeypatch, capsys):
             tmp_path,
             monkeypatch,
             capsys,
-            {
-                "COMPRESSAI_VLIC_JUDGE_BASE_URL": server.base_url,
-                "COMPRESSAI_VLIC_JUDGE_MODEL": "loopback-vlm",
-            },
-            ("--judge-api-key-env", "", "--refit-type", "always"),
+            {},
+            (
+                *("--judge-base-url", server.base_url, "--judge-model", "loopback-vlm"),
+                *("--judge-api-key-env", "", "--refit-type", "always"),
+            ),
         )
         stats = server.stats()
     assert rc == 0, stderr[-3000:]

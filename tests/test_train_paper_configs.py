@@ -67,27 +67,23 @@ def workdir(tmp_path_factory, photos):
     (root / "photos").mkdir()
     for name, img in photos.items():
         Image.fromarray(img).save(root / "photos" / f"{name}.png")
-    # LPIPS is required by the paper configs: a local AlexNet file (random weights, real path)
+    # LPIPS-VGG is required by the paper configs: a local VGG16 file (random weights, real path)
     torch.manual_seed(0)
-    features = torchvision.models.alexnet(weights=None).features
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, root / "alex.pth")
+    features = torchvision.models.vgg16(weights=None).features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, root / "vgg.pth")
     return root
 
 
 @pytest.fixture(scope="module")
 def stage1_run(workdir):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(workdir / "alex.pth"))
     root = workdir / "stage1"
-    try:
-        args = ["fit", "--config", str(CONFIGS / "paper_q1_stage1.yaml"), *_common(root)]
-        args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
-        # One CPU process, 1 step: the freeze (step 200k) is never reached, and DDP's search for
-        # unused parameters walks the whole checkpointed graph every step at paper width.
-        args += ["--trainer.strategy.init_args.find_unused_parameters", "false"]
-        assert train_main(args) == 0
-    finally:
-        mp.undo()
+    args = ["fit", "--config", str(CONFIGS / "paper_q1_stage1.yaml"), *_common(root)]
+    args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
+    args += ["--model.init_args.lpips_weights", str(workdir / "vgg.pth")]
+    # One CPU process, 1 step: the freeze (step 200k) is never reached, and DDP's search for
+    # unused parameters walks the whole checkpointed graph every step at paper width.
+    args += ["--trainer.strategy.init_args.find_unused_parameters", "false"]
+    assert train_main(args) == 0
     return root
 
 
@@ -144,21 +140,14 @@ def test_paper_stage2_yaml_one_step(stage1_run, workdir, photos):
 @pytest.mark.slow
 def test_paper_mode_seeking_yaml_one_step(stage1_run, workdir):
     """FlowMo's optional stage at paper width from the stage-1 checkpoint written above."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COMPRESSAI_VLIC_ALEXNET_WEIGHTS", str(workdir / "alex.pth"))
     root = workdir / "mode_seeking"
-    try:
-        args = ["fit", "--config", str(CONFIGS / "paper_q1_mode_seeking.yaml"), *_common(root)]
-        args += ["--trainer.strategy", "auto"]  # one CPU process: no DDP
-        args += ["--model.init_args.init_from", str(stage1_run / "checkpoints" / "last.ckpt")]
-        args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
-        args += [
-            "--model.init_args.sample_steps",
-            "2",
-        ]  # 8 in the config; 2 keep the CPU test short
-        assert train_main(args) == 0
-    finally:
-        mp.undo()
+    args = ["fit", "--config", str(CONFIGS / "paper_q1_mode_seeking.yaml"), *_common(root)]
+    args += ["--trainer.strategy", "auto"]  # one CPU process: no DDP
+    args += ["--model.init_args.init_from", str(stage1_run / "checkpoints" / "last.ckpt")]
+    args += ["--model.init_args.model_overrides", json.dumps(DEPTHS)]
+    args += ["--model.init_args.lpips_weights", str(workdir / "vgg.pth")]
+    args += ["--model.init_args.sample_steps", "2"]  # 8 in the config; 2 keep the CPU test short
+    assert train_main(args) == 0
     config = yaml.safe_load((root / "config.yaml").read_text())
     init = config["model"]["init_args"]
     assert init["freeze_encoder_after"] == 0 and init["perceptual_weight"] == 0.01

@@ -115,23 +115,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from compressai_vlic.judges.hf_judge import load_vlm  # the one local-VLM loader
 
-    from compressai_vlic.errors import CheckpointError
-
-    kwargs = {"local_files_only": args.local_files_only}
-    try:
-        processor = AutoProcessor.from_pretrained(args.model, **kwargs)
-        model = AutoModelForImageTextToText.from_pretrained(
-            args.model, dtype=getattr(torch, args.dtype), **kwargs
-        )
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot load a VLM from {args.model!r}: {exc}. Give a local folder or hub id of an "
-            "image-text-to-text checkpoint (AutoModelForImageTextToText)"
-        ) from exc
-    return model.to(args.device).eval(), processor
+    processor, model, _ = load_vlm(
+        args.model, args.device, args.dtype, local_files_only=args.local_files_only
+    )
+    return model, processor
 
 
 def _photos(photos: str, images: str | None) -> dict[str, Any]:

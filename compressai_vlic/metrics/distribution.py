@@ -22,12 +22,12 @@ from torch import nn
 from compressai_vlic.errors import ConfigError, MetricUnavailableError
 from compressai_vlic.extras import require
 from compressai_vlic.metrics.base import DeviceLike, check_pair
-from compressai_vlic.metrics.weights import load_state_dict_file, resolve_weight_file
+from compressai_vlic.metrics.weights import cache_dir, load_state_dict_file, resolve_weight_file
 from compressai_vlic.options import check_option
 
 PatchType = Literal["hific", "whole"]
-DINOV2_ENV = "COMPRESSAI_VLIC_DINOV2"
 DINOV2_DEFAULT = "facebook/dinov2-large"
+DINOV2_FOLDER = "dinov2"  # a save_pretrained folder inside the weight cache
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -83,6 +83,12 @@ class InceptionFeatures(nn.Module):
         return features
 
 
+def dinov2_folder() -> Path | None:
+    """The DINOv2 folder in the weight cache, if one was saved there."""
+    folder = cache_dir() / DINOV2_FOLDER
+    return folder if folder.is_dir() else None
+
+
 class DinoV2Features(nn.Module):
     """DINOv2 CLS-token features (layer-normed, as in FD-DINO) from a local transformers model."""
 
@@ -92,7 +98,7 @@ class DinoV2Features(nn.Module):
         super().__init__()
         from transformers import AutoModel
 
-        source = str(model_path or os.environ.get(DINOV2_ENV) or DINOV2_DEFAULT)
+        source = str(model_path or dinov2_folder() or DINOV2_DEFAULT)
         if model_path is not None and not Path(source).exists():
             raise MetricUnavailableError(f"fd_dino: DINOv2 model path {source} does not exist")
         try:
@@ -101,7 +107,7 @@ class DinoV2Features(nn.Module):
             raise MetricUnavailableError(
                 f"fd_dino needs DINOv2 weights, not found locally at {source!r}. On a connected "
                 f"machine run `huggingface-cli download {DINOV2_DEFAULT}` (then it is found in the "
-                f"HF cache) or save the model to a folder and set {DINOV2_ENV}=/that/folder"
+                f"HF cache) or save the model with save_pretrained to {cache_dir() / DINOV2_FOLDER}"
             ) from exc
         if getattr(self.model.config, "model_type", "") not in ("dinov2", "dinov2_with_registers"):
             raise MetricUnavailableError(

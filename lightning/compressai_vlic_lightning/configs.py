@@ -114,8 +114,9 @@ def parse_config(*configs: str | Path, args: Sequence[str] = ()) -> dict[str, An
         args: command-line style overrides, e.g. ``["--model.init_args.lr", "1e-4"]``.
 
     Returns:
-        The parsed configuration as nested dicts, every option the config leaves out at its
-        class's default (``model`` and ``data``: ``{"class_path": ..., "init_args": {...}}``).
+        The parsed configuration as nested dicts of plain values (YAML-serialisable), every
+        option the config leaves out at its class's default (``model`` and ``data``:
+        ``{"class_path": ..., "init_args": {...}}``); the files it came from are not included.
 
     Raises:
         ConfigError: a config file is missing or does not parse.
@@ -128,4 +129,9 @@ def parse_config(*configs: str | Path, args: Sequence[str] = ()) -> dict[str, An
             raise
         where = " + ".join(map(str, configs)) or "the arguments"
         raise ConfigError(f"{where}: {exc}") from exc
-    return namespace.as_dict()
+    import yaml
+
+    # the parser's own serialisation (timedeltas, paths...), as `fit` saves its config.yaml
+    resolved = yaml.safe_load(config_parser().dump(namespace, skip_unset=False, skip_validation=True))
+    resolved.pop("config", None)  # the files read
+    return resolved

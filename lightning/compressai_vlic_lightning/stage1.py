@@ -100,7 +100,7 @@ class Stage1Module(ResumableModule):
         perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
         perceptual_weight: weight of the perceptual loss on the one-step estimate x0_hat.
         lpips_net_type: LPIPS backbone ("alex", "vgg", "squeeze").
-        lpips_weights: path of the torchvision backbone weights (else env var / torch hub cache).
+        lpips_weights: path of the torchvision backbone weights (else the weight cache / torch hub cache).
         student_path: folder of a trained student, for ``perceptual_type="student"``.
         prior_weight: weight of the prior's token NLL in bits per pixel.
         rate_weight: weight of the straight-through rate term that trains the encoder (0 = VLIC).

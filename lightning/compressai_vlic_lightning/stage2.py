@@ -153,7 +153,7 @@ class Stage2Module(ResumableModule):
             preference signal is weak (few pairs, a small model) keeps it at stage 1's weight.
         perceptual_type: "lpips" (default), "ms_ssim" or "student" (see Stage1Module).
         perceptual_fallback_type: when LPIPS weights are missing: "ms_ssim", "none" or "error".
-        lpips_weights: LPIPS linear-layer weights file (default: the registry's).
+        lpips_weights: LPIPS backbone weights file (default: the weight cache).
         student_path: folder of a trained student, for ``perceptual_type="student"``.
         label_type: "hard" (default) or "soft": the expected DPO loss under the judge's
             P(winner better) where the judge reports answer probabilities (others count as sure).

@@ -25,8 +25,6 @@ from compressai_vlic_lightning.demo.plan import (
     AT_RATE_CODECS,
     CODEC_GRIDS,
     EVAL_PHOTOS,
-    JUDGE_MODEL_ENV,
-    JUDGE_URL_ENV,
     LABELS,
     Clock,
     DemoConfigs,
@@ -58,20 +56,16 @@ _TRAINER_KEYS = (
 
 def _judge_spec(args: argparse.Namespace, stage2: dict[str, Any]) -> JudgeSpec:
     """The run's judge: ``tiny_stage2.yaml``'s (LPIPS unanimity) with the judge flags laid over
-    it. An endpoint (``--judge-base-url`` or the environment) makes it the VLM judge, asked in
-    both orders (VLIC's noise control)."""
+    it. An endpoint (``--judge-base-url``) makes it the VLM judge, asked in both orders (VLIC's
+    noise control)."""
     base = JudgeSpec.from_module_args(stage2["model"]["init_args"])
-    if getattr(args, "judge_base_url", None) is None:
-        args.judge_base_url = os.environ.get(JUDGE_URL_ENV)
-    if getattr(args, "judge_model", None) is None:
-        args.judge_model = os.environ.get(JUDGE_MODEL_ENV)
     backend = args.judge_type or ("openai" if args.judge_base_url else base.backend)
     if backend == "openai" and base.backend != "openai":
         compose = replace(base.compose, order_type="symmetrize")
         base = JudgeSpec(backend="openai", prompt_type="vlic-score", compose=compose)
     spec = JudgeSpec.from_args(args, backend, base)
     if spec.backend == "openai" and not spec.model:
-        raise ConfigError(f"a VLM judge needs --judge-model (or ${JUDGE_MODEL_ENV})")
+        raise ConfigError("a VLM judge needs --judge-model")
     return spec
 
 

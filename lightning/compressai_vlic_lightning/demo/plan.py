@@ -12,10 +12,6 @@ from typing import Any, Literal, get_args
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.judges.spec import JudgeSpec
 
-JUDGE_URL_ENV = "COMPRESSAI_VLIC_JUDGE_BASE_URL"
-
-JUDGE_MODEL_ENV = "COMPRESSAI_VLIC_JUDGE_MODEL"
-
 PresetType = Literal["full", "smoke"]
 
 PRESETS: tuple[str, ...] = get_args(PresetType)
@@ -111,8 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="prior refit after stage 2: auto (default: only when stage 2 trained the encoder) "
         "or always",
     )
-    # the judge: tiny_stage2.yaml's, or the VLM at --judge-base-url (default $COMPRESSAI_VLIC_JUDGE_BASE_URL) named by
-    # --judge-model (default $COMPRESSAI_VLIC_JUDGE_MODEL)
+    # the judge: tiny_stage2.yaml's, or the VLM at --judge-base-url named by --judge-model
     JudgeSpec.add_arguments(parser)
     parser.add_argument(
         "--threads",
