@@ -132,6 +132,8 @@ def parse_config(*configs: str | Path, args: Sequence[str] = ()) -> dict[str, An
     import yaml
 
     # the parser's own serialisation (timedeltas, paths...), as `fit` saves its config.yaml
-    resolved = yaml.safe_load(config_parser().dump(namespace, skip_unset=False, skip_validation=True))
+    resolved = yaml.safe_load(
+        config_parser().dump(namespace, skip_unset=False, skip_validation=True)
+    )
     resolved.pop("config", None)  # the files read
     return resolved
