@@ -6,7 +6,7 @@ LightningCLI (jsonargparse) validates ``Literal`` annotations itself; argparse g
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from compressai_vlic.errors import ConfigError, VLICError
 
@@ -25,6 +25,11 @@ def check_option(name: str, value: Any, options: Any, error: type[VLICError] = C
     if value not in allowed:
         raise error(f"unknown {name} {value!r}; choose from {', '.join(map(repr, allowed))}")
 
+
+#: The decoder network's arithmetic when sampling: "float32" (default; the same pixels on every
+#: machine) or "bfloat16" (autocast: faster on GPUs and CPUs with bf16 units, pixels may differ
+#: slightly between machines; the tokens, decoded by the float64 prior, never change).
+DecodeDtype = Literal["float32", "bfloat16"]
 
 #: The largest image a VLIC stream may hold by default (4096 x 4096), for ``compress`` and
 #: ``decompress`` alike (here, not in the model module, so command-line parsers need no torch).

@@ -63,6 +63,22 @@ def test_round_trip_through_bytes_matches_decode_codes(net, astronaut, coded, de
     assert torch.equal(decoded, expected)  # exactly what compress-time decoding gives
 
 
+def test_bf16_decode_keeps_the_tokens_and_nearly_the_pixels(astronaut):
+    """``decode_dtype="bfloat16"``: same stream, same tokens; pixels within bf16 rounding."""
+    tiny = vlic("tiny", pretrained=True).eval()
+    out = tiny.compress(astronaut)
+    full = tiny.decompress(out["strings"], out["shape"])["x_hat"]
+    half = tiny.decompress(out["strings"], out["shape"], decode_dtype="bfloat16")["x_hat"]
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert not torch.equal(half, full)  # the network really ran in bf16
+    psnr_between = -10 * torch.log10(((half - full) ** 2).mean())
+    assert psnr_between > 30, float(psnr_between)
+    psnr = [float(-10 * torch.log10(((x - astronaut) ** 2).mean())) for x in (full, half)]
+    assert abs(psnr[0] - psnr[1]) < 0.5, psnr
+    with pytest.raises(ConfigError, match="decode_dtype"):
+        tiny.decompress(out["strings"], out["shape"], decode_dtype="float16")
+
+
 def test_seeds_reproduce_and_differ(net, astronaut, coded, decoded):
     assert net.compress(astronaut)["strings"] == coded["strings"]
     other_seed = net.compress(astronaut, seed=99)

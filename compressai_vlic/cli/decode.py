@@ -28,6 +28,7 @@ from compressai_vlic.cli._codec import (
 )
 from compressai_vlic.cli.encode import STREAM_SUFFIX
 from compressai_vlic.errors import VLICError
+from compressai_vlic.options import DecodeDtype, choices
 
 #: Exit status of a typed error (main prints it): 1, as for a failed input.
 ERROR_STATUS = 1
@@ -53,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode streams whose weights fingerprint differs from the model's (same "
         "architecture), and format-1 streams, which carry no fingerprint",
     )
+    parser.add_argument(
+        "--decode-dtype",
+        choices=choices(DecodeDtype),
+        default="float32",
+        help="the decoder network's arithmetic: float32 (default: the same pixels on every "
+        "machine) or bfloat16 (faster on GPUs and CPUs with bf16 units, slower on CPUs without; "
+        "the tokens are the same, the pixels may differ slightly between machines)",
+    )
     add_decode_limit_arguments(parser)
     add_model_arguments(parser)
     add_threads_argument(parser)
@@ -74,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             data = batch.model.read_stream(job.source, args.max_pixels)
             x_hat = batch.model.decompress(
-                [[data]], None, allow_model_mismatch=args.allow_model_mismatch, **limits
+                [[data]],
+                None,
+                allow_model_mismatch=args.allow_model_mismatch,
+                decode_dtype=args.decode_dtype,
+                **limits,
             )["x_hat"]
             save_png(x_hat, job.target, overwrite=args.overwrite)
         except (VLICError, OSError) as exc:

@@ -59,7 +59,7 @@ from compressai_vlic.models.hub import (
     weights_file,
 )
 from compressai_vlic.models.prior import ARPrior
-from compressai_vlic.options import STREAM_MAX_PIXELS, check_option
+from compressai_vlic.options import STREAM_MAX_PIXELS, DecodeDtype, check_option
 from compressai_vlic.sampling import (
     MAX_NUM_STEPS,
     RectifiedFlowSampler,
@@ -425,6 +425,7 @@ class VLIC(
         schedule: str | None = None,
         power: float | None = None,
         cfg_interval: tuple[float, float] | None = None,
+        decode_dtype: DecodeDtype = "float32",
     ) -> Tensor:
         """Sample images in [0, 1] from codes (float) or FSQ indices (integer), (B, K, d).
 
@@ -433,7 +434,10 @@ class VLIC(
         result is cropped to the image: (1, 3, H, W). Noise comes from a CPU generator seeded
         with ``seed`` and is drawn once for the whole canvas. Unset sampler settings come from
         the config (``schedule`` may also be ``"shift_v1"``, the grid of format-1 streams).
+        ``decode_dtype="bfloat16"`` runs the decoder network under bf16 autocast (see
+        :data:`DecodeDtype`); the sampler's state stays float32.
         """
+        check_option("decode_dtype", decode_dtype, DecodeDtype)
         s = self.sampler_settings(
             seed, num_steps, guidance_scale, time_shift, schedule, power, cfg_interval
         )
@@ -441,14 +445,19 @@ class VLIC(
         device = self._config_json.device
         codes = self._as_codes(codes.to(device))
         sampler = s.sampler()
+        bf16 = decode_dtype == "bfloat16"
+
+        def network(*args: Tensor) -> Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                return self.velocity(*args).float()
 
         def tile_velocity(x_t: Tensor, t: float, g: float, tile_codes: Tensor) -> Tensor:
             n = x_t.shape[0]
             tt = torch.full((n,), t, device=device)
             if g == 1.0:
-                return self.velocity(x_t, tt, tile_codes)
+                return network(x_t, tt, tile_codes)
             mask = torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
-            v = self.velocity(
+            v = network(
                 torch.cat([x_t, x_t]), tt.repeat(2), tile_codes.repeat(2, 1, 1), mask.to(device)
             )
             return cfg_combine(v[:n], v[n:], g)
@@ -817,6 +826,7 @@ class VLIC(
         max_evaluations: int | None = DEFAULT_MAX_EVALUATIONS,
         allow_model_mismatch: bool = False,
         max_evaluations_per_tile: PerTileLimit = OWN_LIMIT,
+        decode_dtype: DecodeDtype = "float32",
     ) -> dict[str, Any]:
         """Decode container bytes (everything needed is inside them) -> {"x_hat": (B, 3, H, W)}.
 
@@ -838,7 +848,11 @@ class VLIC(
                 (default ``"model"``: :meth:`max_evaluations_per_tile`, the config's steps,
                 doubled if guided; None: no limit), so a forged step count or guidance costs
                 no more than this model's own streams.
+            decode_dtype: the decoder network's arithmetic, "float32" (default: the same pixels
+                on every machine) or "bfloat16" (faster on GPUs and CPUs with bf16 units; the
+                tokens are the same, the pixels may differ slightly between machines).
         """
+        check_option("decode_dtype", decode_dtype, DecodeDtype)
         if isinstance(strings, (bytes, bytearray, str)) or not isinstance(strings, Sequence):
             raise DecompressArgumentError(
                 f"strings must be [[stream, ...]] as compress returns, got {type(strings).__name__}"
@@ -885,7 +899,9 @@ class VLIC(
                 payload, self.prior, batch=layout.num_tiles, num_tokens=self.config.num_tokens
             )
             s = self._header_settings(header)
-            x_hats.append(self.decode_codes(indices, layout=layout, **asdict(s)))
+            x_hats.append(
+                self.decode_codes(indices, layout=layout, decode_dtype=decode_dtype, **asdict(s))
+            )
         return {"x_hat": torch.cat(x_hats)}
 
     # ------------------------------------------------------- state handling
