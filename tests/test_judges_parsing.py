@@ -220,3 +220,17 @@ def test_package_import_is_lazy():
         "assert callable(j.make_judge)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_an_image_with_nan_or_infinity_is_refused_before_any_request(bad, dtype):
+    from compressai_vlic.judges.encoding import check_image
+
+    image = torch.rand(3, 16, 16, dtype=torch.float32).to(dtype)
+    assert check_image(image) is image
+    huge = torch.full((3, 16, 16), 3e38).to(dtype)  # a sum that overflows is not an error
+    check_image(huge)
+    image[1, 7, 3] = bad
+    with pytest.raises(JudgeError, match="NaN or infinite"):
+        check_image(image, "image A")

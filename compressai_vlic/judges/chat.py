@@ -389,8 +389,7 @@ class ChatClient:
                 stats.requests += 1
                 try:
                     response = await asyncio.wait_for(
-                        client.chat.completions.create(**build(use_logprobs), timeout=e.timeout_s),
-                        e.deadline_s,
+                        self._post(client, build(use_logprobs)), e.deadline_s
                     )
                     choice, text, refusal = self._message(response)
                     usage = _usage(response)
@@ -433,6 +432,21 @@ class ChatClient:
                 await asyncio.sleep(delay)
         return ChatReply(
             None, error=f"gave up after {attempt} attempts: {reason}", attempts=attempt
+        )
+
+    async def _post(self, client: Any, kwargs: dict[str, Any]) -> Any:
+        """POST ``/chat/completions`` with the body as built: the same request and the same
+        typed reply as ``chat.completions.create``, without its walk of the body against the
+        request's TypedDicts (most of the client's CPU per request, and the body is plain JSON)."""
+        from openai.types.chat import ChatCompletion
+
+        body = dict(kwargs)
+        body.update(body.pop("extra_body", None) or {})
+        return await client.post(
+            "/chat/completions",
+            body=body,
+            cast_to=ChatCompletion,
+            options={"timeout": self.endpoint.timeout_s},
         )
 
     def _message(self, response: Any) -> tuple[Any, str | None, str | None]:
