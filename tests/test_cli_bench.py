@@ -58,6 +58,10 @@ def _check_prior_steps(report: dict, tiles: list[int]) -> None:
         assert t["step_ms"] > 0 and t["bound_ms"] > 0 and t["reference_ms"] > 0
         assert t["step_over_bound"] == pytest.approx(t["step_ms"] / t["bound_ms"])
         assert t["device"] == "cpu" and t["digits"] == "factorized"
+        # the roofline: measured bandwidth and peak, and the step cannot beat it
+        assert t["bandwidth_gb_s"] > 0.1 and t["peak_gflop_s"] > 0.1
+        assert t["step_over_roofline"] == pytest.approx(t["step_ms"] / t["roofline_ms"])
+        assert t["roofline_ms"] < t["step_ms"]
 
 
 def test_bench_prior_only(tmp_path):

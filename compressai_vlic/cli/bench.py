@@ -256,7 +256,10 @@ def format_report(report: BenchReport) -> str:
             f"prior step ({t.parameters:,}-parameter {t.digits} prior, width {t.width}, "
             f"depth {t.depth}, {t.device}, position {t.position}): {t.tiles} tile(s) "
             f"{t.step_ms:.2f} ms per token step, bound {t.bound_ms:.2f} ms "
-            f"(float64 weight products alone) = {t.step_over_bound:.2f}x{reference}"
+            f"(float64 weight products alone) = {t.step_over_bound:.2f}x; roofline "
+            f"{t.roofline_ms:.2f} ms (weights and KV cache at {t.bandwidth_gb_s:.1f} GB/s, FLOPs "
+            f"at {t.peak_gflop_s:.1f} GFLOP/s, both measured now) = {t.step_over_roofline:.2f}x"
+            f"{reference}"
         )
     bad = [r.name for r in report.images if not r.component_path_matches]
     if bad:

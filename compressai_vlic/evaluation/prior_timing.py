@@ -10,7 +10,12 @@ implementation of the step can beat it without changing the arithmetic, so ``ste
 the overhead left. The transformers path (GPT-2 with a ``DynamicCache``, the same float64
 weights) is timed as a reference.
 
-All three are measured in the same run, interleaved, at the middle position of the tile (the
+The *roofline* is what the hardware allows at all: the larger of the step's bytes (float64
+weights plus the KV cache read at that position) over the memory bandwidth and its FLOPs over
+the float64 peak, both measured in the same run (a 256 MiB reduction, a 1024x1024 float64
+product), so ``step / roofline`` also counts what a better product kernel could win.
+
+All are measured in the same run, interleaved, at the middle position of the tile (the
 average attention length of a tile's K steps), best of ``repeat``: a shared, loaded machine
 slows them alike and their ratios stay meaningful.
 """
@@ -44,6 +49,10 @@ class PriorStepTiming:
     bound_ms: float
     reference_ms: float | None
     step_over_bound: float
+    roofline_ms: float = 0.0
+    bandwidth_gb_s: float = 0.0
+    peak_gflop_s: float = 0.0
+    step_over_roofline: float = 0.0
 
 
 def _best(fn: Callable[[], None], steps: int, sync: Callable[[], None]) -> float:
@@ -53,6 +62,22 @@ def _best(fn: Callable[[], None], steps: int, sync: Callable[[], None]) -> float
         fn()
     sync()
     return (time.perf_counter() - start) / steps * 1000
+
+
+def machine_limits(device: torch.device, repeat: int = 3) -> tuple[float, float]:
+    """(read bandwidth in GB/s, float64 matrix-product peak in GFLOP/s) of ``device``, measured
+    now: a sum over 256 MiB and a 1024x1024 product, best of ``repeat``."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    big = torch.ones(32 * 2**20, dtype=torch.float64, device=device)
+    a = torch.randn(1024, 1024, dtype=torch.float64, device=device)
+    out = torch.empty_like(a)
+    read_s = min(_best(lambda: big.sum(), 1, sync) for _ in range(repeat + 1)) / 1000
+    mm_s = min(_best(lambda: torch.mm(a, a, out=out), 1, sync) for _ in range(repeat + 1)) / 1000
+    return big.numel() * 8 / read_s / 1e9, 2 * 1024**3 / mm_s / 1e9
 
 
 def time_prior_step(
@@ -131,6 +156,13 @@ def time_prior_step(
                     cache.crop(-extra)  # drop what the previous round appended
                 times["reference"].append(_best(ref_step, steps, sync))
     step_ms, bound_ms = min(times["step"][1:]), min(times["bound"][1:])
+    bandwidth, peak = machine_limits(dev, repeat)
+    weight_elements = sum(m.numel() for m in matrices)
+    depth = prior.transformer.config.n_layer
+    kv_elements = depth * 2 * tiles * prior.width * (position + 1)  # keys and values read
+    step_bytes = 8 * (weight_elements + kv_elements)
+    step_flops = 2 * tiles * weight_elements + 2 * kv_elements  # products and attention
+    roofline_ms = 1000 * max(step_bytes / (bandwidth * 1e9), step_flops / (peak * 1e9))
     return PriorStepTiming(
         parameters=sum(p.numel() for p in prior.parameters()),
         width=prior.width,
@@ -143,4 +175,8 @@ def time_prior_step(
         bound_ms=bound_ms,
         reference_ms=min(times["reference"][1:]) if times["reference"] else None,
         step_over_bound=step_ms / bound_ms,
+        roofline_ms=roofline_ms,
+        bandwidth_gb_s=bandwidth,
+        peak_gflop_s=peak,
+        step_over_roofline=step_ms / roofline_ms,
     )
