@@ -32,19 +32,9 @@ MIB = 2**20
 def _config(width: int, depth: int):
     from compressai_vlic.zoo import quality_config
 
-    heads = max(1, width // 64)
-    return quality_config(
-        1,
-        encoder_depth=depth,
-        decoder_depth=depth,
-        encoder_width=width,
-        decoder_width=width,
-        encoder_heads=heads,
-        decoder_heads=heads,
-        prior_depth=2,
-        prior_width=256,
-        prior_heads=4,
-    )
+    blocks = {"depth": depth, "width": width, "heads": max(1, width // 64)}
+    sizes = {f"{part}_{key}": v for part in ("encoder", "decoder") for key, v in blocks.items()}
+    return quality_config(1, prior_depth=2, prior_width=256, prior_heads=4, **sizes)
 
 
 def _child(width: int, depth: int, precision: str, checkpointing: bool, batch: int) -> int:
@@ -130,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mib": {b: p / MIB for b, p in peaks.items()},
             }
         )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(
         f"width {args.width}, {args.depth}+{args.depth} blocks, 4352 tokens, {args.precision}, "
         f"batches {small} and {large}, load average {os.getloadavg()[0]:.1f}"
@@ -140,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['measured_per_sample_mib']:.1f} MiB per sample, planned "
             f"{r['planned_per_sample_mib']:.1f} MiB = {r['planned_over_measured']:.2f}x"
         )
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
 
 
