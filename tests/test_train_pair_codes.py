@@ -271,3 +271,35 @@ def test_whole_image_pairs_train_on_a_whole_tile_with_that_tiles_code(tmp_path, 
         ref = quantize(batch.reference[i])
         k = next(k for k in (0, 1) if np.array_equal(ref, img[codes.window(k)].transpose(2, 0, 1)))
         assert torch.equal(batch.indices[i], codes.indices[k])
+
+
+def test_pair_decodes_take_their_own_sampler_steps(tmp_path, photos):
+    """``num_steps`` changes the decodes, not the code; a folder of other decodes is refused."""
+    import asyncio
+
+    from compressai_vlic.errors import ConfigError
+    from compressai_vlic.evaluation.codec_pairs import CodecPairMaker
+    from compressai_vlic.zoo import vlic
+
+    torch.manual_seed(0)
+    model = vlic("test")
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    Image.fromarray(np.ascontiguousarray(photos["coffee"][100:132, 90:122])).save(orig / "c.png")
+    decoded = {}
+    for steps in (None, 5):
+        folder = tmp_path / f"decodes{steps}"
+        maker = CodecPairMaker(model, folder, identity={"num_steps": steps}, num_steps=steps)
+        (pair,) = maker.plan(orig)
+        asyncio.run(maker.prepare(pair))
+        decoded[steps] = [np.asarray(Image.open(p)) for p in (pair.a, pair.b)]
+        codes = PairCodes.load(pair.codes)
+    assert model.config.num_steps != 5
+    assert not np.array_equal(decoded[None][0], decoded[5][0])  # the steps really changed
+    assert torch.equal(
+        codes.indices, PairCodes.load(tmp_path / "decodesNone" / "c.codes.json").indices
+    )
+    with pytest.raises(ConfigError, match="another codec"):
+        CodecPairMaker(model, tmp_path / "decodesNone", identity={"num_steps": 5}, num_steps=5)
+    with pytest.raises(ConfigError, match="num_steps"):
+        CodecPairMaker(model, tmp_path / "x", num_steps=0)

@@ -205,6 +205,8 @@ class CodecPairMaker:
             it with that tile's code, an approximation near the blended margins).
         tiles_per_image: with "tile", how many crops per original: the non-overlapping tile grid
             centred in the image, nearest the centre first (default 1, the centre crop).
+        num_steps: sampler steps of the two decodes (default None: the stream's own, i.e. the
+            config's). More steps give more distinct pairs (docs/ablation.md).
     """
 
     def __init__(
@@ -216,12 +218,15 @@ class CodecPairMaker:
         identity: dict[str, Any] | None = None,
         crop_type: CropType = "tile",
         tiles_per_image: int = 1,
+        num_steps: int | None = None,
     ):
         if pairs_per_image < 1:
             raise ConfigError(f"pairs_per_image must be >= 1, got {pairs_per_image}")
         check_option("crop_type", crop_type, CropType)
         if tiles_per_image < 1:
             raise ConfigError(f"tiles_per_image must be >= 1, got {tiles_per_image}")
+        if num_steps is not None and num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1 (or None for the stream's), got {num_steps}")
         self._check_identity(Path(decode_dir), identity or {})
         self.model = model.eval()
         self.decode_dir = Path(decode_dir)
@@ -229,6 +234,7 @@ class CodecPairMaker:
         self.base_seed = base_seed
         self.crop_type = crop_type
         self.tiles_per_image = tiles_per_image
+        self.num_steps = num_steps
         self._crops: dict[str, tuple[Path, int, int]] = {}  # crop reference -> (source, top, left)
         #: originals :meth:`plan` left out (unreadable, over a limit, too small) -> reason
         self.skipped: dict[str, str] = {}
@@ -340,7 +346,8 @@ class CodecPairMaker:
         from compressai_vlic.bitstream import pack, unpack
 
         header, payload = unpack(data)
-        stream = pack(dc_replace(header, seed=seed), payload)  # same tokens, another noise seed
+        steps = {"num_steps": self.num_steps} if self.num_steps else {}
+        stream = pack(dc_replace(header, seed=seed, **steps), payload)  # same tokens, new noise
         with torch.no_grad():
             x_hat = self.model.decompress([[stream]], (header.height, header.width))["x_hat"]
         save_png(x_hat[0], out)  # atomic

@@ -222,8 +222,11 @@ def make_pair_set(
     judge_settings: dict[str, Any],
     base_seed: int = 0,
     progress: bool = False,
+    num_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Judge two decodes of each original by the reference model (resumable; whole-image pairs).
+    """Judge two decodes of each original by the reference model (resumable; whole-image pairs),
+    each decoded with ``num_steps`` sampler steps (None: the model's own; the stage-2 config's
+    ``decode_num_steps``).
 
     Returns counts: pairs, decided, abstained.
     """
@@ -240,8 +243,9 @@ def make_pair_set(
         output.with_name(output.name + ".decodes"),
         1,
         base_seed,
-        {"reference": str(reference)},
+        {"reference": str(reference), **({"num_steps": num_steps} if num_steps else {})},
         crop_type="image",
+        num_steps=num_steps,
     )
     spec = JudgeSpec.from_config(judge_settings)
     judge = spec.build()
@@ -249,7 +253,12 @@ def make_pair_set(
         "judge": describe_judge(judge),
         "judge_type": spec.backend,
         "judge_args": public_kwargs(spec.backend_kwargs()),
-        "codec": {"reference": str(reference), "base_seed": base_seed, "crop_type": "image"},
+        "codec": {
+            "reference": str(reference),
+            "base_seed": base_seed,
+            "crop_type": "image",
+            "num_steps": num_steps,
+        },
     }
     summary = build_preference_dataset(
         maker.plan(originals),
@@ -494,7 +503,11 @@ def prepare_runs(
                 shuffle_seed,
             )
             counts = make_pair_set(
-                reference, pairs_dir / "originals", pairs, judge_config_of(model)
+                reference,
+                pairs_dir / "originals",
+                pairs,
+                judge_config_of(model),
+                num_steps=model.get("decode_num_steps"),
             )
             manifest.data["pairs"] = {"path": str(pairs), "complete": True, **counts}
             manifest.save()

@@ -393,7 +393,11 @@ def evaluate_ablation(
         if not (eval_dir / "heldout_pairs.done").is_file() and not report_only:
             cut_crops(images, eval_dir / "heldout_crops", heldout_pairs, pair_crop, seed=1)
             make_pair_set(
-                reference, eval_dir / "heldout_crops", pairs_path, judge_config_of(model_args)
+                reference,
+                eval_dir / "heldout_crops",
+                pairs_path,
+                judge_config_of(model_args),
+                num_steps=model_args.get("decode_num_steps"),
             )
             atomic_write_text(eval_dir / "heldout_pairs.done", "")
         held = heldout_dpo_diagnostics(model_args, pairs_path, models)
