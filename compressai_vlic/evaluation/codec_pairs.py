@@ -348,9 +348,11 @@ class CodecPairMaker:
         header, payload = unpack(data)
         steps = {"num_steps": self.num_steps} if self.num_steps else {}
         stream = pack(dc_replace(header, seed=seed, **steps), payload)  # same tokens, new noise
+        # a stream this maker wrote with its own step count: the model's own limit does not apply
+        limit = {"max_evaluations_per_tile": None} if self.num_steps else {}
         with torch.no_grad():
-            x_hat = self.model.decompress([[stream]], (header.height, header.width))["x_hat"]
-        save_png(x_hat[0], out)  # atomic
+            x_hat = self.model.decompress([[stream]], (header.height, header.width), **limit)
+        save_png(x_hat["x_hat"][0], out)  # atomic
 
     def _make(self, pair: PairInputs) -> None:
         self._reference(pair)

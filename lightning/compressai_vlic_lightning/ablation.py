@@ -270,7 +270,7 @@ def make_pair_set(
         prepare=maker.prepare,
     )
     if not summary.ok:
-        raise ConfigError(f"{output}: {summary.line()}")
+        raise ConfigError("\n".join([f"{output}: {summary.line()}", *summary.problems(3)]))
     closer = getattr(judge, "close", None)
     if callable(closer):
         closer()
