@@ -261,3 +261,92 @@ def test_report_marks_training_metrics_and_pairs_arms_by_seed(tmp_path):
     text = markdown(table, {"dpo": {"heldout_implicit_accuracy": 0.5}})
     assert "| lpips | unanimity partner |" in text and "dpo-shuffled" in text
     assert [p.name for p in plot_metrics(table, tmp_path)] == ["lpips.png", "bpp.png"]
+
+
+def test_workers_train_runs_at_once_and_shards_split_the_photos(tmp_path, photos):
+    """``workers`` trains runs concurrently with one manifest; evaluation shards cover every
+    (photo, model) once and give the rows one process gives."""
+    import threading
+    import time
+
+    from compressai_vlic_lightning.ablation import Manifest, RunSpec, _shard
+    from compressai_vlic_lightning.ablation_eval import evaluate_models
+
+    from compressai_vlic.errors import ConfigError
+    from compressai_vlic.zoo import vlic
+
+    specs = [RunSpec(a, s, tmp_path / a / str(s)) for s in (0, 1) for a in ("dpo", "control")]
+    manifest = Manifest(tmp_path / "manifest.json")
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def runner(spec, cmd):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.3)
+        if spec.key != "control/seed0":  # this one fails
+            spec.last_ckpt.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"global_step": 5}, spec.last_ckpt)
+        with lock:
+            running[0] -= 1
+        return 0
+
+    assert train_runs(specs, manifest, 5, runner=runner, workers=2) == ["control/seed0"]
+    assert peak[0] == 2
+    saved = json.loads((tmp_path / "manifest.json").read_text())["runs"]
+    assert {k: v["status"] for k, v in saved.items()} == {
+        "dpo/seed0": "done",
+        "control/seed0": "failed",
+        "dpo/seed1": "done",
+        "control/seed1": "done",
+    }
+    with pytest.raises(ConfigError, match="workers"):
+        train_runs(specs, manifest, 5, runner=runner, workers=0)
+    assert _shard("1/3") == (1, 3)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(ConfigError, match="eval-shard"):
+            _shard(bad)
+
+    torch.manual_seed(0)
+    models = {"stage1": vlic("test").eval(), "dpo/seed0": vlic("test").eval()}
+    images = []
+    for i, name in enumerate(("astronaut", "coffee", "rocket")):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.ascontiguousarray(photos[name][100 + i : 124 + i, 90:122])).save(path)
+        images.append(path)
+    one = evaluate_models(models, images, tmp_path / "one.jsonl", [0], ["psnr"])
+    for k in (1, 0):  # shard 1 first: each shard appends only its own photos
+        evaluate_models(models, images, tmp_path / "two.jsonl", [0], ["psnr"], shard=(k, 2))
+    lines = (tmp_path / "two.jsonl").read_text().splitlines()
+    assert len(lines) == len(one) == 6
+    two = evaluate_models(models, images, tmp_path / "two.jsonl", [0], ["psnr"], evaluate=False)
+    key = lambda r: (r["image"], r["model"])  # noqa: E731
+    assert sorted(two, key=key) == sorted(one, key=key)
+
+
+def test_ablate_evaluates_with_a_helper_process_and_reports(tiny_setup, tmp_path, photos):
+    """The command a researcher runs: train one arm, then evaluate it on held-out photos with
+    ``--workers 2`` (a second process takes every other photo); one report over all rows."""
+    from compressai_vlic_lightning.cli import main as train_main
+
+    out = tmp_path / "abl"
+    heldout = tmp_path / "heldout"
+    heldout.mkdir()
+    for i, name in enumerate(("chelsea", "rocket", "coffee")):
+        crop = photos[name][60 + i : 92 + i, 60:92]
+        Image.fromarray(np.ascontiguousarray(crop)).save(heldout / f"{name}@r0c0.png")
+    common = ["ablate", "--config", str(tiny_setup), "--out", str(out), "--arms", "dpo"]
+    common += ["--seeds", "0", "--steps", "2", "--pairs", "4", "--pair-crop", "32"]
+    assert train_main(common) == 0
+    evaluate = [*common, "--evaluate-only", "--heldout", str(heldout), "--heldout-pairs", "0"]
+    evaluate += ["--decode-seeds", "0", "--metrics", "psnr,ms_ssim", "--n-boot", "50"]
+    assert train_main([*evaluate, "--workers", "2"]) == 0
+    rows = [json.loads(line) for line in (out / "eval" / "rows.jsonl").read_text().splitlines()]
+    assert sorted((r["image"], r["model"]) for r in rows) == sorted(
+        (f"{n}@r0c0.png", m)
+        for n in ("chelsea", "rocket", "coffee")
+        for m in ("stage1", "dpo/seed0")
+    )
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["images"] == 3 and "dpo-stage1" in report["differences"]["psnr"]
+    assert (out / "eval" / "report.md").is_file()

@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from typing import Any, Literal
 from compressai_vlic.atomic import atomic_write_text
 from compressai_vlic.errors import ConfigError
 from compressai_vlic.options import check_option
+from compressai_vlic.threads import THREADS_ENV, available_cores, set_default_threads
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +322,12 @@ class Manifest:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
         self.data.setdefault("runs", {})
+        self._lock = threading.Lock()
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+        with self._lock:  # runs trained in parallel threads update it
+            text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+            atomic_write_text(self.path, text)
 
     def run(self, key: str) -> dict[str, Any]:
         return self.data["runs"].setdefault(key, {})
@@ -377,19 +382,24 @@ def train_runs(
     manifest: Manifest,
     steps: int,
     runner: Any = None,
+    workers: int = 1,
 ) -> list[str]:
     """Train every run that is not done (resuming each from its ``last.ckpt``); returns failures.
 
     Args:
         runner: ``runner(spec, command)`` -> return code (default: a subprocess); tests pass an
             in-process one.
+        workers: runs trained at once, each its own process (default 1). Give each run
+            ``cores / workers`` threads (``COMPRESSAI_VLIC_THREADS``) or one GPU.
     """
-    failed = []
-    for spec in specs:
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+
+    def train(spec: RunSpec) -> bool:
         entry = manifest.run(spec.key)
         at = checkpoint_step(spec.last_ckpt)
         if entry.get("status") == "done" and at is not None and at >= steps:
-            continue
+            return True
         cmd = fit_command(spec)
         keep_log(spec, at)
         entry.update(
@@ -417,9 +427,16 @@ def train_runs(
             }
         )
         manifest.save()
-        if entry["status"] != "done":
-            failed.append(spec.key)
-    return failed
+        return entry["status"] == "done"
+
+    if workers == 1:
+        done = [train(spec) for spec in specs]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = list(pool.map(train, specs))
+    return [spec.key for spec, ok in zip(specs, done) if not ok]
 
 
 def prepare_runs(
@@ -559,8 +576,16 @@ def run_ablation(args: Any) -> int:
         shuffle_seed=args.shuffle_seed,
     )
     steps = int(manifest.data["settings"]["steps"])
-    if not (args.evaluate_only or args.report_only):
-        failed = train_runs(specs, manifest, steps)
+    workers = int(getattr(args, "workers", 1) or 1)
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    shard = _shard(args.eval_shard) if getattr(args, "eval_shard", None) else None
+    if workers > 1 and THREADS_ENV not in os.environ:  # the workers' processes share the cores
+        os.environ[THREADS_ENV] = str(max(1, available_cores() // workers))
+    if os.environ.get(THREADS_ENV):
+        set_default_threads()
+    if not (args.evaluate_only or args.report_only or shard):
+        failed = train_runs(specs, manifest, steps, workers=workers)
         if failed:
             print(
                 f"error: runs failed: {', '.join(failed)} (see their train.log); rerun to resume",
@@ -581,5 +606,32 @@ def run_ablation(args: Any) -> int:
             pair_crop=args.pair_crop,
             n_boot=args.n_boot,
             report_only=args.report_only,
+            shard=shard,
+            helpers=[_shard_command(args, k, workers) for k in range(1, workers)],
         )
     return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 0 <= K < N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--eval-shard takes K/N (e.g. 1/4), got {text!r}") from None
+    if not 0 <= k < n:
+        raise ConfigError(f"--eval-shard K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
+def _shard_command(args: Any, k: int, n: int) -> list[str]:
+    """The ``ablate`` command that evaluates shard k of n of the same ablation."""
+    cmd = [sys.executable, "-m", "compressai_vlic_lightning.cli", "ablate"]
+    cmd += ["--config", str(args.config), "--out", str(args.out), "--arms", args.arms]
+    cmd += ["--seeds", args.seeds, "--pairs", str(args.pairs), "--pair-crop", str(args.pair_crop)]
+    cmd += ["--shuffle-seed", str(args.shuffle_seed), "--heldout", str(args.heldout)]
+    cmd += ["--decode-seeds", args.decode_seeds, "--metrics", args.metrics]
+    if args.steps is not None:
+        cmd += ["--steps", str(args.steps)]
+    if args.pair_originals:
+        cmd += ["--pair-originals", str(args.pair_originals)]
+    return [*cmd, "--evaluate-only", "--eval-shard", f"{k}/{n}"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,11 @@ def evaluate_models(
     decode_seeds: list[int],
     metrics: list[str],
     evaluate: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[dict[str, Any]]:
     """One row per (photo, model), appended to ``rows_path`` (rows already there are kept);
-    ``evaluate=False`` only reads the rows there (a report while another process evaluates)."""
+    ``evaluate=False`` only reads the rows there (a report while another process evaluates).
+    ``shard=(k, n)`` evaluates photos k, k + n, ... only (one of n processes sharing the file)."""
     from compressai_vlic.image_io import load_image
     from compressai_vlic.jsonl import JsonlAppender, read_jsonl
     from compressai_vlic.metrics import get_metric
@@ -103,8 +106,9 @@ def evaluate_models(
         return list(done.values())
     meters = {name: get_metric(METRICS[name][0], **METRICS[name][1]) for name in metrics}
     pair_meters = {n: meters[n] for n in ("lpips", "dists") if n in meters}
+    k, n = shard
     with JsonlAppender(rows_path) as out:
-        for image in images:
+        for image in images[k::n]:
             x = load_image(image).tensor[None]
             pixels = x.shape[-2] * x.shape[-1]
             for key, model in models.items():
@@ -353,10 +357,17 @@ def evaluate_ablation(
     pair_crop: int = 128,
     n_boot: int = 2000,
     report_only: bool = False,
+    shard: tuple[int, int] | None = None,
+    helpers: list[list[str]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every finished run and the reference; write report.md / report.json / plots.
 
-    ``report_only``: write the report from the rows evaluated so far, evaluating nothing more.
+    Args:
+        report_only: write the report from the rows evaluated so far, evaluating nothing more.
+        shard: ``(k, n)``: evaluate photos k, k + n, ... only and write no report (one of n
+            processes or machines sharing ``OUT/eval``; a ``report_only`` call writes it).
+        helpers: commands started first (other shards' processes); this process evaluates
+            shard 0, waits for them, then writes the report from all rows.
     """
     import yaml
 
@@ -384,28 +395,43 @@ def evaluate_ablation(
     images = sorted(find_images(heldout))
     if not images:
         raise ConfigError(f"{heldout}: no held-out photos")
-    diagnostics: dict[str, dict[str, float]] = {}
-    pairs_path = eval_dir / "heldout_pairs.jsonl"
-    heldout_pairs = (
-        heldout_pairs if (eval_dir / "heldout_pairs.done").is_file() or not report_only else 0
-    )
-    if heldout_pairs > 0:
-        if not (eval_dir / "heldout_pairs.done").is_file() and not report_only:
-            cut_crops(images, eval_dir / "heldout_crops", heldout_pairs, pair_crop, seed=1)
-            make_pair_set(
-                reference,
-                eval_dir / "heldout_crops",
-                pairs_path,
-                judge_config_of(model_args),
-                num_steps=model_args.get("decode_num_steps"),
-            )
-            atomic_write_text(eval_dir / "heldout_pairs.done", "")
-        held = heldout_dpo_diagnostics(model_args, pairs_path, models)
-        rows = read_preference_dataset(pairs_path)
-        heldout_abstain = sum(r.label is Choice.ABSTAIN for r in rows) / max(1, len(rows))
-    rows = evaluate_models(
-        models, images, eval_dir / "rows.jsonl", decode_seeds, metrics, evaluate=not report_only
-    )
+    rows_path = eval_dir / "rows.jsonl"
+    if shard is not None:
+        evaluate_models(models, images, rows_path, decode_seeds, metrics, shard=shard)
+        return {}
+    started = [] if report_only else [subprocess.Popen(cmd) for cmd in helpers or []]
+    try:
+        diagnostics: dict[str, dict[str, float]] = {}
+        pairs_path = eval_dir / "heldout_pairs.jsonl"
+        heldout_pairs = (
+            heldout_pairs if (eval_dir / "heldout_pairs.done").is_file() or not report_only else 0
+        )
+        if heldout_pairs > 0:
+            if not (eval_dir / "heldout_pairs.done").is_file() and not report_only:
+                cut_crops(images, eval_dir / "heldout_crops", heldout_pairs, pair_crop, seed=1)
+                make_pair_set(
+                    reference,
+                    eval_dir / "heldout_crops",
+                    pairs_path,
+                    judge_config_of(model_args),
+                    num_steps=model_args.get("decode_num_steps"),
+                )
+                atomic_write_text(eval_dir / "heldout_pairs.done", "")
+            held = heldout_dpo_diagnostics(model_args, pairs_path, models)
+            rows = read_preference_dataset(pairs_path)
+            heldout_abstain = sum(r.label is Choice.ABSTAIN for r in rows) / max(1, len(rows))
+        shards = len(started) + 1
+        rows = evaluate_models(
+            models, images, rows_path, decode_seeds, metrics, not report_only, (0, shards)
+        )
+    finally:
+        codes = [p.wait() for p in started]
+    if any(codes):
+        raise ConfigError(
+            f"evaluation helper processes exited with {codes}; rerun to evaluate what is missing"
+        )
+    if started:  # with the rows the helpers wrote
+        rows = evaluate_models(models, images, rows_path, decode_seeds, metrics, evaluate=False)
     roles = metric_roles(model_args)
     groups = (
         {p.name: p.name.split("@")[0] for p in images}

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXPORT = "export"
@@ -69,6 +70,19 @@ def _ablate(argv: list[str]) -> int:
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument(
         "--evaluate-only", action="store_true", help="skip training (evaluate what is done)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="runs trained at once, and processes evaluating (each gets cores / workers threads)",
+    )
+    parser.add_argument(
+        "--eval-shard",
+        default=None,
+        metavar="K/N",
+        help="evaluate held-out photos K, K+N, ... only and write no report (one of N processes "
+        "or machines sharing OUT; --report-only then writes the report)",
     )
     parser.add_argument(
         "--report-only",
@@ -263,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
 
     compressai_vlic_lightning.load_all()  # the classes the configs name
     ignore_lightning_leafspec()  # Lightning's own use of a torch API it has deprecated
+    from compressai_vlic.threads import THREADS_ENV, set_default_threads
+
+    if os.environ.get(THREADS_ENV):  # e.g. set by `ablate --workers` for the runs it starts
+        set_default_threads()
 
     try:
         _cli_class(LightningCLI)(
