@@ -357,3 +357,17 @@ def unpack(data: bytes) -> tuple[StreamHeader, bytes]:
     except ConfigError as exc:  # a value no encoder writes, under a valid checksum
         raise CorruptStreamError(f"stream header holds an impossible value: {exc}") from exc
     return header, body[header_bytes:]
+
+
+def resample(data: bytes, seed: int, num_steps: int | None = None) -> bytes:
+    """The same stream (same tokens) with another noise seed, and optionally another number of
+    sampler steps, in its header: how one code is decoded several times (pairs, decode seeds).
+
+    A stream with more steps than its model writes needs ``max_evaluations_per_tile`` raised
+    (or None) when it is decoded.
+    """
+    from dataclasses import replace
+
+    header, payload = unpack(data)
+    changes = {"seed": seed} if num_steps is None else {"seed": seed, "num_steps": num_steps}
+    return pack(replace(header, **changes), payload)

@@ -20,7 +20,6 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -343,11 +342,10 @@ class CodecPairMaker:
         return data
 
     def _decode(self, data: bytes, seed: int, out: Path) -> None:
-        from compressai_vlic.bitstream import pack, unpack
+        from compressai_vlic.bitstream import resample, unpack
 
-        header, payload = unpack(data)
-        steps = {"num_steps": self.num_steps} if self.num_steps else {}
-        stream = pack(dc_replace(header, seed=seed, **steps), payload)  # same tokens, new noise
+        header, _ = unpack(data)
+        stream = resample(data, seed, self.num_steps)  # same tokens, new noise
         # a stream this maker wrote with its own step count: the model's own limit does not apply
         limit = {"max_evaluations_per_tile": None} if self.num_steps else {}
         with torch.no_grad():

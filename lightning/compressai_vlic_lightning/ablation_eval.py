@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +74,13 @@ def metric_roles(model_args: dict[str, Any]) -> dict[str, str]:
     return {k: ", ".join(v) if v else "none" for k, v in roles.items()}
 
 
-def _decode_at(model: Any, data: bytes, seed: int) -> torch.Tensor:
-    from compressai_vlic.bitstream import pack, unpack
+def decode_at(model: Any, data: bytes, seed: int) -> torch.Tensor:
+    """Decode one stream's tokens with another noise seed, (1, 3, H, W)."""
+    from compressai_vlic.bitstream import resample, unpack
 
-    header, payload = unpack(data)
-    stream = pack(replace(header, seed=seed), payload)
+    header, _ = unpack(data)
     with torch.no_grad():
-        return model.decompress([[stream]], (header.height, header.width))["x_hat"]
+        return model.decompress([[resample(data, seed)]], (header.height, header.width))["x_hat"]
 
 
 def evaluate_models(
@@ -116,7 +115,7 @@ def evaluate_models(
                     continue
                 with torch.no_grad():
                     data = bytes(model.compress(x, seed=decode_seeds[0])["strings"][0][0])
-                decodes = [_decode_at(model, data, s).clamp(0, 1) for s in decode_seeds]
+                decodes = [decode_at(model, data, s).clamp(0, 1) for s in decode_seeds]
                 values = {
                     name: [float(meter(d, x)[0]) for d in decodes] for name, meter in meters.items()
                 }

@@ -47,6 +47,9 @@ BUNDLED_PHOTOS = (
     "flower",
 )
 DEFAULT_VAL_PHOTOS = ("chelsea", "flower")
+# Grayscale photos that also ship inside scikit-image, read as RGB (three equal channels): never
+# in a default training set, they widen the demo's held-out set.
+GRAY_PHOTOS = ("camera", "moon", "grass", "gravel")
 
 
 def crop_image(
@@ -273,12 +276,15 @@ def bundled_photos(names: Sequence[str] = BUNDLED_PHOTOS) -> dict[str, Tensor]:
             skimage_data = require("skimage.data", "demo", "The motorcycle photos")
             left, right, _ = skimage_data.stereo_motorcycle()
             array = left if name.endswith("left") else right
-        elif name in BUNDLED_PHOTOS:
+        elif name in BUNDLED_PHOTOS or name in GRAY_PHOTOS:
             skimage_data = require("skimage.data", "demo", "The scikit-image photos")
             array = getattr(skimage_data, name)()
+            if array.ndim == 2:
+                array = np.repeat(array[..., None], 3, axis=-1)
         else:
             raise DatasetError(
-                f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
+                f"unknown bundled photo {name!r}; choose from "
+                f"{', '.join(BUNDLED_PHOTOS + GRAY_PHOTOS)}"
             )
         tensor = (
             torch.from_numpy(np.array(array[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0
@@ -478,9 +484,10 @@ class PhotosDataModule(_CropDataModule):
             else [p for p in BUNDLED_PHOTOS if p not in self.val_photos]
         )
         for name in (*self.train_photos, *self.val_photos):
-            if name not in BUNDLED_PHOTOS:
+            if name not in BUNDLED_PHOTOS + GRAY_PHOTOS:
                 raise DatasetError(
-                    f"unknown bundled photo {name!r}; choose from {', '.join(BUNDLED_PHOTOS)}"
+                    f"unknown bundled photo {name!r}; choose from "
+                    f"{', '.join(BUNDLED_PHOTOS + GRAY_PHOTOS)}"
                 )
         if not self.train_photos:
             raise DatasetError("train_photos is empty")

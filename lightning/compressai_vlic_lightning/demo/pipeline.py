@@ -25,6 +25,7 @@ from compressai_vlic_lightning.demo.plan import (
     AT_RATE_CODECS,
     CODEC_GRIDS,
     EVAL_PHOTOS,
+    INDEPENDENT_JUDGE,
     LABELS,
     Clock,
     DemoConfigs,
@@ -675,79 +676,114 @@ def side_by_side(run: DemoRun) -> None:
             )
 
 
-def _crop_duel(models: dict[str, Any], judge: Any, plan: DemoPlan, seed: int) -> dict[str, Any]:
-    """The judge's 2AFC verdicts, after vs before post-training, on held-out training-size crops.
+def _duel_crops(plan: DemoPlan) -> tuple[Any, list[int]]:
+    """The duel's held-out crops, (N, 3, S, S) at the evaluation scale, and each crop's photo."""
+    import torch
 
-    Both models decode with the same seeds; every crop and seed is one question. Many crops give
-    a far less noisy read of what post-training changed than two full images. The win rate's
-    95% interval is a bootstrap over crops (a crop's seeds stay together).
-    """
+    from compressai_vlic_lightning.data import PhotosDataModule, _grid_crops
+
+    size = plan.duel_crop_size
+    images = PhotosDataModule(val_photos=list(EVAL_PHOTOS), max_side=plan.eval_max_side)._load(
+        EVAL_PHOTOS
+    )
+    crops, photo = [], []
+    for k, img in enumerate(images):
+        if min(img.shape[-2:]) < size:  # upscaled so that the judge sees a whole crop
+            scale = size / min(img.shape[-2:])
+            img = torch.nn.functional.interpolate(
+                img[None], scale_factor=scale, mode="bilinear", antialias=True
+            )[0].clamp(0, 1)
+        for crop in _grid_crops(img, size, plan.duel_crops_per_photo):
+            crops.append(crop)
+            photo.append(k)
+    return torch.stack(crops), photo
+
+
+def _verdict_counts(
+    verdicts: list[Any], photo: list[int], n_photos: int, plan: DemoPlan, seed: int
+) -> dict[str, Any]:
+    """Counts and the after-vs-before win rate, its 95% interval a bootstrap over photos."""
     import numpy as np
+
+    from compressai_vlic.judges.audit.statistics import bootstrap_ratio
+    from compressai_vlic.judges.types import Choice
+
+    wins, decided = np.zeros(n_photos), np.zeros(n_photos)
+    counts = {"after": 0, "before": 0, "abstain": 0, "failed": 0}
+    for q, v in enumerate(verdicts):
+        k = photo[q % len(photo)]
+        if getattr(v, "failed", False):
+            counts["failed"] += 1
+        elif v.choice is Choice.A:
+            counts["after"] += 1
+            wins[k] += 1
+            decided[k] += 1
+        elif v.choice is Choice.B:
+            counts["before"] += 1
+            decided[k] += 1
+        else:
+            counts["abstain"] += 1
+    est = bootstrap_ratio(wins, decided, plan.bootstrap_samples, np.random.default_rng(seed))
+    return {
+        **counts,
+        "after_win_rate": None if np.isnan(est.value) else est.value,
+        "after_win_rate_ci95": None if np.isnan(est.value) else [est.low, est.high],
+    }
+
+
+def _crop_duel(
+    models: dict[str, Any], judges: dict[str, tuple[Any, str]], plan: DemoPlan, seed: int
+) -> dict[str, Any]:
+    """2AFC verdicts, after vs before post-training, on held-out crops of ``duel_crop_size`` px
+    coded through real bitstreams and decoded with two seeds (every crop and seed one question),
+    by each judge: the training judge and one that took no part in training. Win-rate intervals
+    are a bootstrap over photos (a photo's crops and seeds stay together)."""
     import torch
     from tqdm.auto import tqdm
 
-    from compressai_vlic.judges.audit.statistics import bootstrap_ratio
-    from compressai_vlic.judges.types import Choice, JudgeRequest
+    from compressai_vlic.judges.types import JudgeRequest
     from compressai_vlic.metrics import get_metric
+    from compressai_vlic_lightning.ablation_eval import decode_at
     from compressai_vlic_lightning.common import psnr
-    from compressai_vlic_lightning.data import PhotosDataModule
 
-    size = models["before"].config.image_size
-    data = PhotosDataModule(
-        crop_size=size, val_photos=list(EVAL_PHOTOS), val_crops_per_photo=plan.duel_crops_per_photo
-    )
-    data.setup("validate")
-    crops = torch.stack([data.val_set[i] for i in range(len(data.val_set))])
+    crops, photo = _duel_crops(plan)
     seeds = (0, 1)
-    decoded: dict[str, list[Any]] = {}
-    bar = tqdm(total=len(models) * len(seeds), desc="[demo] duel decodes", unit="decode")
+    decoded: dict[str, list[Any]] = {label: [[], []] for label in models}
+    bar = tqdm(total=len(models) * crops.shape[0], desc="[demo] duel decodes", unit="crop")
     for label, model in models.items():
-        with torch.no_grad():
-            indices = model.encode(crops).indices
-            decoded[label] = []
-            for s in seeds:
-                decoded[label].append(model.decode_codes(indices, seed=s).clamp(0, 1))
-                bar.update(1)
+        for crop in crops:
+            with torch.no_grad():
+                data = bytes(model.compress(crop[None], seed=seeds[0])["strings"][0][0])
+            for j, s in enumerate(seeds):
+                decoded[label][j].append(decode_at(model, data, s)[0].clamp(0, 1))
+            bar.update(1)
     bar.close()
+    decoded = {label: [torch.stack(d) for d in per_seed] for label, per_seed in decoded.items()}
     requests = [
         JudgeRequest(crops[i], decoded["after"][s][i], decoded["before"][s][i])
         for s in range(len(seeds))
         for i in range(crops.shape[0])
     ]
-    verdicts = []
-    chunk = 16
-    bar = tqdm(total=len(requests), desc="[demo] judge questions", unit="pair")
-    for start in range(0, len(requests), chunk):
-        verdicts += judge.compare_batch(requests[start : start + chunk])
-        bar.update(min(chunk, len(requests) - start))
-    bar.close()
-    n = crops.shape[0]
-    wins, decided = np.zeros(n), np.zeros(n)
-    counts = {"after": 0, "before": 0, "abstain": 0, "failed": 0}
-    for q, v in enumerate(verdicts):
-        i = q % n
-        if getattr(v, "failed", False):
-            counts["failed"] += 1
-        elif v.choice is Choice.A:
-            counts["after"] += 1
-            wins[i] += 1
-            decided[i] += 1
-        elif v.choice is Choice.B:
-            counts["before"] += 1
-            decided[i] += 1
-        else:
-            counts["abstain"] += 1
-    est = bootstrap_ratio(wins, decided, plan.bootstrap_samples, np.random.default_rng(seed))
     out: dict[str, Any] = {
-        **counts,
-        "crops": n,
-        "crop_size": size,
+        "photos": list(EVAL_PHOTOS),
+        "crops": crops.shape[0],
+        "crop_size": plan.duel_crop_size,
         "seeds": len(seeds),
         "questions": len(requests),
-        "after_win_rate": None if np.isnan(est.value) else est.value,
-        "after_win_rate_ci95": None if np.isnan(est.value) else [est.low, est.high],
-        "ci_method": f"percentile bootstrap over crops, {plan.bootstrap_samples} resamples",
+        "ci_method": f"percentile bootstrap over photos, {plan.bootstrap_samples} resamples",
+        "judges": {},
     }
+    for name, (judge, role) in judges.items():
+        verdicts = []
+        bar = tqdm(total=len(requests), desc=f"[demo] {name}", unit="pair")
+        for start in range(0, len(requests), 16):
+            verdicts += judge.compare_batch(requests[start : start + 16])
+            bar.update(min(16, len(requests) - start))
+        bar.close()
+        out["judges"][name] = {
+            "role": role,
+            **_verdict_counts(verdicts, photo, len(EVAL_PHOTOS), plan, seed),
+        }
     for label in models:
         out[f"{label}_crop_psnr"] = float(
             torch.cat([psnr(d, crops) for d in decoded[label]]).mean()
@@ -765,7 +801,8 @@ def _crop_duel(models: dict[str, Any], judge: Any, plan: DemoPlan, seed: int) ->
 
 
 def judge_duel(run: DemoRun) -> None:
-    """The judge, after vs before post-training: full held-out photos and many crops."""
+    """After vs before post-training, judged by the training judge and by an independent one:
+    the full held-out photos (training judge) and many held-out crops (both)."""
     from compressai_vlic.checkpoints import load_vlic
     from compressai_vlic.image_io import load_image
 
@@ -773,6 +810,7 @@ def judge_duel(run: DemoRun) -> None:
     print("[demo] judge duel: after vs before post-training on held-out crops", flush=True)
     models = {label: load_vlic(path).eval() for label, path in run.exported.items()}
     judge = run.judge_spec.build()
+    independent = JudgeSpec(backend=INDEPENDENT_JUDGE).build()
     result = run.comparison
     full = {"after": 0, "before": 0, "abstain": 0}
     for entry in run.report.per_image:
@@ -791,10 +829,15 @@ def judge_duel(run: DemoRun) -> None:
         full[key] += 1
         entry["judge_prefers"] = key
     run.report.summary["judge_2afc_after_vs_before"] = full
-    run.report.summary["judge_2afc_crops"] = _crop_duel(models, judge, run.plan, run.args.seed)
-    close = getattr(judge, "close", None)
-    if callable(close):
-        close()
+    judges = {
+        "training judge": (judge, "the judge post-training learned from"),
+        f"independent judge ({INDEPENDENT_JUDGE})": (independent, "took no part in training"),
+    }
+    run.report.summary["judge_2afc_crops"] = _crop_duel(models, judges, run.plan, run.args.seed)
+    for j in (judge, independent):
+        close = getattr(j, "close", None)
+        if callable(close):
+            close()
     clock.stop()
 
 

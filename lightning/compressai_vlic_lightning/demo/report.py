@@ -58,26 +58,66 @@ def csv_series(csv_path: Path, key: str) -> tuple[list[int], list[float]]:
     return steps, values
 
 
-def lpips_check(report: DemoReport) -> dict[str, Any]:
-    """LPIPS before and after post-training (full photos, and crops): the delta, flagged when
-    post-training made it worse (what LPIPS unanimity is there to prevent)."""
-    s, duel = report.summary, report.summary.get("judge_2afc_crops", {})
-    check: dict[str, Any] = {}
-    for scope, before, after in (
-        ("photos", s.get("before_lpips"), s.get("after_lpips")),
-        ("crops", duel.get("before_crop_lpips"), duel.get("after_crop_lpips")),
-    ):
-        if before is None or after is None:
+#: Which direction is better, per reported metric.
+LOWER_IS_BETTER = {"lpips", "lpips_vgg", "dists", "bpp"}
+
+
+def demo_metric_roles(run: DemoRun) -> dict[str, str]:
+    """How each reported metric takes part in the demo's training ("none": it does not): the
+    stage-2 judge, its unanimity partner, the stage-1 and stage-2 loss terms, the checkpoint
+    choice (``val_lpips``)."""
+    from compressai_vlic_lightning.ablation_eval import metric_roles
+
+    stage2 = {  # with the run's judge (the config's, or the VLM the command names)
+        **{k: v for k, v in run.configs.stage2["model"]["init_args"].items() if "judge" not in k},
+        "judge": run.judge_spec,
+    }
+    roles = {k: [] if v == "none" else [v] for k, v in metric_roles(stage2).items()}
+    stage1 = run.configs.stage1["model"]["init_args"]
+    if float(stage1.get("perceptual_weight", 0.0) or 0.0) > 0:
+        name = str(stage1.get("perceptual_type", "lpips"))
+        if name in roles and not any("loss term" in r for r in roles[name]):
+            roles[name].append("loss term (stage 1)")
+    if run.plan.selection_type == "val_lpips":
+        roles["lpips"].append("checkpoint choice")
+    roles["bpp"] = []
+    return {k: ", ".join(v) if v else "none" for k, v in roles.items()}
+
+
+def heldout_differences(
+    report: DemoReport, roles: dict[str, str], n_boot: int = 2000
+) -> dict[str, Any]:
+    """After minus before post-training on the held-out photos, per metric: the mean over photos,
+    a 95% paired bootstrap interval over photos, the metric's role in training, and whether
+    post-training made it worse beyond that interval."""
+    from compressai_vlic.evaluation.paired import paired_difference
+
+    out: dict[str, Any] = {}
+    for name in ["bpp", *report.compare.get("metrics", [])]:
+        before = {e["image"]: e.get(f"before_{name}") for e in report.per_image}
+        after = {e["image"]: e.get(f"after_{name}") for e in report.per_image}
+        images = [i for i in before if before[i] is not None and after[i] is not None]
+        if not images:
             continue
-        check[scope] = {
-            "before": before,
-            "after": after,
-            "delta": after - before,
-            "worsened": after > before,
+        diff = paired_difference(
+            {0: {i: after[i] for i in images}},
+            {0: {i: before[i] for i in images}},
+            ("after", "before"),
+            n_boot=n_boot if len(images) > 1 else 0,
+        )
+        lower = name in LOWER_IS_BETTER
+        out[name] = {
+            "role": roles.get(name, "none"),
+            "before": sum(before[i] for i in images) / len(images),
+            "after": sum(after[i] for i in images) / len(images),
+            "delta": diff.mean,
+            "ci95": [diff.low, diff.high],
+            "photos": len(images),
+            "worse_beyond_interval": diff.low > 0 if lower else diff.high < 0,
+            "better_beyond_interval": diff.high < 0 if lower else diff.low > 0,
         }
-    check["worsened"] = any(v["worsened"] for v in check.values() if isinstance(v, dict))
-    s["lpips_check"] = check
-    return check
+    report.summary["after_minus_before"] = out
+    return out
 
 
 def _plots(run: DemoRun) -> dict[str, str]:
@@ -204,7 +244,7 @@ def _markdown(report: DemoReport, out: Path) -> str:
     """report.md: what a reader wants first, with the pictures."""
     s = report.summary
     duel = s.get("judge_2afc_crops", {})
-    lp = s.get("lpips_check", {})
+    diffs = s.get("after_minus_before", {})
     metrics = report.compare.get("metrics", [])
     lines = [
         "# VLIC demo report",
@@ -247,35 +287,47 @@ def _markdown(report: DemoReport, out: Path) -> str:
     table = Path(report.compare.get("table_md", ""))
     if table.is_file():
         lines += [table.read_text().strip(), ""]
-    rate, ci = duel.get("after_win_rate"), duel.get("after_win_rate_ci95")
     lines += [
-        "## The judge: after vs before post-training",
+        "## After vs before post-training on the held-out photos",
         "",
-        f"{duel.get('questions', 0)} questions ({duel.get('crops', 0)} held-out "
-        f"{duel.get('crop_size')}-px crops x {duel.get('seeds', 0)} "
-        f"decode seeds): after wins {duel.get('after', 0)}, before wins {duel.get('before', 0)}, "
-        f"abstains {duel.get('abstain', 0)}.",
+        f"Mean over the {len(report.per_image)} held-out photos; the difference is after minus "
+        "before with a 95% paired bootstrap interval over photos. Role: how the metric takes "
+        "part in the demo's training (none = an independent metric: no loss term, label filter, "
+        "checkpoint choice or judge uses it).",
         "",
-        (
-            f"**After-vs-before win rate: {rate:.1%} (95% CI {ci[0]:.1%} to {ci[1]:.1%}; "
-            f"{duel.get('ci_method')}).**"
-            if rate is not None
-            else "**After-vs-before win rate: none (the judge abstained on every question).**"
-        ),
-        "",
-        "## LPIPS before and after post-training",
-        "",
-        "| images | before | after | delta | |",
-        "|---|---|---|---|---|",
+        "| metric | role | before | after | after - before [95% CI] | |",
+        "|---|---|---|---|---|---|",
     ]
-    for scope in ("photos", "crops"):
-        if scope in lp:
-            v = lp[scope]
-            flag = "**worse after post-training**" if v["worsened"] else "not worse"
-            lines.append(
-                f"| held-out {scope} | {v['before']:.4f} | {v['after']:.4f} | "
-                f"{v['delta']:+.4f} | {flag} |"
-            )
+    for name, v in diffs.items():
+        flag = (
+            "**worse after post-training**"
+            if v["worse_beyond_interval"]
+            else "better after post-training"
+            if v["better_beyond_interval"]
+            else "no difference beyond the interval"
+        )
+        lines.append(
+            f"| {name} | {v['role']} | {v['before']:.4f} | {v['after']:.4f} | "
+            f"{v['delta']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] | {flag} |"
+        )
+    lines += [
+        "",
+        "## The judges: after vs before post-training",
+        "",
+        f"{duel.get('questions', 0)} questions per judge: {duel.get('crops', 0)} held-out "
+        f"{duel.get('crop_size')}-px crops of {len(duel.get('photos', []))} photos x "
+        f"{duel.get('seeds', 0)} decode seeds, through real bitstreams; intervals: "
+        f"{duel.get('ci_method')}.",
+        "",
+        "| judge | role | after wins | before wins | abstains | after-vs-before win rate [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, j in duel.get("judges", {}).items():
+        rate, ci = j.get("after_win_rate"), j.get("after_win_rate_ci95")
+        cell = f"{rate:.1%} [{ci[0]:.1%}, {ci[1]:.1%}]" if rate is not None else "none decided"
+        lines.append(
+            f"| {name} | {j['role']} | {j['after']} | {j['before']} | {j['abstain']} | {cell} |"
+        )
     sel = report.stage2.get("selection")
     if sel:
         lines += [
@@ -335,7 +387,7 @@ def _markdown(report: DemoReport, out: Path) -> str:
 def write_report(run: DemoRun) -> Path:
     """report.json, report.md and the plots; prints the summary."""
     report, out = run.report, run.out
-    lpips_check(report)
+    heldout_differences(report, demo_metric_roles(run), run.plan.bootstrap_samples)
     report.timings_s["total"] = time.perf_counter() - run.t_start
     report.cpu_s["total"] = cpu_time() - run.cpu_start
     report.files = {
@@ -387,19 +439,30 @@ def _print_summary(report: DemoReport) -> None:
             )
         )
     duel = s["judge_2afc_crops"]
-    rate, ci = duel["after_win_rate"], duel["after_win_rate_ci95"]
-    print(
-        f"[demo] judge on {duel['questions']} held-out crops x seeds, after vs before: after wins "
-        f"{duel['after']}, before wins {duel['before']}, abstain {duel['abstain']}"
-        + (f": win rate {rate:.1%} (95% CI {ci[0]:.1%}-{ci[1]:.1%})" if rate is not None else "")
-    )
-    for scope, v in s["lpips_check"].items():
-        if isinstance(v, dict):
-            print(
-                f"[demo] LPIPS on held-out {scope}: before {v['before']:.4f} -> after "
-                f"{v['after']:.4f} (delta {v['delta']:+.4f})"
-                + (" WARNING: post-training made LPIPS worse" if v["worsened"] else "")
+    for name, j in duel["judges"].items():
+        rate, ci = j["after_win_rate"], j["after_win_rate_ci95"]
+        print(
+            f"[demo] {name} on {duel['questions']} held-out crops x seeds, after vs before: "
+            f"after wins {j['after']}, before wins {j['before']}, abstain {j['abstain']}"
+            + (
+                f": win rate {rate:.1%} (95% CI {ci[0]:.1%}-{ci[1]:.1%}, over photos)"
+                if rate is not None
+                else ""
             )
+        )
+    print("[demo] held-out photos, after - before post-training [95% CI over photos] (role):")
+    for name, v in s["after_minus_before"].items():
+        flag = (
+            "  WORSE after post-training"
+            if v["worse_beyond_interval"]
+            else "  better after post-training"
+            if v["better_beyond_interval"]
+            else ""
+        )
+        print(
+            f"         {name:<12} {v['delta']:+.4f} [{v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}] "
+            f"({v['role']}){flag}"
+        )
     print("[demo] timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.timings_s.items()))
     print("[demo] CPU time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report.cpu_s.items()))
 
