@@ -59,6 +59,7 @@ def test_demo_smoke_writes_a_complete_report(tmp_path, monkeypatch, capsys):
     )
     assert rc == 0, stderr[-3000:]
     assert f"report written to {out}" in stdout
+    assert "cannot be cached" not in stderr  # no cache was asked for: nothing to say about one
     report = json.loads((out / "report.json").read_text())
     # stage 1 fine-tuned the shipped weights, never on the held-out photos
     assert report["init_type"] == "shipped" and report["stage1"]["init_from"] == "zoo:tiny"

@@ -11,6 +11,8 @@ failed or whose answer was unusable is retried next time instead of being frozen
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import inspect
 import json
@@ -19,7 +21,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,20 @@ class CacheStats:
     stored: int = 0
 
 
+_QUIET_UNCACHED: contextvars.ContextVar[bool] = contextvars.ContextVar("quiet", default=False)
+
+
+@contextlib.contextmanager
+def default_cache() -> Iterator[None]:
+    """Within it, :func:`cached` says nothing about judges it cannot cache: for callers that
+    pass a cache by default (stage 2's buffer), not because the user asked for one."""
+    token = _QUIET_UNCACHED.set(True)
+    try:
+        yield
+    finally:
+        _QUIET_UNCACHED.reset(token)
+
+
 def cached(judge: Judge, cache: JudgmentCache | str | Path | None) -> Judge:
     """The one cache wrapper: ``judge`` behind a persistent cache when a cache is given and the
     judge has a cache identity (a metric judge has none: it is cheaper than a lookup).
@@ -160,6 +176,8 @@ def cached(judge: Judge, cache: JudgmentCache | str | Path | None) -> Judge:
     if cache is None or isinstance(judge, CachedJudge):
         return judge
     if not callable(getattr(judge, "cache_identity", None)):
+        if _QUIET_UNCACHED.get():
+            return judge
         print(
             f"notice: --cache: judge {getattr(judge, 'name', judge)!r} cannot be cached (it has no "
             "cache_identity()); it runs uncached",

@@ -14,6 +14,7 @@ Each step:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -352,13 +353,16 @@ class Stage2Module(ResumableModule):
         return root / f"rank{self.global_rank}" if self.trainer.world_size > 1 else root
 
     def _make_judge(self, cache: str) -> Any:
-        """The judge, its backend cached in ``cache`` unless the spec names its own cache."""
-        if self._judge is not None:
-            from compressai_vlic.judges.cache import cached
+        """The judge, its backend cached in ``cache`` unless the spec names its own cache (a
+        judge that cannot be cached runs uncached; said only for a cache the user named)."""
+        from compressai_vlic.judges.cache import cached, default_cache
 
-            return cached(self._judge, cache)
-        assert self.judge_spec is not None
-        return replace(self.judge_spec, cache=self.judge_spec.cache or cache).build()
+        named = self.hparams.judge_cache or (self.judge_spec and self.judge_spec.cache)
+        with contextlib.nullcontext() if named else default_cache():
+            if self._judge is not None:
+                return cached(self._judge, cache)
+            assert self.judge_spec is not None
+            return replace(self.judge_spec, cache=self.judge_spec.cache or cache).build()
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -234,6 +234,8 @@ def _quiet() -> None:
     )  # the frozen reference
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Lightning's start-up tips and device banners would bury the demo's own progress lines.
+    # Importing Lightning sets its logger to INFO, so it is imported first.
+    require("pytorch_lightning", "train", "The demo's training")
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
