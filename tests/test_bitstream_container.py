@@ -47,6 +47,18 @@ def test_round_trip_keeps_every_field() -> None:
     assert payload == PAYLOAD
 
 
+def test_resample_changes_the_seed_and_steps_only() -> None:
+    data = pack(HEADER, PAYLOAD)
+    header, payload = unpack(bitstream.resample(data, 7))
+    assert payload == PAYLOAD and header == StreamHeader(**{**HEADER.__dict__, "seed": 7})
+    header, _ = unpack(bitstream.resample(data, 8, num_steps=3))
+    assert (header.seed, header.num_steps, header.height) == (8, 3, HEADER.height)
+    with pytest.raises(ConfigError):  # a seed the header cannot hold
+        bitstream.resample(data, 2**32)
+    with pytest.raises(ChecksumMismatchError):  # a damaged stream is refused, not re-packed
+        bitstream.resample(data[:-1] + bytes([data[-1] ^ 1]), 7)
+
+
 @pytest.mark.parametrize(
     ("height", "width", "seed", "steps"),
     [(1, 1, 0, 1), (16384, 16384, 2**32 - 1, 255), (256, 4096, 12345, 7)],
