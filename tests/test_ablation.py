@@ -349,4 +349,9 @@ def test_ablate_evaluates_with_a_helper_process_and_reports(tiny_setup, tmp_path
     )
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["images"] == 3 and "dpo-stage1" in report["differences"]["psnr"]
+    # the judge here is PSNR: its winner is the better decode by PSNR on every decided pair
+    agreement = report["label_agreement"]
+    assert agreement["psnr"]["pairs"] >= 1 and agreement["psnr"]["agreement"] == 1.0
+    assert 0.0 <= agreement["ms_ssim"]["low"] <= agreement["ms_ssim"]["high"] <= 1.0
+    assert "Does the judge's label agree" in (out / "eval" / "report.md").read_text()
     assert (out / "eval" / "report.md").is_file()

@@ -137,6 +137,51 @@ def evaluate_models(
     return list(done.values())
 
 
+def label_agreement(
+    pairs: Path, metrics: list[str], n_boot: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """How often the judge's winner of a pair is also the better decode by each metric (against
+    the pair's original): 0.5 means the labels carry nothing that metric measures, so learning
+    them cannot move it. Ties count one half; abstained pairs are left out.
+
+    Returns ``{metric: {"agreement", "low", "high", "pairs", "mean_gap"}}`` (95% bootstrap
+    interval over pairs).
+    """
+    import numpy as np
+
+    from compressai_vlic.image_io import load_image
+    from compressai_vlic.judges.audit.statistics import bootstrap_mean
+    from compressai_vlic.judges.dataset import read_preference_dataset
+    from compressai_vlic.metrics import get_metric
+
+    rows = [r for r in read_preference_dataset(pairs) if r.winner is not None]
+    out: dict[str, dict[str, Any]] = {}
+    if not rows:
+        return out
+    images = [
+        tuple(load_image(p).tensor[None] for p in (r.reference, r.winner, r.loser)) for r in rows
+    ]
+    for name in metrics:
+        meter = get_metric(METRICS[name][0], **METRICS[name][1])
+        higher = METRICS[name][2]
+        agree, gaps = [], []
+        with torch.no_grad():
+            for x, w, loser in images:
+                vw, vl = float(meter(w, x)[0]), float(meter(loser, x)[0])
+                better = vw - vl if higher else vl - vw
+                agree.append(1.0 if better > 0 else 0.0 if better < 0 else 0.5)
+                gaps.append(abs(vw - vl))
+        est = bootstrap_mean(np.array(agree), n_boot, np.random.default_rng(seed))
+        out[name] = {
+            "agreement": est.value,
+            "low": est.low,
+            "high": est.high,
+            "pairs": len(rows),
+            "mean_gap": float(np.mean(gaps)),
+        }
+    return out
+
+
 def heldout_dpo_diagnostics(
     model_args: dict[str, Any], pairs: Path, codecs: dict[str, Any], draws: int = 4, n: int = 32
 ) -> dict[str, dict[str, float]]:
@@ -300,6 +345,22 @@ def markdown(table: dict[str, Any], diagnostics: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {label} | {_fmt(d['mean'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]{extra} | {per_seed} |"
             )
+    agreement = table.get("label_agreement") or {}
+    if agreement:
+        lines += [
+            "",
+            "Does the judge's label agree with each metric? Share of the decided training pairs "
+            "whose judged winner is also better by the metric (0.5: the labels carry nothing it "
+            "measures), with a 95% interval over pairs:",
+            "",
+            "| metric | role | agreement [95% CI] | pairs | mean gap between the two decodes |",
+            "|---|---|---|---|---|",
+        ]
+        for name, a in agreement.items():
+            lines.append(
+                f"| {name} | {table['roles'].get(name, 'none')} | {_fmt(a['agreement'])} "
+                f"[{_fmt(a['low'])}, {_fmt(a['high'])}] | {a['pairs']} | {_fmt(a['mean_gap'])} |"
+            )
     if diagnostics:
         keys = sorted({k for v in diagnostics.values() for k in v})
         lines += [
@@ -438,8 +499,14 @@ def evaluate_ablation(
         else None
     )
     table = build_report(rows, specs, roles, n_boot, groups)
-    train_abstain = None
     pairs_info = manifest.data.get("pairs", {})
+    agreement_path = eval_dir / "label_agreement.json"
+    if agreement_path.is_file():
+        table["label_agreement"] = json.loads(agreement_path.read_text())
+    elif pairs_info.get("path") and Path(pairs_info["path"]).is_file() and not report_only:
+        table["label_agreement"] = label_agreement(Path(pairs_info["path"]), metrics)
+        atomic_write_text(agreement_path, json.dumps(table["label_agreement"], indent=2) + "\n")
+    train_abstain = None
     if pairs_info.get("pairs"):
         train_abstain = pairs_info["abstained"] / pairs_info["pairs"]
     for arm in [*table["arms"], REFERENCE]:
