@@ -1,4 +1,4 @@
-"""`compressai-vlic demo`: the demo on a CPU, end to end, in at most 15 minutes on 2 cores.
+"""`compressai-vlic demo`: the demo on a CPU, end to end (about 25 minutes on 2 cores).
 
 1. stage 1: a short fine-tune of the shipped ``"tiny"`` codec on the photos bundled with
    scikit-image / scikit-learn (``chelsea`` and ``flower`` are held out and never trained on);

@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=PRESETS,
         default="full",
-        help="full (at most 15 min on 2 cores) or smoke (about a minute)",
+        help="full (about 25 min on 2 cores) or smoke (a few minutes)",
     )
     start = parser.add_mutually_exclusive_group()
     start.add_argument(
