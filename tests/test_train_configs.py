@@ -22,6 +22,7 @@ OVERLAYS = {
     "stage2_openai": "stage2_metric",
     "stage2_hf": "stage2_metric",
     "stage2_offline_dataset": "stage2_metric",
+    "ablation_tiny_stage2_attempt2": "ablation_tiny_stage2",
 }
 
 
