@@ -501,8 +501,9 @@ def evaluate_ablation(
     table = build_report(rows, specs, roles, n_boot, groups)
     pairs_info = manifest.data.get("pairs", {})
     agreement_path = eval_dir / "label_agreement.json"
-    if agreement_path.is_file():
-        table["label_agreement"] = json.loads(agreement_path.read_text())
+    saved = json.loads(agreement_path.read_text()) if agreement_path.is_file() else None
+    if saved is not None and (report_only or set(saved) == set(metrics)):
+        table["label_agreement"] = saved  # computed once per metric set (the pairs do not change)
     elif pairs_info.get("path") and Path(pairs_info["path"]).is_file() and not report_only:
         table["label_agreement"] = label_agreement(Path(pairs_info["path"]), metrics)
         atomic_write_text(agreement_path, json.dumps(table["label_agreement"], indent=2) + "\n")
